@@ -1,0 +1,30 @@
+# The targets a newcomer needs. `make up` starts the stack; `make test` installs and runs every check.
+.PHONY: setup up test lint typecheck pytest vllm-tier bench clean
+
+setup:
+	bash scripts/setup.sh
+
+up: setup
+	.venv/bin/bastion up
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+typecheck: setup
+	.venv/bin/mypy
+
+vllm-tier:
+	bash scripts/vllm_tier.sh
+
+pytest: setup vllm-tier
+	.venv/bin/pytest -ra
+
+test: lint typecheck pytest
+
+bench: setup
+	.venv/bin/python benchmarks/lsp_overhead.py
+	.venv/bin/python benchmarks/proxy_overhead.py
+
+clean:
+	rm -rf .venv .venv-vllm .cache .mypy_cache .ruff_cache .pytest_cache

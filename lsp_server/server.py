@@ -1,0 +1,158 @@
+"""`bastion lsp`: the language server. Handlers read params, call the domain, return LSP types."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from pathlib import PurePath
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlparse
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from . import __version__
+from .completions import CompletionInput, InlineCompleter
+from .connection import ProxyConnection
+from .settings import Settings, parse_settings
+from .status import STATUS_METHOD, StatusReporter
+from .typing_cache import TypingCache
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class BastionLanguageServer(LanguageServer):
+    """Document state, settings, cancellation; the completion work lives in InlineCompleter."""
+
+    def __init__(self) -> None:
+        super().__init__("bastion", __version__)
+        self.status = StatusReporter(lambda params: self.protocol.notify(STATUS_METHOD, params))
+        self.typing_cache = TypingCache()
+        self.connection = ProxyConnection(Settings())
+        self.completer = InlineCompleter(
+            lambda: self.connection, self.typing_cache, self.status, self.log_line
+        )
+        self._in_flight: dict[str, asyncio.Task[Any]] = {}
+
+    def apply_settings(self, raw: Any) -> None:
+        settings, problems = parse_settings(raw)
+        for problem in problems:
+            self.window_show_message(
+                types.ShowMessageParams(type=types.MessageType.Warning, message=str(problem))
+            )
+        previous = self.connection
+        self.connection = ProxyConnection(settings)
+        self.status.update(proxy_url=settings.proxy_url, model=None, completion_mode=None)
+        asyncio.get_event_loop().create_task(previous.aclose())
+
+    def log_line(self, message: str) -> None:
+        log.info(message)
+        self.window_log_message(types.LogMessageParams(type=types.MessageType.Log, message=message))
+
+    async def latest_only(self, uri: str, work: Awaitable[T]) -> T:
+        """Run `work` as this document's only request: a newer one cancels it."""
+        previous = self._in_flight.get(uri)
+        if previous is not None and not previous.done():
+            previous.cancel()
+        current = asyncio.current_task()
+        assert current is not None
+        self._in_flight[uri] = current
+        try:
+            return await work
+        finally:
+            if self._in_flight.get(uri) is current:
+                del self._in_flight[uri]
+
+    def completion_input(
+        self, uri: str, position: types.Position
+    ) -> CompletionInput | None:
+        """The document around `position`, or None when the position is not in it."""
+        document = self.workspace.get_text_document(uri)
+        lines = document.lines
+        if position.line > len(lines) or (position.line == len(lines) and position.character):
+            return None
+        if position.line < len(lines):
+            line = lines[position.line].rstrip("\r\n")
+            if position.character > document.position_codec.client_num_units(line):
+                return None
+        return CompletionInput(
+            uri=uri,
+            path=path_of(uri),
+            language_id=document.language_id or "plaintext",
+            text=document.source,
+            offset=document.offset_at_position(position),
+        )
+
+
+def path_of(uri: str) -> str:
+    parsed = urlparse(uri)
+    return unquote(parsed.path) if parsed.scheme == "file" else PurePath(parsed.path).name or uri
+
+
+server = BastionLanguageServer()
+
+
+@server.feature(types.INITIALIZE)
+def on_initialize(ls: BastionLanguageServer, params: types.InitializeParams) -> None:
+    ls.apply_settings(params.initialization_options)
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+def on_configuration(
+    ls: BastionLanguageServer, params: types.DidChangeConfigurationParams
+) -> None:
+    ls.apply_settings(params.settings)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+def on_close(ls: BastionLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
+    ls.typing_cache.forget(params.text_document.uri)
+
+
+@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+async def inline_completion(
+    ls: BastionLanguageServer, params: types.InlineCompletionParams
+) -> types.InlineCompletionList | None:
+    uri = params.text_document.uri
+    request = ls.completion_input(uri, params.position)
+    if request is None or not ls.connection.settings.inline_completion_enabled:
+        return None
+    text = await ls.latest_only(uri, ls.completer.complete(request))
+    if not text:
+        return None
+    at_cursor = types.Range(start=params.position, end=params.position)
+    return types.InlineCompletionList(
+        items=[types.InlineCompletionItem(insert_text=text, range=at_cursor)]
+    )
+
+
+@server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[]))
+async def completion(
+    ls: BastionLanguageServer, params: types.CompletionParams
+) -> types.CompletionList | None:
+    """The fallback for clients without inline completion: one item holding the suggestion."""
+    uri = params.text_document.uri
+    request = ls.completion_input(uri, params.position)
+    if request is None:
+        return None
+    text = await ls.latest_only(uri, ls.completer.complete(request))
+    if not text:
+        return None
+    at_cursor = types.Range(start=params.position, end=params.position)
+    item = types.CompletionItem(
+        label=text.strip().splitlines()[0],
+        kind=types.CompletionItemKind.Snippet,
+        detail="Bastion",
+        text_edit=types.TextEdit(range=at_cursor, new_text=text),
+        insert_text_format=types.InsertTextFormat.PlainText,
+        documentation=types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```\n{text}\n```"),
+    )
+    return types.CompletionList(is_incomplete=True, items=[item])
+
+
+def run_stdio() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    server.start_io()

@@ -1,0 +1,113 @@
+"""Fixtures: a real stack per session, a real `bastion lsp` per test, speaking LSP over stdio."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+from .stacks import Stack, running_stack
+
+STATUS = "bastion/status"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+class LspSession:
+    """A language client plus what the server told it outside of responses."""
+
+    def __init__(self, client: LanguageClient) -> None:
+        self.client = client
+        self.statuses: list[dict[str, Any]] = []
+        self._version: dict[str, int] = {}
+
+    def settings(self, stack: Stack, **overrides: Any) -> dict[str, Any]:
+        return {"proxyUrl": stack.proxy_url, "apiKey": stack.user_key, **overrides}
+
+    async def start(self, initialization_options: dict[str, Any]) -> None:
+        await self.client.initialize_session(
+            types.InitializeParams(
+                capabilities=types.ClientCapabilities(),
+                initialization_options=initialization_options,
+            )
+        )
+
+    def open(self, uri: str, text: str, language_id: str = "python") -> None:
+        self._version[uri] = 1
+        self.client.text_document_did_open(
+            types.DidOpenTextDocumentParams(
+                text_document=types.TextDocumentItem(
+                    uri=uri, language_id=language_id, version=1, text=text
+                )
+            )
+        )
+
+    def type_text(self, uri: str, at: types.Position, text: str) -> None:
+        """Insert `text` at `at`, as an incremental change."""
+        self._version[uri] += 1
+        self.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(
+                    uri=uri, version=self._version[uri]
+                ),
+                content_changes=[
+                    types.TextDocumentContentChangePartial(
+                        range=types.Range(start=at, end=at), text=text
+                    )
+                ],
+            )
+        )
+
+    async def inline(self, uri: str, line: int, character: int) -> types.InlineCompletionList | None:
+        result = await self.client.text_document_inline_completion_async(
+            self.inline_params(uri, line, character)
+        )
+        assert result is None or isinstance(result, types.InlineCompletionList)
+        return result
+
+    @staticmethod
+    def inline_params(uri: str, line: int, character: int) -> types.InlineCompletionParams:
+        return types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=types.Position(line=line, character=character),
+            context=types.InlineCompletionContext(
+                trigger_kind=types.InlineCompletionTriggerKind.Automatic
+            ),
+        )
+
+
+def _as_dict(params: Any) -> dict[str, Any]:
+    if isinstance(params, dict):
+        return params
+    if hasattr(params, "_asdict"):
+        return dict(params._asdict())
+    return dict(vars(params))
+
+
+@pytest_asyncio.fixture
+async def lsp() -> AsyncIterator[LspSession]:
+    config = ClientServerConfig(server_command=[sys.executable, "-m", "bastion.cli", "lsp"])
+    client = await config.start()
+    session = LspSession(client)
+
+    @client.feature(STATUS)
+    def _on_status(params: Any) -> None:
+        session.statuses.append(_as_dict(params))
+
+    yield session
+    await client.shutdown_session()
+    await client.stop()
+
+
+def file_uri(tmp_path: Path, name: str) -> str:
+    return (tmp_path / name).as_uri()
