@@ -35,7 +35,7 @@ def _model(args: argparse.Namespace) -> int:
         print(f"bastion model: {error}", file=sys.stderr)
         return 1
     print(f"bastion model: serving {server.model_name} at {server.base_url}", flush=True)
-    os.execve(argv[0], argv, server.environment())
+    os.execve(argv[0], argv, server.environment())  # noqa: S606 (become the model server)
 
 
 def _up(args: argparse.Namespace) -> int:

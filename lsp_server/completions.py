@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from inference import (
@@ -59,7 +59,7 @@ def unusable_document(request: CompletionInput, max_bytes: int) -> str | None:
     return None
 
 
-async def collect_until_boundary(stream: AsyncIterator[str], context: PostContext) -> str:
+async def collect_until_boundary(stream: AsyncGenerator[str, None], context: PostContext) -> str:
     """Read deltas until the stream ends or a whole block is there; always close the stream."""
     collected = ""
     try:
@@ -68,7 +68,7 @@ async def collect_until_boundary(stream: AsyncIterator[str], context: PostContex
             if reached_block_boundary(collected, context):
                 break
     finally:
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
     return collected
 
 
@@ -134,7 +134,7 @@ class InlineCompleter:
         request: CompletionInput,
         prefix: str,
         suffix: str,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         settings, client = connection.settings, connection.client
         template = profile.mode.template
         if template is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from pydantic import SecretStr
+
 from inference import (
     ClientConfig,
     CompletionMode,
@@ -24,7 +26,8 @@ from .settings import Settings
 CALIBRATION_SAMPLE = '''def parse_config(path: str) -> dict[str, object]:
     """Read a configuration file and return its values."""
     with open(path, encoding="utf-8") as handle:
-        return {key.strip(): value.strip() for key, value in (line.split("=", 1) for line in handle)}
+        pairs = (line.split("=", 1) for line in handle if "=" in line)
+        return {key.strip(): value.strip() for key, value in pairs}
 
 class Cache {
   constructor(limit) { this.limit = limit; this.items = new Map(); }
@@ -43,8 +46,7 @@ class ModelProfile:
 
     @property
     def mode_name(self) -> str:
-        template = self.mode.template
-        return f"fim:{template.name}" if template is not None else "chat"
+        return self.mode.name
 
 
 class NoModelServed(ModelError):
@@ -57,7 +59,7 @@ class ProxyConnection:
         self.client = ModelClient(
             ClientConfig(
                 base_url=settings.proxy_url,
-                api_key=settings.resolved_api_key(),
+                api_key=SecretStr(key) if (key := settings.resolved_api_key()) else None,
                 connect_timeout=settings.connect_timeout_s,
                 read_timeout=settings.request_timeout_s,
                 ca_bundle=settings.ca_bundle,

@@ -12,6 +12,8 @@ from urllib.parse import unquote, urlparse
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
+from inference import ModelError
+
 from . import __version__
 from .completions import CompletionInput, InlineCompleter
 from .connection import ProxyConnection
@@ -48,6 +50,15 @@ class BastionLanguageServer(LanguageServer):
         self.status.update(proxy_url=settings.proxy_url, model=None, completion_mode=None)
         asyncio.get_event_loop().create_task(previous.aclose())
 
+    async def check_connection(self) -> None:
+        """Ask the proxy about the served model now, so the status bar is right before typing."""
+        try:
+            profile = await self.connection.profile()
+        except ModelError as error:
+            self.status.failed(error)
+        else:
+            self.status.connected(model=profile.model, completion_mode=profile.mode_name)
+
     def log_line(self, message: str) -> None:
         log.info(message)
         self.window_log_message(types.LogMessageParams(type=types.MessageType.Log, message=message))
@@ -66,9 +77,7 @@ class BastionLanguageServer(LanguageServer):
             if self._in_flight.get(uri) is current:
                 del self._in_flight[uri]
 
-    def completion_input(
-        self, uri: str, position: types.Position
-    ) -> CompletionInput | None:
+    def completion_input(self, uri: str, position: types.Position) -> CompletionInput | None:
         """The document around `position`, or None when the position is not in it."""
         document = self.workspace.get_text_document(uri)
         lines = document.lines
@@ -100,11 +109,17 @@ def on_initialize(ls: BastionLanguageServer, params: types.InitializeParams) -> 
     ls.apply_settings(params.initialization_options)
 
 
+@server.feature(types.INITIALIZED)
+async def on_initialized(ls: BastionLanguageServer, params: types.InitializedParams) -> None:
+    await ls.check_connection()
+
+
 @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
-def on_configuration(
+async def on_configuration(
     ls: BastionLanguageServer, params: types.DidChangeConfigurationParams
 ) -> None:
     ls.apply_settings(params.settings)
+    await ls.check_connection()
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
@@ -148,11 +163,15 @@ async def completion(
         detail="Bastion",
         text_edit=types.TextEdit(range=at_cursor, new_text=text),
         insert_text_format=types.InsertTextFormat.PlainText,
-        documentation=types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```\n{text}\n```"),
+        documentation=types.MarkupContent(
+            kind=types.MarkupKind.Markdown, value=f"```\n{text}\n```"
+        ),
     )
     return types.CompletionList(is_incomplete=True, items=[item])
 
 
 def run_stdio() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # pygls at INFO logs every message, document text included: keep code out of the logs.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("lsp_server").setLevel(logging.INFO)
     server.start_io()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,6 +42,12 @@ class LspSession:
                 initialization_options=initialization_options,
             )
         )
+        # The server asks the proxy about the model right after `initialized`; let that finish
+        # so that tests counting audit records start from a settled log.
+        deadline = asyncio.get_running_loop().time() + 60
+        while not any(s.get("connected") or s.get("lastError") for s in self.statuses):
+            assert asyncio.get_running_loop().time() < deadline, "no bastion/status arrived"
+            await asyncio.sleep(0.02)
 
     def open(self, uri: str, text: str, language_id: str = "python") -> None:
         self._version[uri] = 1
@@ -68,7 +75,9 @@ class LspSession:
             )
         )
 
-    async def inline(self, uri: str, line: int, character: int) -> types.InlineCompletionList | None:
+    async def inline(
+        self, uri: str, line: int, character: int
+    ) -> types.InlineCompletionList | None:
         result = await self.client.text_document_inline_completion_async(
             self.inline_params(uri, line, character)
         )

@@ -1,0 +1,209 @@
+"""The audit layer: record the request before it goes on, and its outcome once it has ended."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+from audit_proxy.asgi import (
+    ASGIApp,
+    ClientDisconnected,
+    Message,
+    Receive,
+    RequestTooLarge,
+    Scope,
+    Send,
+    header,
+    read_body,
+    replay,
+    send_error,
+)
+from audit_proxy.auth import PRINCIPAL
+from audit_proxy.forward import RELAY_REPORT, REQUEST_ID, RelayReport
+from audit_proxy.keys import Principal
+from audit_proxy.store import AuditStore, AuditStoreUnavailable, TokenUsage
+
+log = logging.getLogger("bastion.proxy")
+
+FEATURES = frozenset({"completion", "chat", "action"})
+TOKENIZE_ROUTES = frozenset({"/tokenize", "/extras/tokenize"})
+
+
+def feature_of(scope: Scope) -> str:
+    """The editor feature a request serves, as the language server tagged it."""
+    if scope["path"] in TOKENIZE_ROUTES:
+        return "tokenize"
+    tag = (header(scope, b"x-bastion-feature") or b"").decode("latin-1").strip().lower()
+    return tag if tag in FEATURES else "other"
+
+
+class Audit:
+    """Records every model-bound request durably before forwarding it; fails closed."""
+
+    def __init__(self, app: ASGIApp, store: AuditStore) -> None:
+        self.app = app
+        self.store = store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        principal: Principal = scope[PRINCIPAL]
+        try:
+            body = await read_body(receive)
+        except ClientDisconnected:
+            return
+        except RequestTooLarge:
+            await send_error(
+                send, 413, "request body too large", "invalid_request_error", "request_too_large"
+            )
+            return
+        model, stream = _peek(body)
+        client = scope.get("client")
+        try:
+            request_id = self.store.record_request(
+                user=principal.name,
+                role=principal.role,
+                method=scope["method"],
+                route=scope["path"],
+                feature=feature_of(scope),
+                model=model,
+                stream=stream,
+                body=body,
+                client=f"{client[0]}:{client[1]}" if client else None,
+            )
+        except AuditStoreUnavailable as exc:
+            log.error("refusing %s %s: %s", scope["method"], scope["path"], exc)
+            await send_error(
+                send,
+                503,
+                "the audit store cannot record this request, so it was not forwarded; "
+                "retry later, and tell the proxy's operator if it persists",
+                "audit_unavailable",
+                "audit_store_unavailable",
+            )
+            return
+        scope[REQUEST_ID] = request_id
+        report = RelayReport()
+        scope[RELAY_REPORT] = report
+        meter = _Meter(started, request_id.encode())
+        try:
+            await self.app(scope, replay(body, receive), meter.wrap(send))
+        except BaseException as exc:
+            report.aborted_by = report.aborted_by or "proxy"
+            report.error = report.error or f"proxy error: {type(exc).__name__}"
+            raise
+        finally:
+            self._record_outcome(request_id, meter, report)
+
+    def _record_outcome(self, request_id: str, meter: _Meter, report: RelayReport) -> None:
+        body = bytes(meter.body)
+        usage, finish_reason = _usage(body, meter.event_stream)
+        try:
+            self.store.record_outcome(
+                request_id,
+                status=meter.status,
+                response_body=body,
+                sha256=meter.sha256.hexdigest(),
+                usage=usage,
+                finish_reason=finish_reason,
+                latency_ms=(time.perf_counter() - meter.started) * 1000,
+                ttfb_ms=meter.ttfb_ms,
+                aborted_by=report.aborted_by,
+                completed=report.aborted_by is None and meter.finished,
+                error=report.error,
+            )
+        except AuditStoreUnavailable as exc:
+            # The answer is already with the client; all that is left is to say so loudly.
+            log.critical("outcome of request %s NOT recorded: %s", request_id, exc)
+
+
+class _Meter:
+    """Counts, hashes and keeps every byte sent to the client."""
+
+    def __init__(self, started: float, request_id: bytes) -> None:
+        self.started = started
+        self.request_id = request_id
+        self.status: int | None = None
+        self.event_stream = False
+        self.body = bytearray()
+        self.sha256 = hashlib.sha256()
+        self.ttfb_ms: float | None = None
+        self.finished = False
+
+    def wrap(self, send: Send) -> Send:
+        async def metered_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                headers = list(message.get("headers", []))
+                content_type = next((v for k, v in headers if k == b"content-type"), b"")
+                self.event_stream = content_type.startswith(b"text/event-stream")
+                headers.append((b"x-bastion-request-id", self.request_id))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                chunk: bytes = message.get("body", b"")
+                if chunk:
+                    if self.ttfb_ms is None:
+                        self.ttfb_ms = (time.perf_counter() - self.started) * 1000
+                    self.body += chunk
+                    self.sha256.update(chunk)
+                await send(message)
+                # Only now has the last byte been handed over.
+                self.finished = not message.get("more_body", False)
+                return
+            await send(message)
+
+        return metered_send
+
+
+def _peek(body: bytes) -> tuple[str | None, bool]:
+    """The model and stream flag of an OpenAI-style request body, if it is one."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None, False
+    if not isinstance(doc, dict):
+        return None, False
+    model = doc.get("model")
+    return (model if isinstance(model, str) else None), doc.get("stream") is True
+
+
+def _usage(body: bytes, event_stream: bool) -> tuple[TokenUsage | None, str | None]:
+    """Token usage and finish reason from a JSON answer or an SSE stream of chunks."""
+    if event_stream:
+        docs = []
+        for line in body.splitlines():
+            if line.startswith(b"data:"):
+                data = line[5:].strip()
+                if data and data != b"[DONE]":
+                    docs.append(data)
+    else:
+        docs = [body]
+    usage: TokenUsage | None = None
+    finish_reason: str | None = None
+    for data in docs:
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            continue
+        if not isinstance(doc, dict):
+            continue
+        if isinstance(doc.get("usage"), dict):
+            usage = _token_usage(doc["usage"])
+        for choice in doc.get("choices") or ():
+            if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                finish_reason = choice["finish_reason"]
+    return usage, finish_reason
+
+
+def _token_usage(raw: dict[str, Any]) -> TokenUsage:
+    def count(name: str) -> int | None:
+        value = raw.get(name)
+        return value if isinstance(value, int) else None
+
+    return TokenUsage(
+        prompt_tokens=count("prompt_tokens"),
+        completion_tokens=count("completion_tokens"),
+        total_tokens=count("total_tokens"),
+    )

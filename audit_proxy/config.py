@@ -1,0 +1,149 @@
+"""The proxy's settings: one typed model, read from an optional TOML file, overridden by flags.
+
+A config file holds top-level keys named like the fields of `ProxyConfig`, for example::
+
+    host = "0.0.0.0"
+    port = 8080
+    upstream_url = "http://vllm.internal:8000"
+    upstream_api_key_file = "/etc/bastion/upstream.key"
+    data_dir = "/var/lib/bastion"
+    connect_timeout_s = 5
+    read_timeout_s = 300
+
+The upstream service key comes, first match wins, from the environment variable
+`BASTION_UPSTREAM_API_KEY`, from `upstream_api_key_file`, or from `upstream_api_key`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+UPSTREAM_KEY_ENV = "BASTION_UPSTREAM_API_KEY"
+HOME_ENV = "BASTION_HOME"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and what to do."""
+
+
+def default_data_dir() -> Path:
+    """`$BASTION_HOME`, or `~/.bastion`."""
+    home = os.environ.get(HOME_ENV)
+    return Path(home) if home else Path.home() / ".bastion"
+
+
+class ProxyConfig(BaseModel):
+    """Everything `bastion proxy` needs to run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    upstream_url: str = "http://127.0.0.1:8000"
+    upstream_api_key: SecretStr | None = None
+    data_dir: Path = Field(default_factory=default_data_dir)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=300.0, gt=0)
+    upstream_max_connections: int = Field(default=256, ge=1)
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _root_url(cls, value: str) -> str:
+        # The proxy appends the client's path (/v1/completions, /tokenize), so it wants the
+        # server's root; people often paste the OpenAI base URL ending in /v1.
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        value = value.rstrip("/")
+        return value.removesuffix("/v1")
+
+    @property
+    def audit_db(self) -> Path:
+        return self.data_dir / "audit.sqlite3"
+
+    @property
+    def keys_db(self) -> Path:
+        return self.data_dir / "keys.sqlite3"
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ProxyConfig:
+    """Read the TOML file (if any), apply the environment and the overrides (None = not given)."""
+    environ = os.environ if environ is None else environ
+    source = str(path) if path is not None else "command line"
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = _read_toml(path)
+    if "upstream_api_key_file" in values:
+        key_file = values.pop("upstream_api_key_file")
+        if "upstream_api_key" in values:
+            raise ConfigError(
+                f"{source}: both upstream_api_key and upstream_api_key_file are set; "
+                "keep one of them (the file is the safer place for a secret)."
+            )
+        values["upstream_api_key"] = _read_key_file(source, key_file)
+    env_key = environ.get(UPSTREAM_KEY_ENV)
+    if env_key:
+        values["upstream_api_key"] = env_key.strip()
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return ProxyConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(_explain(source, exc)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found; pass an existing file to --config or leave it out."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax.") from None
+
+
+def _read_key_file(source: str, key_file: object) -> str:
+    if not isinstance(key_file, str):
+        raise ConfigError(f"{source}: upstream_api_key_file must be a path string.")
+    try:
+        key = Path(key_file).expanduser().read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{source}: upstream_api_key_file: cannot read {key_file} ({exc.strerror}); "
+            "point it at a readable file holding the model server's key."
+        ) from None
+    if not key:
+        raise ConfigError(f"{source}: upstream_api_key_file: {key_file} is empty.")
+    return key
+
+
+def _explain(source: str, exc: ValidationError) -> str:
+    fields = sorted(ProxyConfig.model_fields)
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(
+                f"{source}: unknown key {key!r}; remove it or use one of: "
+                f"{', '.join([*fields, 'upstream_api_key_file'])}."
+            )
+        elif key == "upstream_api_key":
+            lines.append(f"{source}: upstream_api_key: {error['msg']}; set it to a string.")
+        else:
+            lines.append(
+                f"{source}: {key}: {error['msg']} (got {error.get('input')!r}); fix the value "
+                "or remove the key to use the default."
+            )
+    return "\n".join(lines)

@@ -1,0 +1,188 @@
+"""Completion prompts: raw FIM prompts for code models, chat messages for the others.
+
+Stable content comes first (other files' snippets, then the file's path, then the text before
+the cursor), so consecutive keystrokes share a long prompt prefix and the model server's prefix
+cache is reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+
+from .fim import FimTemplate
+from .types import ChatMessage, Snippet
+
+CURSOR = "<CURSOR>"
+
+_HASH = ("# ", "")
+_SLASHES = ("// ", "")
+_DASHES = ("-- ", "")
+_BLOCK_C = ("/* ", " */")
+_HTML = ("<!-- ", " -->")
+_COMMENT_BY_SUFFIX: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(
+        (
+            ".py",
+            ".pyi",
+            ".sh",
+            ".bash",
+            ".zsh",
+            ".rb",
+            ".pl",
+            ".r",
+            ".yaml",
+            ".yml",
+            ".toml",
+            ".cfg",
+            ".ini",
+            ".ps1",
+            ".jl",
+            ".ex",
+            ".exs",
+            ".nim",
+            ".cmake",
+            ".mk",
+            ".dockerfile",
+            ".tf",
+            ".conf",
+        ),
+        _HASH,
+    ),
+    **dict.fromkeys(
+        (
+            ".c",
+            ".h",
+            ".cc",
+            ".cpp",
+            ".cxx",
+            ".hpp",
+            ".hh",
+            ".java",
+            ".kt",
+            ".kts",
+            ".scala",
+            ".js",
+            ".jsx",
+            ".mjs",
+            ".cjs",
+            ".ts",
+            ".tsx",
+            ".go",
+            ".rs",
+            ".swift",
+            ".cs",
+            ".dart",
+            ".php",
+            ".groovy",
+            ".gradle",
+            ".zig",
+            ".proto",
+            ".sol",
+            ".v",
+            ".m",
+            ".mm",
+            ".fs",
+        ),
+        _SLASHES,
+    ),
+    **dict.fromkeys((".sql", ".lua", ".hs", ".elm", ".ada", ".vhd", ".vhdl"), _DASHES),
+    **dict.fromkeys((".css", ".scss", ".less"), _BLOCK_C),
+    **dict.fromkeys((".html", ".htm", ".xml", ".vue", ".svelte", ".md", ".svg"), _HTML),
+    ".lisp": ("; ", ""),
+    ".clj": (";; ", ""),
+    ".el": (";; ", ""),
+    ".erl": ("% ", ""),
+    ".tex": ("% ", ""),
+    ".vim": ('" ', ""),
+    ".bat": ("REM ", ""),
+}
+_COMMENT_BY_NAME: dict[str, tuple[str, str]] = {
+    "makefile": _HASH,
+    "dockerfile": _HASH,
+    "cmakelists.txt": _HASH,
+}
+
+
+def comment_style(filename: str) -> tuple[str, str]:
+    """The line-comment opener and closer for a file, by its name (`#` when unknown)."""
+    path = PurePosixPath(filename.replace("\\", "/"))
+    by_name = _COMMENT_BY_NAME.get(path.name.lower())
+    if by_name is not None:
+        return by_name
+    return _COMMENT_BY_SUFFIX.get(path.suffix.lower(), _HASH)
+
+
+def _commented(text: str, style: tuple[str, str]) -> str:
+    opener, closer = style
+    return "".join(f"{opener}{line}{closer}".rstrip() + "\n" for line in text.splitlines())
+
+
+def _snippet_header(snippet: Snippet) -> str:
+    return f"Path: {snippet.path} (lines {snippet.start_line}-{snippet.end_line})"
+
+
+def _with_newline(text: str) -> str:
+    return text if text.endswith("\n") or not text else text + "\n"
+
+
+def build_fim_prompt(
+    template: FimTemplate,
+    prefix: str,
+    suffix: str,
+    *,
+    filename: str,
+    snippets: Sequence[Snippet] = (),
+) -> str:
+    """The raw FIM prompt for `template`, with context snippets laid out before the prefix.
+
+    Families with a file separator get the repository form they were trained on (one block per
+    file, path first); the others get snippets as comments in the file's language.
+    """
+    if template.file_sep:
+        context = "".join(
+            f"{template.file_sep}{snippet.path}\n{_with_newline(snippet.text)}"
+            for snippet in snippets
+        )
+        if not context:
+            return template.render(prefix, suffix)
+        body = template.render(prefix, suffix)
+        return f"{context}{template.file_sep}{filename}\n{body}"
+    style = comment_style(filename)
+    context = "".join(
+        _commented(f"{_snippet_header(snippet)}\n{snippet.text}", style) for snippet in snippets
+    )
+    if context:
+        context += _commented(f"Path: {filename}", style)
+    return template.render(context + prefix, suffix)
+
+
+COMPLETION_SYSTEM_PROMPT = (
+    "You are a code completion engine inside an editor. The user shows a file with the marker "
+    f"{CURSOR} at the cursor. Reply with ONLY the code to insert at {CURSOR}: no explanation, no "
+    "markdown, no code fences, and do not repeat the code before or after the cursor. If nothing "
+    "should be inserted, reply with nothing."
+)
+
+
+def build_chat_completion_messages(
+    prefix: str,
+    suffix: str,
+    *,
+    filename: str,
+    language: str,
+    snippets: Sequence[Snippet] = (),
+) -> list[ChatMessage]:
+    """Chat messages asking a model without FIM tokens for the code at the cursor."""
+    parts: list[str] = []
+    for snippet in snippets:
+        parts.append(f"{_snippet_header(snippet)}\n{_with_newline(snippet.text)}")
+    if parts:
+        parts.insert(0, "Context from other files:\n")
+    label = f" ({language})" if language else ""
+    parts.append(f"File: {filename}{label}\n{prefix}{CURSOR}{suffix}")
+    parts.append(f"\nReply with only the code to insert at {CURSOR}.")
+    return [
+        ChatMessage(role="system", content=COMPLETION_SYSTEM_PROMPT),
+        ChatMessage(role="user", content="\n".join(parts)),
+    ]
