@@ -15,7 +15,7 @@ typecheck: setup
 	.venv/bin/mypy
 
 vllm-tier:
-	bash scripts/vllm_tier.sh
+	bash scripts/vllm_tier.sh --qwen-fim
 
 pytest: setup vllm-tier
 	.venv/bin/pytest -ra

@@ -13,14 +13,26 @@ import pytest_asyncio
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-from .stacks import Stack, running_stack
+from .stacks import TIERS, Stack, tier_stack
 
 STATUS = "bastion/status"
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+@pytest.fixture(scope="session", params=TIERS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A real model behind a real proxy, once per tier (llama.cpp's server, vLLM)."""
+    with tier_stack(request.param, tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session", params=TIERS)
+def qwen_fim_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """SmolLM2 whose tokenizer also has Qwen2.5-Coder's FIM tokens, once per tier."""
+    with tier_stack(request.param, tmp_path_factory.mktemp("qwen-fim"), "qwen-fim") as running:
         yield running
 
 

@@ -9,16 +9,27 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bastion.secrets import private_dir, write_secret
 from bastion.stack import READY_LINE, free_port
+from inference.launcher import embedded_model_path
+from tests.fixtures.make_fim_gguf import make_qwen_fim_gguf
 
 REPO = Path(__file__).resolve().parents[2]
 BASTION = [sys.executable, "-m", "bastion.cli"]
+TIERS = ["llama.cpp", "vllm"]
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+VLLM_MODELS = {
+    "smollm2": REPO / ".cache" / "models" / "smollm2-135m-instruct-hf",
+    "qwen-fim": REPO / ".cache" / "models" / "smollm2-qwenfim-hf",
+}
+VLLM_START_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -46,7 +57,7 @@ class Stack:
         """Request and outcome of each completion call, oldest first."""
         return self.audit_rows(
             "SELECT r.id, r.user, r.feature, r.route, o.status, o.completed, o.aborted_by, "
-            "o.bytes_out FROM requests r LEFT JOIN outcomes o ON o.request_id = r.id "
+            "o.bytes_out, o.request_id AS outcome_of FROM requests r LEFT JOIN outcomes o ON o.request_id = r.id "
             "WHERE r.feature = 'completion' ORDER BY r.rowid"
         )
 
@@ -98,3 +109,93 @@ def running_stack(data_dir: Path, *extra: str, timeout_s: float = 240.0) -> Iter
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def _wait_for_http(url: str, key: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the model server exited with {process.returncode}")
+        try:
+            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})  # noqa: S310
+            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+@contextmanager
+def running_vllm(model_dir: Path, key: str, log_file: Path) -> Iterator[str]:
+    """Real vLLM on the CPU (`make vllm-tier` builds it), serving `model_dir` on loopback."""
+    if not VLLM_PYTHON.exists() or not (model_dir / "config.json").exists():
+        raise RuntimeError(f"the vLLM tier is not built ({model_dir}): run `make vllm-tier`")
+    port = free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
+                "--model", str(model_dir),
+                "--served-model-name", "smollm2",
+                "--host", "127.0.0.1",
+                "--port", str(port),
+                "--api-key", key,
+                "--max-model-len", "2048",
+                "--enforce-eager",
+                "--enable-prefix-caching",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            _wait_for_http(f"{url}/v1/models", key, process, VLLM_START_TIMEOUT_S)
+        except RuntimeError as error:
+            tail = log_file.read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"{error}\n{tail}") from None
+        yield url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@contextmanager
+def tier_stack(tier: str, folder: Path, model: str = "smollm2") -> Iterator[Stack]:
+    """`bastion up` on the given tier: the embedded llama.cpp server, or real vLLM."""
+    data_dir = private_dir(folder / "data")
+    if tier == "llama.cpp":
+        extra: tuple[str, ...] = ()
+        if model == "qwen-fim":
+            gguf = make_qwen_fim_gguf(embedded_model_path(), folder / "smollm2-qwen-fim.gguf")
+            extra = ("--model-file", str(gguf))
+        with running_stack(data_dir, *extra) as stack:
+            yield stack
+        return
+    key_file = folder / "upstream.key"
+    write_secret(key_file, "svc_vllm_" + os.urandom(16).hex())
+    key = key_file.read_text().strip()
+    with (
+        running_vllm(VLLM_MODELS[model], key, folder / "vllm.log") as upstream,
+        running_stack(
+            data_dir, "--upstream", upstream, "--upstream-key-file", str(key_file)
+        ) as stack,
+    ):
+        yield stack

@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from inference import ClientConfig, CompletionMode, ModelClient, detect_completion_mode
-from inference.launcher import embedded_model_path
-from tests.fixtures.make_fim_gguf import make_qwen_fim_gguf
 
 from .conftest import LspSession, file_uri
-from .stacks import Stack, running_stack
+from .stacks import Stack
 from .test_inline_completion import CURSOR, SOURCE
 
 
@@ -30,14 +26,6 @@ async def test_smollm2_has_no_fim_tokens_so_completion_goes_through_chat(stack: 
     assert mode.kind == "chat"
     assert mode.template is None
     assert mode.source == "default"
-
-
-@pytest.fixture(scope="module")
-def qwen_fim_stack(tmp_path_factory: pytest.TempPathFactory) -> object:
-    folder = tmp_path_factory.mktemp("qwen-fim")
-    gguf = make_qwen_fim_gguf(embedded_model_path(), folder / "smollm2-qwen-fim.gguf")
-    with running_stack(folder / "data", "--model-file", str(gguf)) as stack:
-        yield stack
 
 
 async def test_a_tokenizer_with_qwen_fim_tokens_selects_the_qwen_template(
