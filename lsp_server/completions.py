@@ -125,7 +125,11 @@ class InlineCompleter:
         )
         context = PostContext.from_texts(request.prefix, request.suffix, request.language_id)
         stream = self._stream(connection, profile, request, prefix, suffix)
-        return postprocess(await collect_until_boundary(stream, context), context)
+        raw = await collect_until_boundary(stream, context)
+        text = postprocess(raw, context)
+        log.info("completion %s: %d chars from the model, %d kept", request.path, len(raw),
+                 len(text or ""))  # fmt: skip
+        return text
 
     def _stream(
         self,

@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 stamp=.venv/.bastion-installed
-wheels=.cache/wheels
+# Built wheels are kept per user (like pip's cache), so every checkout reuses the one build.
+wheels=${BASTION_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bastion/wheels}
 llama_version=0.3.36
 # llama.cpp's default build tunes itself to the build host's CPU; on Sapphire Rapids its AMX
 # kernels crash on SmolLM2's Q4_1 weights. Build once, portable (AVX2, no AMX), and keep the wheel.

@@ -45,7 +45,9 @@ class LspSession:
         self._version: dict[str, int] = {}
 
     def settings(self, stack: Stack, **overrides: Any) -> dict[str, Any]:
-        return {"proxyUrl": stack.proxy_url, "apiKey": stack.user_key, **overrides}
+        # Greedy decoding: the same prompt gets the same answer, so tests are repeatable.
+        base = {"proxyUrl": stack.proxy_url, "apiKey": stack.user_key, "temperature": 0}
+        return {**base, **overrides}
 
     async def start(self, initialization_options: dict[str, Any]) -> None:
         await self.client.initialize_session(

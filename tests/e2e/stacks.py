@@ -57,7 +57,8 @@ class Stack:
         """Request and outcome of each completion call, oldest first."""
         return self.audit_rows(
             "SELECT r.id, r.user, r.feature, r.route, o.status, o.completed, o.aborted_by, "
-            "o.bytes_out, o.request_id AS outcome_of FROM requests r LEFT JOIN outcomes o ON o.request_id = r.id "
+            "o.bytes_out, o.request_id AS outcome_of "
+            "FROM requests r LEFT JOIN outcomes o ON o.request_id = r.id "
             "WHERE r.feature = 'completion' ORDER BY r.rowid"
         )
 
