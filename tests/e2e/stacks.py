@@ -66,6 +66,17 @@ class Stack:
         return int(self.audit_rows("SELECT count(*) AS n FROM requests")[0]["n"])
 
 
+def stop_group(process: subprocess.Popen[Any], signum: signal.Signals) -> None:
+    """Stop a process started in its own session, and everything it started."""
+    if process.poll() is None:
+        os.killpg(process.pid, signum)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def _follow(process: subprocess.Popen[str], log: list[str], ready: threading.Event) -> None:
     assert process.stdout is not None
     for line in process.stdout:
@@ -103,13 +114,7 @@ def running_stack(data_dir: Path, *extra: str, timeout_s: float = 240.0) -> Iter
                 raise RuntimeError("bastion up did not get ready:\n" + "".join(stack.log[-60:]))
         yield stack
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(process, signal.SIGINT)
 
 
 def _wait_for_http(url: str, key: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -169,13 +174,7 @@ def running_vllm(model_dir: Path, key: str, log_file: Path) -> Iterator[str]:
             raise RuntimeError(f"{error}\n{tail}") from None
         yield url
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(process, signal.SIGTERM)
 
 
 @contextmanager

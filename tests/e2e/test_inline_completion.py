@@ -175,3 +175,53 @@ async def test_proxy_down_is_reported_and_requests_end_within_the_timeout(
     status = lsp.statuses[-1]
     assert status["connected"] is False
     assert "127.0.0.1" in status["lastError"] or "refused" in status["lastError"].lower()
+
+
+async def test_cancel_request_closes_the_stream_to_the_proxy(
+    lsp: LspSession, stack: Stack, tmp_path: Path
+) -> None:
+    await lsp.start(lsp.settings(stack, maxTokens=1024))
+    uri = file_uri(tmp_path, "cancel.py")
+    lsp.open(uri, SOURCE)
+    before = len(stack.completion_records())
+
+    pending = asyncio.ensure_future(
+        lsp.client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION,
+            lsp.inline_params(uri, *CURSOR),
+            msg_id="cancel-me",
+        )
+    )
+    await wait_until(lambda: len(stack.completion_records()) > before)
+    lsp.client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="cancel-me"))
+
+    try:
+        result = await pending
+    except JsonRpcRequestCancelled:
+        result = None
+    assert result is None
+    await wait_until(lambda: stack.completion_records()[before]["outcome_of"] is not None)
+    record = stack.completion_records()[before]
+    assert record["aborted_by"] == "client", dict(record)
+    assert not record["completed"]
+
+
+async def test_clients_without_inline_completion_get_a_completion_item(
+    lsp: LspSession, stack: Stack, tmp_path: Path
+) -> None:
+    await lsp.start(lsp.settings(stack))
+    uri = file_uri(tmp_path, "fallback.py")
+    lsp.open(uri, SOURCE)
+
+    result = await lsp.client.text_document_completion_async(
+        types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=types.Position(line=CURSOR[0], character=CURSOR[1]),
+        )
+    )
+
+    assert isinstance(result, types.CompletionList) and len(result.items) == 1
+    item = result.items[0]
+    assert isinstance(item.text_edit, types.TextEdit) and item.text_edit.new_text.strip()
+    assert item.label and item.detail == "Bastion"
+    assert stack.completion_records()[-1]["feature"] == "completion"
