@@ -139,8 +139,9 @@ def _banner(proxy_url: str, key_file: Path, model: str) -> str:
   model:     {model}
   user key:  {key_file}   (mode 0600; give it to your editor, never commit it)
 
-  VS Code:   install the Bastion extension, run "Bastion: Set Key", set bastion.proxyUrl.
-  Neovim:    see README.md, "Connect an editor".
+  Editor:    start `bastion lsp` with initializationOptions {{"proxyUrl": "{proxy_url}"}}
+             and BASTION_API_KEY from the key file; README.md, "Connect an editor", has a
+             Neovim set-up.
   Stop:      Ctrl-C
 """
 

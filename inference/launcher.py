@@ -69,6 +69,7 @@ class EmbeddedServer:
             "--n_ctx", str(self.context_tokens),
             "--n_threads", str(self.threads),
             "--n_threads_batch", str(self.threads),
+            "--verbose", "False",
         ]  # fmt: skip
         if self.api_key:
             argv += ["--api_key", self.api_key]
