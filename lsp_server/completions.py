@@ -127,8 +127,12 @@ class InlineCompleter:
         stream = self._stream(connection, profile, request, prefix, suffix)
         raw = await collect_until_boundary(stream, context)
         text = postprocess(raw, context)
-        log.info("completion %s: %d chars from the model, %d kept", request.path, len(raw),
-                 len(text or ""))  # fmt: skip
+        log.info(
+            "completion %s: %d chars from the model, %d kept",
+            request.path,
+            len(raw),
+            len(text or ""),
+        )
         return text
 
     def _stream(

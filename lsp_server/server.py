@@ -5,16 +5,30 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
+from pydantic import ValidationError
+from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.uris import to_fs_path
 
 from inference import ModelError
 
 from . import __version__
+from .actions import ActionRefused, list_actions, read_data, resolve_action
+from .chat import (
+    DELTA_METHOD,
+    ApplyCodeBlockParams,
+    ChatError,
+    ChatParams,
+    ChatSessions,
+    Workspace,
+    code_block_edit,
+    run_chat,
+)
 from .completions import CompletionInput, InlineCompleter
 from .connection import ProxyConnection
 from .settings import Settings, parse_settings
@@ -38,6 +52,21 @@ class BastionLanguageServer(LanguageServer):
             lambda: self.connection, self.typing_cache, self.status, self.log_line
         )
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
+        self.chat_sessions = ChatSessions()
+
+    def chat_workspace(self) -> Workspace:
+        roots = [Path(to_fs_path(f.uri) or ".") for f in self.workspace.folders.values()]
+        if not roots and self.workspace.root_path:
+            roots = [Path(self.workspace.root_path)]
+
+        def open_text(uri: str) -> str | None:
+            document = self.workspace.text_documents.get(uri)
+            return document.source if document is not None else None
+
+        return Workspace(roots=roots, open_text=open_text)
+
+    def send_chat_delta(self, session_id: str, delta: str) -> None:
+        self.protocol.notify(DELTA_METHOD, {"sessionId": session_id, "delta": delta})
 
     def apply_settings(self, raw: Any) -> None:
         settings, problems = parse_settings(raw)
@@ -168,6 +197,112 @@ async def completion(
         ),
     )
     return types.CompletionList(is_incomplete=True, items=[item])
+
+
+@server.feature(
+    types.TEXT_DOCUMENT_CODE_ACTION,
+    types.CodeActionOptions(
+        code_action_kinds=[
+            types.CodeActionKind.QuickFix,
+            types.CodeActionKind.RefactorRewrite,
+            types.CodeActionKind.Source,
+        ],
+        resolve_provider=True,
+    ),
+)
+def code_actions(
+    ls: BastionLanguageServer, params: types.CodeActionParams
+) -> list[types.CodeAction | types.Command] | None:
+    """Listed without calling the model; the model is asked only in `codeAction/resolve`."""
+    document = ls.workspace.get_text_document(params.text_document.uri)
+    return list(
+        list_actions(
+            document.uri,
+            document.version or 0,
+            document.lines,
+            params.range,
+            params.context.diagnostics,
+        )
+    )
+
+
+@server.feature(types.CODE_ACTION_RESOLVE)
+async def resolve_code_action(
+    ls: BastionLanguageServer, action: types.CodeAction
+) -> types.CodeAction:
+    try:
+        data = read_data(action)
+        document = ls.workspace.get_text_document(data.uri)
+        if document.version != data.version:
+            raise JsonRpcContentModified(
+                f"{data.uri} changed since this action was listed; ask for code actions again"
+            )
+        path = Path(to_fs_path(data.uri) or data.uri)
+        roots = ls.chat_workspace().roots
+        return await resolve_action(
+            action,
+            data,
+            connection=ls.connection,
+            lines=document.lines,
+            path=path,
+            language=document.language_id or "plaintext",
+            workspace_root=roots[0] if roots else None,
+        )
+    except (ActionRefused, ModelError) as error:
+        ls.window_show_message(
+            types.ShowMessageParams(type=types.MessageType.Warning, message=f"Bastion: {error}")
+        )
+        raise JsonRpcInvalidParams(str(error)) from None
+
+
+@server.feature("bastion/chat")
+async def chat(ls: BastionLanguageServer, params: Any) -> dict[str, Any]:
+    """One chat turn, streamed as `bastion/chatDelta`; cancellable with `$/cancelRequest`."""
+    try:
+        request = ChatParams.model_validate(plain(params))
+        result = await run_chat(
+            request, ls.chat_sessions, ls.chat_workspace(), ls.connection, ls.send_chat_delta
+        )
+    except ValidationError as error:
+        raise JsonRpcInvalidParams(describe(error)) from None
+    except (ChatError, ModelError) as error:
+        raise JsonRpcInvalidParams(str(error)) from None
+    return result.model_dump(by_alias=True)
+
+
+@server.feature("bastion/applyCodeBlock")
+async def apply_code_block(ls: BastionLanguageServer, params: Any) -> dict[str, Any]:
+    """Apply a code block from an answer through `workspace/applyEdit`, if still current."""
+    try:
+        request = ApplyCodeBlockParams.model_validate(plain(params))
+        document = ls.workspace.get_text_document(request.uri)
+        edit = code_block_edit(request, document.version, document.lines)
+    except ValidationError as error:
+        raise JsonRpcInvalidParams(describe(error)) from None
+    except ChatError as error:
+        raise JsonRpcContentModified(str(error)) from None
+    result = await ls.workspace_apply_edit_async(
+        types.ApplyWorkspaceEditParams(edit=edit, label="Bastion: apply code block")
+    )
+    return {"applied": result.applied, "failureReason": result.failure_reason}
+
+
+def plain(value: Any) -> Any:
+    """pygls hands custom requests' params over as namedtuples; pydantic wants dicts."""
+    if hasattr(value, "_asdict"):
+        value = value._asdict()
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
+
+
+def describe(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in e['loc']) or 'params'}: {e['msg']}"
+        for e in error.errors()
+    )
 
 
 def run_stdio() -> None:

@@ -42,6 +42,8 @@ class LspSession:
     def __init__(self, client: LanguageClient) -> None:
         self.client = client
         self.statuses: list[dict[str, Any]] = []
+        self.chat_deltas: list[dict[str, Any]] = []
+        self.applied_edits: list[types.WorkspaceEdit] = []
         self._version: dict[str, int] = {}
 
     def settings(self, stack: Stack, **overrides: Any) -> dict[str, Any]:
@@ -49,11 +51,21 @@ class LspSession:
         base = {"proxyUrl": stack.proxy_url, "apiKey": stack.user_key, "temperature": 0}
         return {**base, **overrides}
 
-    async def start(self, initialization_options: dict[str, Any]) -> None:
+    async def start(
+        self, initialization_options: dict[str, Any], workspace: Path | None = None
+    ) -> None:
+        folders = (
+            [types.WorkspaceFolder(uri=workspace.as_uri(), name=workspace.name)]
+            if workspace is not None
+            else None
+        )
         await self.client.initialize_session(
             types.InitializeParams(
-                capabilities=types.ClientCapabilities(),
+                capabilities=types.ClientCapabilities(
+                    workspace=types.WorkspaceClientCapabilities(apply_edit=True)
+                ),
                 initialization_options=initialization_options,
+                workspace_folders=folders,
             )
         )
         # The server asks the proxy about the model right after `initialized`; let that finish
@@ -126,6 +138,15 @@ async def lsp() -> AsyncIterator[LspSession]:
     @client.feature(STATUS)
     def _on_status(params: Any) -> None:
         session.statuses.append(_as_dict(params))
+
+    @client.feature("bastion/chatDelta")
+    def _on_chat_delta(params: Any) -> None:
+        session.chat_deltas.append(_as_dict(params))
+
+    @client.feature(types.WORKSPACE_APPLY_EDIT)
+    def _on_apply_edit(params: types.ApplyWorkspaceEditParams) -> types.ApplyWorkspaceEditResult:
+        session.applied_edits.append(params.edit)
+        return types.ApplyWorkspaceEditResult(applied=True)
 
     yield session
     await client.shutdown_session()

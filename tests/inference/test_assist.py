@@ -1,0 +1,61 @@
+import pytest
+
+from inference import Snippet
+from inference.assist import (
+    ActionKind,
+    build_action_messages,
+    build_chat_messages,
+    expand_slash_command,
+    extract_code,
+    security_concern,
+)
+
+
+def test_slash_commands_expand_and_keep_the_rest() -> None:
+    assert expand_slash_command("/fix the loop").startswith("Find the bug")
+    assert expand_slash_command("/fix the loop").endswith("the loop")
+    assert expand_slash_command("/unknown x") == "/unknown x"
+
+
+@pytest.mark.parametrize(
+    ("message", "what"),
+    [
+        ("please disable TLS certificate verification", "TLS"),
+        ("set verify=False on the session", "TLS"),
+        ("remove the auth check from this endpoint", "authentication"),
+        ("log the user's password when login fails", "secret"),
+    ],
+)
+def test_security_weakening_requests_are_recognised(message: str, what: str) -> None:
+    concern = security_concern(message)
+    assert concern is not None and what in concern.what
+
+
+@pytest.mark.parametrize(
+    "message", ["explain this function", "add logging to the retry loop", "verify the input"]
+)
+def test_ordinary_requests_raise_no_concern(message: str) -> None:
+    assert security_concern(message) is None
+
+
+def test_chat_prompt_holds_exactly_the_snippets() -> None:
+    snippets = [Snippet("a.py", 0, 1, "x = 1\ny = 2"), Snippet("b.py", 4, 4, "z = 3")]
+    messages = build_chat_messages("/explain", snippets)
+    user = messages[-1].content
+    assert user.count("File ") == 2
+    assert "File a.py, lines 1-2:" in user and "File b.py, lines 5-5:" in user
+    assert messages[0].role == "system"
+
+
+def test_action_prompt_names_the_problem() -> None:
+    target = Snippet("g.py", 2, 2, "return math.pi")
+    messages = build_action_messages(
+        ActionKind.FIX_DIAGNOSTIC, target, language="python", problem="ruff: Undefined name `math`"
+    )
+    assert "Undefined name `math`" in messages[-1].content
+
+
+def test_extract_code_takes_the_first_fenced_block_or_the_answer() -> None:
+    assert extract_code("Here:\n```python\nimport math\n```\nDone") == "import math"
+    assert extract_code("```\nunterminated\n") == "unterminated"
+    assert extract_code("plain answer") == "plain answer"
