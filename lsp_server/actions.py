@@ -29,7 +29,6 @@ TITLES: dict[ActionKind, str] = {
 KINDS: dict[ActionKind, types.CodeActionKind] = {
     ActionKind.FIX_DIAGNOSTIC: types.CodeActionKind.QuickFix,
     ActionKind.FIX: types.CodeActionKind.QuickFix,
-    ActionKind.EXPLAIN: types.CodeActionKind.Empty,
     ActionKind.ADD_DOCSTRING: types.CodeActionKind.RefactorRewrite,
     ActionKind.GENERATE_TESTS: types.CodeActionKind.Source,
     ActionKind.REFACTOR: types.CodeActionKind.RefactorRewrite,
@@ -85,9 +84,9 @@ def list_actions(
     lines: Sequence[str],
     selection: types.Range,
     diagnostics: Sequence[types.Diagnostic],
-) -> list[types.CodeAction]:
+) -> list[types.CodeAction | types.Command]:
     """Every Bastion action for this range; pure, no I/O."""
-    actions: list[types.CodeAction] = []
+    actions: list[types.CodeAction | types.Command] = []
 
     def add(kind: ActionKind, title: str, region: LineRegion, **extra: Any) -> None:
         data = ActionData(
@@ -136,9 +135,8 @@ def list_actions(
             }
         ],
     )
-    actions.append(
-        types.CodeAction(title=explain.title, kind=KINDS[ActionKind.EXPLAIN], command=explain)
-    )
+    # A bare Command, not a CodeAction holding one: clients can tell it apart unambiguously.
+    actions.append(explain)
     return actions
 
 

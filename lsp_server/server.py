@@ -270,6 +270,26 @@ async def chat(ls: BastionLanguageServer, params: Any) -> dict[str, Any]:
     return result.model_dump(by_alias=True)
 
 
+@server.command("bastion.chat")
+async def chat_command(ls: BastionLanguageServer, *arguments: Any) -> dict[str, Any] | None:
+    """The Explain action for editors without a chat view: the answer as a message."""
+    try:
+        request = ChatParams.model_validate(plain(arguments[0]) if arguments else {})
+        result = await run_chat(
+            request, ls.chat_sessions, ls.chat_workspace(), ls.connection, ls.send_chat_delta
+        )
+    except (ValidationError, ChatError, ModelError) as error:
+        message = describe(error) if isinstance(error, ValidationError) else str(error)
+        ls.window_show_message(
+            types.ShowMessageParams(type=types.MessageType.Warning, message=f"Bastion: {message}")
+        )
+        return None
+    ls.window_show_message(
+        types.ShowMessageParams(type=types.MessageType.Info, message=result.answer)
+    )
+    return result.model_dump(by_alias=True)
+
+
 @server.feature("bastion/applyCodeBlock")
 async def apply_code_block(ls: BastionLanguageServer, params: Any) -> dict[str, Any]:
     """Apply a code block from an answer through `workspace/applyEdit`, if still current."""

@@ -252,3 +252,43 @@ async def test_bad_chat_input_gets_a_clear_error_and_the_server_carries_on(
 
     actions = await lsp.client.text_document_code_action_async(code_action_params(uri, 1, []))
     assert actions, "the server still answers"
+
+
+async def test_generated_tests_go_to_a_new_file_in_the_test_layout(
+    lsp: LspSession, stack: Stack, workspace: Path
+) -> None:
+    uri = await open_geometry(lsp, stack, workspace)
+    actions = await lsp.client.text_document_code_action_async(code_action_params(uri, 1, []))
+    assert actions is not None
+    generate = next(a for a in actions if a.title == "Bastion: Generate tests")
+    assert isinstance(generate, types.CodeAction)
+
+    resolved = await lsp.client.code_action_resolve_async(generate)
+
+    assert resolved.edit is not None and resolved.edit.document_changes
+    create, write = resolved.edit.document_changes
+    assert isinstance(create, types.CreateFile)
+    assert create.uri == (workspace / "tests" / "test_geometry.py").as_uri()
+    assert isinstance(write, types.TextDocumentEdit) and write.text_document.uri == create.uri
+    assert any(isinstance(e, types.TextEdit) and e.new_text.strip() for e in write.edits)
+
+
+async def test_explain_runs_as_a_command_for_editors_without_a_chat_view(
+    lsp: LspSession, stack: Stack, workspace: Path
+) -> None:
+    uri = await open_geometry(lsp, stack, workspace)
+    actions = await lsp.client.text_document_code_action_async(code_action_params(uri, 1, []))
+    assert actions is not None
+    explain = next(a for a in actions if a.title == "Bastion: Explain")
+    assert isinstance(explain, types.Command) and explain.command == "bastion.chat"
+    shown = len(lsp.client.messages)
+
+    await lsp.client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command=explain.command, arguments=explain.arguments)
+    )
+
+    assert len(lsp.client.messages) > shown and lsp.client.messages[-1].message.strip()
+    assert (
+        stack.audit_rows("SELECT feature FROM requests ORDER BY rowid DESC LIMIT 1")[0]["feature"]
+        == "chat"
+    )
