@@ -24,6 +24,7 @@ test: lint typecheck pytest
 
 bench: setup
 	.venv/bin/python benchmarks/lsp_overhead.py
+	.venv/bin/python benchmarks/code_action_latency.py
 	.venv/bin/python benchmarks/proxy_overhead.py
 
 clean:

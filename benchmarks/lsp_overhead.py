@@ -10,58 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
-import sys
 import time
-from pathlib import Path
 
 import httpx
+from lsp_session import instant_upstream, language_server, summary
 from lsprotocol import types
-from pytest_lsp import ClientServerConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bastion.stack import free_port  # noqa: E402
+from pygls.lsp.client import LanguageClient
 
 ITERATIONS = 300
 WARMUP = 20
 SOURCE = "import os\n\n\ndef load(path):\n    data = open(path).read()\n    " + "\n" * 3
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def wait_for_port(url: str) -> None:
-    async with httpx.AsyncClient() as client:
-        for _ in range(200):
-            try:
-                await client.get(url)
-                return
-            except httpx.HTTPError:
-                await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer")
-
-
 async def lsp_round_trips(upstream: str) -> list[float]:
-    config = ClientServerConfig(server_command=[sys.executable, "-m", "bastion.cli", "lsp"])
-    client = await config.start()
-    await client.initialize_session(
-        types.InitializeParams(
-            capabilities=types.ClientCapabilities(),
-            initialization_options={"proxyUrl": upstream, "apiKey": "bench"},
-        )
-    )
     uri = "file:///bench/load.py"
-    client.text_document_did_open(
-        types.DidOpenTextDocumentParams(
-            text_document=types.TextDocumentItem(
-                uri=uri, language_id="python", version=1, text=SOURCE
-            )
-        )
-    )
+    async with language_server(upstream, uri, SOURCE) as client:
+        return await _timed_completions(client, uri)
+
+
+async def _timed_completions(client: LanguageClient, uri: str) -> list[float]:
     line, character = 5, 4
     samples: list[float] = []
     for i in range(WARMUP + ITERATIONS):
@@ -89,8 +56,6 @@ async def lsp_round_trips(upstream: str) -> list[float]:
             raise RuntimeError(f"iteration {i}: the language server returned no completion")
         if i >= WARMUP:
             samples.append(elapsed)
-    await client.shutdown_session()
-    await client.stop()
     return samples
 
 
@@ -109,29 +74,10 @@ async def direct_round_trips(upstream: str) -> list[float]:
     return samples
 
 
-def summary(name: str, samples: list[float]) -> dict[str, float | str]:
-    return {
-        "measure": name,
-        "p50_ms": round(statistics.median(samples), 3),
-        "p99_ms": round(percentile(samples, 0.99), 3),
-        "mean_ms": round(statistics.fmean(samples), 3),
-        "n": len(samples),
-    }
-
-
 async def main() -> None:
-    port = free_port()
-    upstream = f"http://127.0.0.1:{port}"
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "benchmarks" / "instant_upstream.py"), str(port)
-    )
-    try:
-        await wait_for_port(f"{upstream}/v1/models")
+    async with instant_upstream() as upstream:
         direct = summary("direct_upstream_call", await direct_round_trips(upstream))
         lsp = summary("lsp_inline_completion", await lsp_round_trips(upstream))
-    finally:
-        server.terminate()
-        await server.wait()
     print(json.dumps(direct))
     print(json.dumps(lsp))
     own = float(lsp["p50_ms"]) - float(direct["p50_ms"])
