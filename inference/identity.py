@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from .client import ModelClient
 
 CHAT = "chat"
+# `<|im_start|>` alone marks ChatML: llama.cpp splits SmolLM2's `<|im_end|>` (its EOS) when asked
+# to tokenize it as text, so requiring both would miss real ChatML models.
+CHATML_MARKERS = ("<|im_start|>",)
 _NO_OVERRIDE = frozenset({"", "auto"})
 
 # Name fallback, first match wins. CodeQwen1.5 uses the StarCoder markers, hence its place.
@@ -38,19 +41,28 @@ class CompletionMode:
     kind: Literal["fim", "chat"]
     template: FimTemplate | None
     source: Literal["setting", "tokenizer", "name", "default"]
+    chat_format: Literal["chatml"] | None = None
 
     @property
     def name(self) -> str:
-        return f"fim:{self.template.name}" if self.template is not None else CHAT
+        if self.template is not None:
+            return f"fim:{self.template.name}"
+        return f"{CHAT}:{self.chat_format}-prefill" if self.chat_format else CHAT
 
 
 def all_markers() -> tuple[str, ...]:
-    """Every family's markers, each once, in registry order."""
+    """Every family's markers, each once, in registry order, then the ChatML markers."""
     seen: dict[str, None] = {}
     for template in FIM_TEMPLATES.values():
         for marker in template.markers():
             seen.setdefault(marker, None)
+    for marker in CHATML_MARKERS:
+        seen.setdefault(marker, None)
     return tuple(seen)
+
+
+def _single_tokens(results: Mapping[str, Sequence[int]], markers: Sequence[str]) -> bool:
+    return all(len(results.get(marker) or ()) == 1 for marker in markers)
 
 
 def choose_mode(
@@ -74,9 +86,10 @@ def choose_mode(
         return CompletionMode("fim", template, "setting")
     if tokenize_results is not None:
         for template in FIM_TEMPLATES.values():
-            tokens = [tokenize_results.get(marker) for marker in template.markers()]
-            if all(ids is not None and len(ids) == 1 for ids in tokens):
+            if _single_tokens(tokenize_results, template.markers()):
                 return CompletionMode("fim", template, "tokenizer")
+        if _single_tokens(tokenize_results, CHATML_MARKERS):
+            return CompletionMode("chat", None, "tokenizer", chat_format="chatml")
         return CompletionMode("chat", None, "default")
     name = model_id.lower()
     for pattern, template_name in _NAME_PATTERNS:

@@ -8,6 +8,7 @@ cache is reused.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from .fim import FimTemplate
@@ -186,3 +187,44 @@ def build_chat_completion_messages(
         ChatMessage(role="system", content=COMPLETION_SYSTEM_PROMPT),
         ChatMessage(role="user", content="\n".join(parts)),
     ]
+
+
+CHATML_STOPS = ("```", "<|im_end|>", "<|im_start|>", "<|endoftext|>")
+
+
+@dataclass(frozen=True)
+class PrefillPrompt:
+    """A raw ChatML prompt whose assistant turn already holds the code up to the cursor."""
+
+    text: str
+    held_back: str
+
+    def completion(self, generated: str) -> str:
+        """What to insert at the cursor: drop the whitespace the prompt held back, if restated."""
+        if self.held_back and generated.startswith(self.held_back):
+            return generated[len(self.held_back) :]
+        return generated.lstrip(" \t") if self.held_back else generated
+
+
+def build_chatml_prefill_prompt(
+    prefix: str,
+    suffix: str,
+    *,
+    filename: str,
+    language: str,
+    snippets: Sequence[Snippet] = (),
+) -> PrefillPrompt:
+    """For chat models with ChatML tokens but no FIM tokens (SmolLM2, Qwen instruct).
+
+    Small chat models answer a "complete this" question with prose; pre-filling their answer with
+    an open code fence and the code before the cursor makes them continue the code instead.
+    Trailing blanks of the cursor line are held back, as tokenizers glue them to the next word.
+    """
+    messages = build_chat_completion_messages(
+        prefix, suffix, filename=filename, language=language, snippets=snippets
+    )
+    stem = prefix.rstrip(" \t")
+    held_back = prefix[len(stem) :]
+    fence = f"```{language}\n" if language else "```\n"
+    turns = "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages)
+    return PrefillPrompt(f"{turns}<|im_start|>assistant\n{fence}{stem}", held_back)

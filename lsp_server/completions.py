@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from inference import (
     ModelError,
@@ -20,6 +21,7 @@ from inference import (
     postprocess,
     reached_block_boundary,
 )
+from inference.prompts import CHATML_STOPS, build_chatml_prefill_prompt
 
 from .connection import ModelProfile, ProxyConnection
 from .status import StatusReporter
@@ -59,17 +61,32 @@ def unusable_document(request: CompletionInput, max_bytes: int) -> str | None:
     return None
 
 
-async def collect_until_boundary(stream: AsyncGenerator[str, None], context: PostContext) -> str:
+class Sampling(TypedDict):
+    model: str
+    max_tokens: int
+    temperature: float
+    feature: str
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """A started model stream, and how its text becomes the text inserted at the cursor."""
+
+    stream: AsyncGenerator[str, None]
+    to_insertion: Callable[[str], str] = lambda text: text
+
+
+async def collect_until_boundary(call: ModelCall, context: PostContext) -> str:
     """Read deltas until the stream ends or a whole block is there; always close the stream."""
     collected = ""
     try:
-        async for delta in stream:
+        async for delta in call.stream:
             collected += delta
-            if reached_block_boundary(collected, context):
+            if reached_block_boundary(call.to_insertion(collected), context):
                 break
     finally:
-        await stream.aclose()
-    return collected
+        await call.stream.aclose()
+    return call.to_insertion(collected)
 
 
 class InlineCompleter:
@@ -117,15 +134,17 @@ class InlineCompleter:
         self, connection: ProxyConnection, profile: ModelProfile, request: CompletionInput
     ) -> str | None:
         settings = connection.settings
+        # A pre-filled chat prompt holds the code twice: in the question and in the answer.
+        shares = 2 if profile.mode.chat_format else 1
         prefix, suffix = fit_windows(
             request.prefix,
             request.suffix,
-            budget_tokens=settings.context_budget_tokens,
+            budget_tokens=settings.context_budget_tokens // shares,
             counter=profile.counter,
         )
         context = PostContext.from_texts(request.prefix, request.suffix, request.language_id)
-        stream = self._stream(connection, profile, request, prefix, suffix)
-        raw = await collect_until_boundary(stream, context)
+        call = self._call(connection, profile, request, prefix, suffix)
+        raw = await collect_until_boundary(call, context)
         text = postprocess(raw, context)
         log.info(
             "completion %s: %d chars from the model, %d kept",
@@ -135,34 +154,33 @@ class InlineCompleter:
         )
         return text
 
-    def _stream(
+    def _call(
         self,
         connection: ProxyConnection,
         profile: ModelProfile,
         request: CompletionInput,
         prefix: str,
         suffix: str,
-    ) -> AsyncGenerator[str, None]:
+    ) -> ModelCall:
+        """Start the stream the served model's mode calls for."""
         settings, client = connection.settings, connection.client
-        template = profile.mode.template
-        if template is not None:
-            prompt = build_fim_prompt(template, prefix, suffix, filename=request.path, snippets=[])
-            return client.stream_completion(
-                prompt,
-                model=profile.model,
-                max_tokens=settings.max_tokens,
-                temperature=settings.temperature,
-                stop=list(template.stop),
-                feature=FEATURE,
-            )
-        messages = build_chat_completion_messages(
-            prefix, suffix, filename=request.path, language=request.language_id, snippets=[]
-        )
-        return client.stream_chat(
-            messages,
+        sampling = Sampling(
             model=profile.model,
             max_tokens=settings.max_tokens,
             temperature=settings.temperature,
-            stop=[],
             feature=FEATURE,
         )
+        template = profile.mode.template
+        if template is not None:
+            prompt = build_fim_prompt(template, prefix, suffix, filename=request.path, snippets=[])
+            return ModelCall(client.stream_completion(prompt, stop=template.stop, **sampling))
+        if profile.mode.chat_format == "chatml":
+            prefill = build_chatml_prefill_prompt(
+                prefix, suffix, filename=request.path, language=request.language_id, snippets=[]
+            )
+            stream = client.stream_completion(prefill.text, stop=CHATML_STOPS, **sampling)
+            return ModelCall(stream, prefill.completion)
+        messages = build_chat_completion_messages(
+            prefix, suffix, filename=request.path, language=request.language_id, snippets=[]
+        )
+        return ModelCall(client.stream_chat(messages, stop=[], **sampling))

@@ -25,7 +25,7 @@ async def test_smollm2_has_no_fim_tokens_so_completion_goes_through_chat(stack: 
     mode = await served_mode(stack)
     assert mode.kind == "chat"
     assert mode.template is None
-    assert mode.source == "default"
+    assert (mode.chat_format, mode.source) == ("chatml", "tokenizer")
 
 
 async def test_a_tokenizer_with_qwen_fim_tokens_selects_the_qwen_template(

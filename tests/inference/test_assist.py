@@ -59,3 +59,25 @@ def test_extract_code_takes_the_first_fenced_block_or_the_answer() -> None:
     assert extract_code("Here:\n```python\nimport math\n```\nDone") == "import math"
     assert extract_code("```\nunterminated\n") == "unterminated"
     assert extract_code("plain answer") == "plain answer"
+
+
+def test_chatml_models_without_fim_tokens_get_a_prefilled_chat_prompt() -> None:
+    from inference import choose_mode
+
+    results = {"<|im_start|>": [1], "<fim_prefix>": [44, 108], "<|fim_prefix|>": [44, 108, 86]}
+    mode = choose_mode(results, "smollm2")
+    assert (mode.kind, mode.chat_format, mode.source) == ("chat", "chatml", "tokenizer")
+    assert mode.name == "chat:chatml-prefill"
+    assert choose_mode({"<|im_start|>": [5, 6]}, "x").chat_format is None
+
+
+def test_prefill_prompt_holds_back_the_cursor_lines_blanks() -> None:
+    from inference.prompts import build_chatml_prefill_prompt
+
+    prompt = build_chatml_prefill_prompt("def f():\n    ", "\n", filename="f.py", language="python")
+    assert prompt.text.endswith("<|im_start|>assistant\n```python\ndef f():\n")
+    assert prompt.text.count("<|im_start|>") == 3
+    assert prompt.completion("    return 1\n") == "return 1\n"
+    assert prompt.completion("  return 1") == "return 1"
+    mid_line = build_chatml_prefill_prompt("x = ", "", filename="f.py", language="python")
+    assert mid_line.completion(" 42") == "42"
