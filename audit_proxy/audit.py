@@ -24,6 +24,7 @@ from audit_proxy.asgi import (
 from audit_proxy.auth import PRINCIPAL
 from audit_proxy.forward import RELAY_REPORT, REQUEST_ID, RelayReport
 from audit_proxy.keys import Principal
+from audit_proxy.policy.layer import POLICY_EVIDENCE
 from audit_proxy.store import AuditStore, AuditStoreUnavailable, TokenUsage
 
 log = logging.getLogger("bastion.proxy")
@@ -72,6 +73,7 @@ class Audit:
                 stream=stream,
                 body=body,
                 client=f"{client[0]}:{client[1]}" if client else None,
+                policy=scope.get(POLICY_EVIDENCE),
             )
         except AuditStoreUnavailable as exc:
             log.error("refusing %s %s: %s", scope["method"], scope["path"], exc)

@@ -51,6 +51,8 @@ class ProxyConfig(BaseModel):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=300.0, gt=0)
     upstream_max_connections: int = Field(default=256, ge=1)
+    # A policy TOML file (see audit_proxy.policy.rules); None = the built-in default policy.
+    policy_file: Path | None = None
 
     @field_validator("upstream_url")
     @classmethod

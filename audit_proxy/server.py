@@ -7,7 +7,7 @@ import logging
 
 import uvicorn
 
-from audit_proxy.app import build_app
+from audit_proxy.app import ProxyApp, build_app
 from audit_proxy.config import ProxyConfig
 from audit_proxy.forward import StreamAborted
 
@@ -60,4 +60,8 @@ def serve(config: ProxyConfig) -> None:
         "set" if config.upstream_api_key else "NOT set",
         config.audit_db,
     )
+    app = uv_config.app
+    if isinstance(app, ProxyApp) and app.store.signer is not None:
+        # Auditors pin this key: `bastion audit public-key`, `bastion audit verify --public-key`.
+        log.info("audit log %s, signed by the key in %s", app.store.signer.log_id, config.data_dir)
     uvicorn.Server(uv_config).run()

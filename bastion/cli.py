@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from .audit_commands import add_audit_commands
+from .index_commands import add_index_commands
 from .proxy_commands import add_proxy_commands
 
 
@@ -82,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--upstream-key-file", type=Path, help="the upstream's service key")
     stack.set_defaults(func=_up)
 
+    add_index_commands(sub)
     add_proxy_commands(sub)
+    add_audit_commands(sub)
     return parser
 
 

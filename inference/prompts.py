@@ -200,10 +200,10 @@ class PrefillPrompt:
     held_back: str
 
     def completion(self, generated: str) -> str:
-        """What to insert at the cursor: drop the whitespace the prompt held back, if restated."""
+        """What to insert at the cursor: drop the space the prompt held back, if restated."""
         if self.held_back and generated.startswith(self.held_back):
             return generated[len(self.held_back) :]
-        return generated.lstrip(" \t") if self.held_back else generated
+        return generated
 
 
 def build_chatml_prefill_prompt(
@@ -218,13 +218,14 @@ def build_chatml_prefill_prompt(
 
     Small chat models answer a "complete this" question with prose; pre-filling their answer with
     an open code fence and the code before the cursor makes them continue the code instead.
-    Trailing blanks of the cursor line are held back, as tokenizers glue them to the next word.
+    A space right before the cursor is held back: BPE tokenizers glue it to the next word
+    (" return"), so a prompt ending in a space makes the model start oddly.
     """
     messages = build_chat_completion_messages(
         prefix, suffix, filename=filename, language=language, snippets=snippets
     )
-    stem = prefix.rstrip(" \t")
-    held_back = prefix[len(stem) :]
+    held_back = " " if prefix.endswith(" ") else ""
+    stem = prefix[: len(prefix) - len(held_back)]
     fence = f"```{language}\n" if language else "```\n"
     turns = "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages)
     return PrefillPrompt(f"{turns}<|im_start|>assistant\n{fence}{stem}", held_back)

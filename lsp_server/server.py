@@ -192,9 +192,7 @@ async def completion(
         detail="Bastion",
         text_edit=types.TextEdit(range=at_cursor, new_text=text),
         insert_text_format=types.InsertTextFormat.PlainText,
-        documentation=types.MarkupContent(
-            kind=types.MarkupKind.Markdown, value=f"```\n{text}\n```"
-        ),
+        documentation=completion_documentation(ls.client_capabilities, text),
     )
     return types.CompletionList(is_incomplete=True, items=[item])
 
@@ -305,6 +303,18 @@ async def apply_code_block(ls: BastionLanguageServer, params: Any) -> dict[str, 
         types.ApplyWorkspaceEditParams(edit=edit, label="Bastion: apply code block")
     )
     return {"applied": result.applied, "failureReason": result.failure_reason}
+
+
+def completion_documentation(
+    capabilities: types.ClientCapabilities, text: str
+) -> types.MarkupContent:
+    """The suggestion as documentation, in Markdown only where the client renders it."""
+    completion_caps = capabilities.text_document and capabilities.text_document.completion
+    item_caps = completion_caps and completion_caps.completion_item
+    formats = (item_caps and item_caps.documentation_format) or []
+    if types.MarkupKind.Markdown in formats:
+        return types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```\n{text}\n```")
+    return types.MarkupContent(kind=types.MarkupKind.PlainText, value=text)
 
 
 def plain(value: Any) -> Any:

@@ -48,7 +48,13 @@ class LspSession:
 
     def settings(self, stack: Stack, **overrides: Any) -> dict[str, Any]:
         # Greedy decoding: the same prompt gets the same answer, so tests are repeatable.
-        base = {"proxyUrl": stack.proxy_url, "apiKey": stack.user_key, "temperature": 0}
+        # A generous timeout: a loaded 2-core CI machine must not turn slowness into failures.
+        base = {
+            "proxyUrl": stack.proxy_url,
+            "apiKey": stack.user_key,
+            "temperature": 0,
+            "requestTimeoutS": 60,
+        }
         return {**base, **overrides}
 
     async def start(

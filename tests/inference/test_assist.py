@@ -71,13 +71,13 @@ def test_chatml_models_without_fim_tokens_get_a_prefilled_chat_prompt() -> None:
     assert choose_mode({"<|im_start|>": [5, 6]}, "x").chat_format is None
 
 
-def test_prefill_prompt_holds_back_the_cursor_lines_blanks() -> None:
+def test_prefill_prompt_holds_back_the_space_before_the_cursor() -> None:
     from inference.prompts import build_chatml_prefill_prompt
 
     prompt = build_chatml_prefill_prompt("def f():\n    ", "\n", filename="f.py", language="python")
-    assert prompt.text.endswith("<|im_start|>assistant\n```python\ndef f():\n")
+    assert prompt.text.endswith("<|im_start|>assistant\n```python\ndef f():\n   ")
     assert prompt.text.count("<|im_start|>") == 3
-    assert prompt.completion("    return 1\n") == "return 1\n"
-    assert prompt.completion("  return 1") == "return 1"
+    assert prompt.completion(" return 1\n") == "return 1\n"
+    assert prompt.completion("\n    return 1") == "\n    return 1"
     mid_line = build_chatml_prefill_prompt("x = ", "", filename="f.py", language="python")
     assert mid_line.completion(" 42") == "42"

@@ -1,0 +1,270 @@
+"""What leaves the audit store for outside parties: the JSONL export and proof documents.
+
+An export holds, one JSON object a line: a header with the log's public key, every leaf (its
+record, the exact canonical bytes, the writer's leaf hash and the payload where it is still
+kept), then every signed checkpoint with a consistency proof from the one before it.
+`audit_proxy.verify` checks it with nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import parse_qs
+
+from audit_proxy import merkle
+from audit_proxy.asgi import Receive, Scope, Send, send_error, send_json
+from audit_proxy.auth import PRINCIPAL
+from audit_proxy.checkpoints import KEY_FILE, Checkpoint, Signer
+from audit_proxy.keys import Principal
+from audit_proxy.store import AuditStore
+
+EXPORT_FORMAT = "bastion-audit-export/1"
+AUDIT_DB = "audit.sqlite3"
+ADMIN_ROLE = "admin"
+
+
+class ExportError(Exception):
+    """The export or proof cannot be made; the message says why."""
+
+
+def _open(data_dir: Path) -> tuple[AuditStore, Signer]:
+    if not (data_dir / KEY_FILE).exists():
+        raise ExportError(f"no audit signing key in {data_dir} (has the proxy run there?)")
+    if not (data_dir / AUDIT_DB).exists():
+        raise ExportError(f"no audit store in {data_dir}")
+    return AuditStore(data_dir / AUDIT_DB), Signer.load_or_create(data_dir)
+
+
+def _header(signer: Signer) -> dict[str, Any]:
+    return {
+        "type": "log",
+        "format": EXPORT_FORMAT,
+        "log_id": signer.log_id,
+        "public_key": signer.public_key.hex(),
+        "public_key_pem": signer.public_key_pem(),
+        "exported_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def export_log(data_dir: Path, out: TextIO, payloads: bool = True) -> tuple[int, int]:
+    """Write the export of the log in `data_dir`; returns (records, checkpoints)."""
+    store, signer = _open(data_dir)
+    try:
+        # Checkpoints first: every leaf they cover is then already in the table.
+        checkpoints = store.checkpoints()
+        leaves = store.leaves()
+        out.write(json.dumps(_header(signer)) + "\n")
+        hashes: list[bytes] = []
+        for seq, kind, record_id, digest, canonical in leaves:
+            payload = store.payload(kind, record_id) if payloads else None
+            entry = {
+                "type": "leaf",
+                "seq": seq,
+                "kind": kind,
+                "record": json.loads(canonical)["record"],
+                "canonical": canonical.decode(),
+                "leaf_hash": digest.hex(),
+                "payload": base64.b64encode(payload).decode() if payload is not None else None,
+            }
+            out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            hashes.append(digest)
+        previous: Checkpoint | None = None
+        for checkpoint in checkpoints:
+            entry = {"type": "checkpoint", **checkpoint.as_dict()}
+            if previous is not None:
+                proof = merkle.consistency_proof(hashes[: checkpoint.size], previous.size)
+                entry["consistency_from"] = previous.size
+                entry["consistency"] = [p.hex() for p in proof]
+            out.write(json.dumps(entry) + "\n")
+            previous = checkpoint
+        return len(leaves), len(checkpoints)
+    finally:
+        store.close()
+
+
+def _checkpoint_of_size(checkpoints: list[Checkpoint], size: int) -> Checkpoint:
+    for checkpoint in checkpoints:
+        if checkpoint.size == size:
+            return checkpoint
+    raise ExportError(f"no signed checkpoint of size {size}")
+
+
+def prove_inclusion(
+    store: AuditStore, signer: Signer, seq: int, size: int | None = None
+) -> dict[str, Any]:
+    """An inclusion proof of leaf `seq` in the signed tree of `size` (the latest by default)."""
+    checkpoints = store.checkpoints()
+    if not checkpoints:
+        raise ExportError("no signed checkpoint yet")
+    checkpoint = checkpoints[-1] if size is None else _checkpoint_of_size(checkpoints, size)
+    if not 0 <= seq < checkpoint.size:
+        raise ExportError(
+            f"record seq {seq} is not under the signed checkpoint of size {checkpoint.size}"
+        )
+    leaves = store.leaves(checkpoint.size)
+    hashes = [leaf[3] for leaf in leaves]
+    _, kind, record_id, digest, canonical = leaves[seq]
+    return {
+        "type": "inclusion",
+        "log_id": signer.log_id,
+        "public_key": signer.public_key.hex(),
+        "seq": seq,
+        "size": checkpoint.size,
+        "kind": kind,
+        "record_id": record_id,
+        "canonical": canonical.decode(),
+        "leaf_hash": digest.hex(),
+        "proof": [p.hex() for p in merkle.inclusion_proof(hashes, seq)],
+        "checkpoint": checkpoint.as_dict(),
+    }
+
+
+def prove_consistency(
+    store: AuditStore, signer: Signer, size1: int, size2: int | None = None
+) -> dict[str, Any]:
+    """A consistency proof between the signed trees of `size1` and `size2` (latest default)."""
+    checkpoints = store.checkpoints()
+    if not checkpoints:
+        raise ExportError("no signed checkpoint yet")
+    newer = checkpoints[-1] if size2 is None else _checkpoint_of_size(checkpoints, size2)
+    older = _checkpoint_of_size(checkpoints, size1)
+    if older.size > newer.size:
+        raise ExportError(f"size {older.size} is after size {newer.size}")
+    hashes = store.leaf_hashes(newer.size)
+    return {
+        "type": "consistency",
+        "log_id": signer.log_id,
+        "public_key": signer.public_key.hex(),
+        "size1": older.size,
+        "size2": newer.size,
+        "proof": [p.hex() for p in merkle.consistency_proof(hashes, older.size)],
+        "checkpoint1": older.as_dict(),
+        "checkpoint2": newer.as_dict(),
+    }
+
+
+def inclusion_proof(data_dir: Path, seq: int, size: int | None = None) -> dict[str, Any]:
+    """`prove_inclusion` on the log in `data_dir`."""
+    store, signer = _open(data_dir)
+    try:
+        return prove_inclusion(store, signer, seq, size)
+    finally:
+        store.close()
+
+
+def consistency_proof(data_dir: Path, size1: int, size2: int | None = None) -> dict[str, Any]:
+    """`prove_consistency` on the log in `data_dir`."""
+    store, signer = _open(data_dir)
+    try:
+        return prove_consistency(store, signer, size1, size2)
+    finally:
+        store.close()
+
+
+class ProofRoutes:
+    """Admin-only `GET /v1/audit/{checkpoint,proof,consistency}`, behind `Authenticate`.
+
+    `/v1/audit/proof?seq=N[&size=S]` and `/v1/audit/consistency?from=A[&to=B]` answer the same
+    JSON documents as `bastion audit prove`; `/v1/audit/checkpoint` the latest signed one.
+    """
+
+    def __init__(self, store: AuditStore, admin_role: str = ADMIN_ROLE) -> None:
+        self.store = store
+        self.admin_role = admin_role
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal: Principal = scope[PRINCIPAL]
+        if principal.role != self.admin_role:
+            await send_error(
+                send,
+                403,
+                f"the audit routes need the {self.admin_role!r} role; "
+                f"{principal.name!r} has {principal.role!r}",
+                "permission_error",
+                "admin_role_required",
+            )
+            return
+        if scope["method"] != "GET":
+            await send_error(send, 405, "only GET", "invalid_request_error", "method_not_allowed")
+            return
+        signer = self.store.signer
+        if signer is None:
+            await send_error(send, 503, "no signing key", "audit_unavailable", "no_signer")
+            return
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+
+        def number(name: str) -> int | None:
+            values = query.get(name)
+            return int(values[0]) if values else None
+
+        path = scope["path"]
+        try:
+            doc: dict[str, Any]
+            if path == "/v1/audit/checkpoint":
+                checkpoints = self.store.checkpoints()
+                if not checkpoints:
+                    raise ExportError("no signed checkpoint yet")
+                doc = {
+                    "type": "checkpoint",
+                    "public_key": signer.public_key.hex(),
+                    **checkpoints[-1].as_dict(),
+                }
+            elif path == "/v1/audit/proof":
+                seq = number("seq")
+                if seq is None:
+                    raise ValueError("give ?seq=N")
+                # Proofs read every leaf hash: off the event loop.
+                doc = await asyncio.to_thread(
+                    prove_inclusion, self.store, signer, seq, number("size")
+                )
+            elif path == "/v1/audit/consistency":
+                old = number("from")
+                if old is None:
+                    raise ValueError("give ?from=SIZE")
+                doc = await asyncio.to_thread(
+                    prove_consistency, self.store, signer, old, number("to")
+                )
+            else:
+                await send_error(
+                    send, 404, f"no route {path}", "invalid_request_error", "not_found"
+                )
+                return
+        except (ExportError, ValueError) as exc:
+            await send_error(send, 400, str(exc), "invalid_request_error", "bad_proof_request")
+            return
+        await send_json(send, 200, json.dumps(doc).encode())
+
+
+def follow(
+    store: AuditStore, start: int = 0, follow: bool = True, poll_s: float = 0.2
+) -> Iterator[dict[str, Any]]:
+    """Leaves from seq `start` on as SIEM-ready dicts (no payloads); with `follow`, forever."""
+    seq = start
+    while True:
+        rows = store.leaves_from(seq)
+        for row_seq, kind, _, digest, canonical in rows:
+            yield {
+                "seq": row_seq,
+                "kind": kind,
+                "record": json.loads(canonical)["record"],
+                "leaf_hash": digest.hex(),
+            }
+            seq = row_seq + 1
+        if not follow:
+            return
+        if not rows:
+            time.sleep(poll_s)
+
+
+def public_key_pem(data_dir: Path) -> str:
+    """The log's public key, PEM."""
+    if not (data_dir / KEY_FILE).exists():
+        raise ExportError(f"no audit signing key in {data_dir}")
+    return Signer.load_or_create(data_dir).public_key_pem()

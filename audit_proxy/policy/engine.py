@@ -1,0 +1,261 @@
+"""Running a policy over a request: find, resolve overlaps, rewrite, and keep the evidence."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from audit_proxy.policy import pii
+from audit_proxy.policy.rules import Policy, Step
+
+# Keys whose values route the request rather than carry the user's text.
+_ROUTING_KEYS = frozenset({"model"})
+# A raw completion prompt (and its stop sequences) is laid out by the client in the model's own
+# template, so its role and turn markers are structure, not an injection; every other rule still
+# applies there.
+_TEMPLATE_FIELD = re.compile(r"^(prompt|stop)(\[\d+\])?$")
+_TEMPLATE_DETECTORS = frozenset({"role_directive"})
+# The API's own field names; every other key is scanned like a value (a key goes upstream too).
+_API_KEYS = frozenset(
+    {
+        "role",
+        "content",
+        "prompt",
+        "messages",
+        "type",
+        "text",
+        "name",
+        "suffix",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "stream",
+        "stop",
+        "n",
+        "echo",
+        "stream_options",
+        "include_usage",
+        "tool_calls",
+        "function",
+        "arguments",
+        "id",
+        "add_special_tokens",
+        "seed",
+        "logprobs",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule firing on one span; `start`/`end` index the original field text."""
+
+    rule: str
+    action: str
+    field: str
+    start: int
+    end: int
+    sha256: str
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "action": self.action,
+            "field": self.field,
+            "start": self.start,
+            "end": self.end,
+            "sha256": self.sha256,
+        }
+
+
+@dataclass
+class Outcome:
+    """What the policy made of a request body."""
+
+    body: bytes
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def blocked_by(self) -> list[str]:
+        return list(dict.fromkeys(f.rule for f in self.findings if f.action == "block"))
+
+    def evidence(self, policy: Policy) -> str:
+        """The JSON kept on the audit record: rules, offsets and hashes, never the text."""
+        return json.dumps(
+            {
+                "policy": policy.name,
+                "version": policy.version,
+                "decision": "block" if self.blocked_by else "forward",
+                "blocked_by": self.blocked_by,
+                "findings": [f.evidence() for f in self.findings],
+            },
+            separators=(",", ":"),
+        )
+
+
+class Engine:
+    """A compiled policy; `apply` is a pure function of the body."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        steps = policy.steps()
+        # Stripping goes first, so that a secret split by zero-width characters is whole again
+        # before the detectors look for it.
+        self._strip = [s for s in steps if s.rule.action == "strip"]
+        self._rest = [s for s in steps if s.rule.action != "strip"]
+        self._rest_in_templates = [
+            s for s in self._rest if s.rule.detector_name not in _TEMPLATE_DETECTORS
+        ]
+
+    def apply(self, body: bytes) -> Outcome:
+        """Apply the policy to every string the body sends upstream; rewrite the body if needed."""
+        duplicates = False
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            nonlocal duplicates
+            obj = dict(items)
+            duplicates |= len(obj) != len(items)
+            return obj
+
+        try:
+            doc = json.loads(body, object_pairs_hook=pairs)
+        except ValueError:
+            doc = None
+        if doc is None:
+            text, encoding = _decode(body)
+            new_text, found = self.apply_text(text, "$body")
+            return Outcome(new_text.encode(encoding) if new_text != text else body, found)
+        findings: list[Finding] = []
+        try:
+            new_doc, changed = self._walk(doc, "", findings)
+        finally:
+            pii.numeric_windows.cache_clear()  # no prompt outlives its request in the cache
+        # A repeated key is re-serialized too: its shadowed value was never scanned, and a parser
+        # upstream that keeps the first one would read it.
+        if not changed and not duplicates:
+            return Outcome(body, findings)
+        return Outcome(_dump(new_doc), findings)
+
+    def _walk(self, node: Any, path: str, findings: list[Finding]) -> tuple[Any, bool]:
+        if isinstance(node, str):
+            text, found = self.apply_text(node, path or "$")
+            findings.extend(found)
+            return text, text != node
+        changed = False
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for i, (key, value) in enumerate(node.items()):
+                if key in _ROUTING_KEYS and not path:
+                    out[key] = value
+                    continue
+                if key not in _API_KEYS:
+                    # Keys go upstream too; the path names a rewritten key by its position.
+                    new_key, found = self.apply_text(key, f"{path}{{key {i}}}")
+                    findings.extend(found)
+                    changed |= new_key != key
+                    key = new_key
+                out[key], c = self._walk(value, f"{path}.{key}" if path else key, findings)
+                changed |= c
+            return out, changed
+        if isinstance(node, list):
+            items = []
+            for i, value in enumerate(node):
+                item, c = self._walk(value, f"{path}[{i}]", findings)
+                items.append(item)
+                changed |= c
+            return items, changed
+        return node, False
+
+    def apply_text(self, text: str, field_path: str) -> tuple[str, list[Finding]]:
+        """The rewritten text and the findings (offsets into `text`) for one field."""
+        if not text:
+            return text, []
+        findings: list[Finding] = []
+        original = text
+        kept: list[int] | None = None  # stripped position -> original position
+        strip_spans = _claim(self._strip, text, text.lower())
+        if strip_spans:
+            findings.extend(_finding(s, original, field_path, a, b) for a, b, s in strip_spans)
+            text, kept = _remove(text, [(a, b) for a, b, _ in strip_spans])
+        rest = self._rest_in_templates if _TEMPLATE_FIELD.match(field_path) else self._rest
+        spans = _claim(rest, text, text.lower())
+        if not spans:
+            return text, findings
+        parts: list[str] = []
+        last = 0
+        for a, b, step in spans:
+            oa, ob = (kept[a], kept[b - 1] + 1) if kept is not None else (a, b)
+            findings.append(_finding(step, original, field_path, oa, ob))
+            parts.append(text[last:a])
+            parts.append(_replacement(step, text[a:b]))
+            last = b
+        parts.append(text[last:])
+        findings.sort(key=lambda f: f.start)
+        return "".join(parts), findings
+
+
+def _claim(steps: list[Step], text: str, lowered: str) -> list[tuple[int, int, Step]]:
+    """Each step's spans in policy order; an earlier rule keeps a span a later one overlaps."""
+    claimed: list[tuple[int, int, Step]] = []
+    for step in steps:
+        needles = step.detector.needles
+        if needles and not any(n in lowered for n in needles):
+            continue
+        for a, b in _spans(step, text):
+            if all(b <= x or a >= y for x, y, _ in claimed):
+                claimed.append((a, b, step))
+    claimed.sort(key=lambda c: c[0])
+    return claimed
+
+
+def _spans(step: Step, text: str) -> Iterator[tuple[int, int]]:
+    for a, b in step.detector.find(text):
+        if b > a:
+            yield a, b
+
+
+def _remove(text: str, spans: list[tuple[int, int]]) -> tuple[str, list[int]]:
+    parts: list[str] = []
+    kept: list[int] = []
+    last = 0
+    for a, b in spans:
+        parts.append(text[last:a])
+        kept.extend(range(last, a))
+        last = b
+    parts.append(text[last:])
+    kept.extend(range(last, len(text)))
+    return "".join(parts), kept
+
+
+def _replacement(step: Step, span: str) -> str:
+    action, rule = step.rule.action, step.rule.id
+    if action == "redact":
+        return f"[REDACTED:{rule}]"
+    if action == "block":
+        return f"[BLOCKED:{rule}]"
+    if action == "annotate":
+        return f"[FLAGGED:{rule}]{span}"
+    return span  # allow
+
+
+def _finding(step: Step, original: str, field_path: str, start: int, end: int) -> Finding:
+    digest = hashlib.sha256(original[start:end].encode("utf-8", "surrogatepass")).hexdigest()
+    return Finding(step.rule.id, step.rule.action, field_path, start, end, digest)
+
+
+def _dump(doc: Any) -> bytes:
+    try:
+        return json.dumps(doc, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate (`"\\ud800"`) only survives as an escape
+        return json.dumps(doc).encode()
+
+
+def _decode(body: bytes) -> tuple[str, str]:
+    try:
+        return body.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return body.decode("latin-1"), "latin-1"

@@ -1,0 +1,224 @@
+"""`bastion audit ...`: argument parsing only; the work is in `audit_proxy.export` and `.verify`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from audit_proxy.config import ConfigError, load_config
+
+PROG = "bastion audit"
+
+
+def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `audit export|verify|prove|verify-proof|public-key`."""
+    audit = sub.add_parser("audit", help="export the audit log; verify it and its proofs offline")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+
+    export = audit_sub.add_parser("export", help="write the log, checkpoints and key as JSONL")
+    export.add_argument("out", type=Path, metavar="OUT.jsonl", help="file to write ('-': stdout)")
+    export.add_argument(
+        "--no-payloads", action="store_true", help="leave request and response bodies out"
+    )
+    export.set_defaults(func=export_command)
+
+    verify = audit_sub.add_parser("verify", help="check an export offline, with nothing else")
+    verify.add_argument("export", type=Path, metavar="EXPORT.jsonl")
+    verify.add_argument(
+        "--public-key", type=Path, metavar="FILE", help="the key the log must be signed by"
+    )
+    verify.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail if any record is not yet under a signed checkpoint",
+    )
+    verify.set_defaults(func=verify_command)
+
+    prove = audit_sub.add_parser(
+        "prove", help="print an inclusion proof of record SEQ, or a consistency proof (JSON)"
+    )
+    prove.add_argument("seq", type=int, nargs="?", metavar="SEQ")
+    prove.add_argument("--size", type=int, help="prove against the checkpoint of this size")
+    prove.add_argument(
+        "--consistency",
+        type=int,
+        nargs=2,
+        metavar=("OLD", "NEW"),
+        help="prove the checkpoint of size NEW extends the one of size OLD",
+    )
+    prove.set_defaults(func=prove_command)
+
+    verify_proof = audit_sub.add_parser("verify-proof", help="check a proof from `prove`")
+    verify_proof.add_argument("proof", type=Path, metavar="PROOF.json", help="('-': stdin)")
+    verify_proof.add_argument("--public-key", type=Path, metavar="FILE")
+    verify_proof.set_defaults(func=verify_proof_command)
+
+    tail = audit_sub.add_parser("tail", help="print records as JSONL (no payloads); -f follows")
+    tail.add_argument("-n", type=int, default=10, metavar="N", help="start N records from the end")
+    tail.add_argument("--from-seq", type=int, metavar="SEQ", help="start at this record instead")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+    tail.set_defaults(func=tail_command)
+
+    public_key = audit_sub.add_parser("public-key", help="print the log's public key (PEM)")
+    public_key.set_defaults(func=public_key_command)
+
+    for parser in (export, prove, tail, public_key):
+        parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+        parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where the stores live")
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return load_config(args.config, {"data_dir": args.data_dir}).data_dir
+
+
+def _pinned_key(path: Path | None) -> bytes | None:
+    from audit_proxy.checkpoints import read_public_key
+
+    return read_public_key(path) if path is not None else None
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """`bastion audit export OUT.jsonl`."""
+    from audit_proxy.export import ExportError, export_log
+
+    try:
+        data_dir = _data_dir(args)
+        if str(args.out) == "-":
+            records, checkpoints = export_log(data_dir, sys.stdout, not args.no_payloads)
+        else:
+            # Payloads are prompts and answers: the file is for its owner only.
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                records, checkpoints = export_log(data_dir, out, not args.no_payloads)
+    except (ConfigError, ExportError, OSError) as exc:
+        print(f"{PROG} export: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {records} records and {checkpoints} checkpoints", file=sys.stderr)
+    return 0
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    """`bastion audit verify EXPORT`: exit 0 if it verifies, 1 naming the first bad record."""
+    from audit_proxy.verify import verify_export_file
+
+    try:
+        report = verify_export_file(args.export, _pinned_key(args.public_key))
+    except (OSError, ValueError) as exc:
+        print(f"{PROG} verify: {exc}", file=sys.stderr)
+        return 2
+    first = report.first_problem()
+    if first is None and args.strict and report.unsigned_from is not None:
+        print(f"FAILED: record seq {report.unsigned_from}: not under a signed checkpoint")
+        return 1
+    if first is not None:
+        print(f"FAILED: {first}")
+        for problem in report.problems:
+            if problem is not first:
+                print(f"  also: {problem}")
+        return 1
+    print(
+        f"OK: {report.records} records, {report.checkpoints} checkpoints "
+        f"(signed through size {report.signed_size}), {report.payloads_checked} payloads checked"
+    )
+    print(f"log {report.log_id} (public key {report.public_key})")
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def prove_command(args: argparse.Namespace) -> int:
+    """`bastion audit prove SEQ` or `bastion audit prove --consistency OLD NEW`."""
+    from audit_proxy.export import ExportError, consistency_proof, inclusion_proof
+
+    proof: dict[str, Any]
+    try:
+        data_dir = _data_dir(args)
+        if args.consistency is not None:
+            proof = consistency_proof(data_dir, args.consistency[0], args.consistency[1])
+        elif args.seq is not None:
+            proof = inclusion_proof(data_dir, args.seq, args.size)
+        else:
+            print(f"{PROG} prove: give SEQ or --consistency OLD NEW", file=sys.stderr)
+            return 2
+    except (ConfigError, ExportError, OSError) as exc:
+        print(f"{PROG} prove: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(proof, indent=2))
+    return 0
+
+
+def verify_proof_command(args: argparse.Namespace) -> int:
+    """`bastion audit verify-proof PROOF.json`."""
+    from audit_proxy.verify import verify_proof
+
+    try:
+        text = sys.stdin.read() if str(args.proof) == "-" else args.proof.read_text()
+        doc = json.loads(text)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        problem = verify_proof(doc, _pinned_key(args.public_key))
+    except (OSError, ValueError) as exc:
+        print(f"{PROG} verify-proof: {exc}", file=sys.stderr)
+        return 2
+    if problem is not None:
+        print(f"FAILED: {problem}")
+        return 1
+    if doc["type"] == "inclusion":
+        print(f"OK: record seq {doc['seq']} is in the signed tree of size {doc['size']}")
+    else:
+        print(f"OK: the signed tree of size {doc['size2']} extends the one of size {doc['size1']}")
+    return 0
+
+
+def tail_command(args: argparse.Namespace) -> int:
+    """`bastion audit tail [-n N | --from-seq SEQ] [-f]`."""
+    from audit_proxy.export import AUDIT_DB, follow
+    from audit_proxy.store import AuditStore, AuditStoreUnavailable
+
+    try:
+        path = _data_dir(args) / AUDIT_DB
+        if not path.exists():
+            raise OSError(f"no audit store at {path}")
+        store = AuditStore(path)
+    except (ConfigError, AuditStoreUnavailable, OSError) as exc:
+        print(f"{PROG} tail: {exc}", file=sys.stderr)
+        return 1
+    try:
+        start = args.from_seq
+        if start is None:
+            start = max(0, len(store.leaf_hashes()) - args.n)
+        for entry in follow(store, start, args.follow):
+            print(json.dumps(entry, ensure_ascii=False), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()
+    return 0
+
+
+def public_key_command(args: argparse.Namespace) -> int:
+    """`bastion audit public-key`."""
+    from audit_proxy.export import ExportError, public_key_pem
+
+    try:
+        print(public_key_pem(_data_dir(args)), end="")
+    except (ConfigError, ExportError, OSError) as exc:
+        print(f"{PROG} public-key: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Just these commands, without the full `bastion` CLI (tests)."""
+    parser = argparse.ArgumentParser(prog="bastion")
+    add_audit_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Code-aware tokens: identifiers whole and split at camelCase and snake_case boundaries."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PARTS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+
+
+def split_identifier(identifier: str) -> list[str]:
+    """Lower-cased parts of an identifier: `parseHTTPResponse_v2` -> parse, http, response, v2."""
+    return [part.lower() for part in _PARTS.findall(identifier)]
+
+
+@lru_cache(maxsize=200_000)
+def _identifier_tokens(identifier: str) -> tuple[str, ...]:
+    whole = identifier.lower()
+    parts = split_identifier(identifier)
+    if len(parts) > 1 or (parts and parts[0] != whole):
+        return (whole, *(part for part in parts if part != whole))
+    return (whole,)
+
+
+def tokenize(text: str) -> list[str]:
+    """Every identifier, lower-cased, followed by its parts when it has more than one."""
+    out: list[str] = []
+    for identifier in _IDENTIFIER.findall(text):
+        out.extend(_identifier_tokens(identifier))
+    return out
+
+
+def identifiers(text: str) -> list[str]:
+    """The identifiers in `text`, in order, as written."""
+    return _IDENTIFIER.findall(text)

@@ -1,0 +1,150 @@
+"""A real `bastion proxy` run, exported and verified offline: the log an auditor would get."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from audit_proxy import verify
+from bastion import audit_commands
+from tests.proxy.conftest import REPO, Proxy, start_proxy, stop_proxy
+from tests.proxy.fake_upstream import FakeUpstream
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+def run_traffic(proxy: Proxy, user: str = "alice") -> int:
+    """Plain, streamed, cut and rejected requests; returns how many reached the audit layer."""
+    key = proxy.keys().create(user)
+    headers = {"Authorization": f"Bearer {key}", "X-Bastion-Feature": "completion"}
+    audited = 0
+    with httpx.Client(base_url=proxy.url, headers=headers, timeout=10) as client:
+        for i in range(3):
+            body = {"model": "tiny", "prompt": f"def f{i}():", "max_tokens": 4}
+            assert client.post("/v1/completions", json=body).status_code == 200
+            audited += 1
+        stream = {"model": "tiny", "prompt": "x", "stream": True}
+        with client.stream("POST", "/v1/completions", json=stream) as response:
+            assert response.status_code == 200
+            assert b"".join(response.iter_bytes())
+        audited += 1
+        cut = {"model": "cut", "stream": True}
+        with (
+            client.stream("POST", "/v1/completions", json=cut) as r,
+            contextlib.suppress(httpx.HTTPError),
+        ):
+            b"".join(r.iter_bytes())
+        audited += 1
+        assert client.post("/v1/completions", json={}, headers={"Authorization": ""}).status_code
+    return audited
+
+
+def test_a_real_proxy_run_exports_and_verifies(upstream: FakeUpstream, tmp_path: Path) -> None:
+    data_dir = tmp_path / "bastion"
+    proxy = start_proxy(upstream.url, data_dir, tmp_path / "proxy.log")
+    try:
+        audited = run_traffic(proxy)
+        # Outcomes are written when each response has ended: wait for the last one.
+        deadline = time.monotonic() + 5
+        while len(proxy.store().outcomes()) < audited and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop_proxy(proxy)
+    assert (data_dir / "audit-signing-key.pem").stat().st_mode & 0o777 == 0o600
+
+    out = tmp_path / "export.jsonl"
+    # The CLI as an auditor runs it, in its own process.
+    env_cmd = [sys.executable, "-m", "bastion.audit_commands"]
+    subprocess.run(
+        [*env_cmd, "audit", "export", "--data-dir", str(data_dir), str(out)],
+        check=True,
+        cwd=REPO,
+    )
+    result = subprocess.run(
+        [*env_cmd, "audit", "verify", str(out)], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = 2 * audited
+    assert result.stdout.startswith(f"OK: {records} records"), result.stdout
+    assert f"signed through size {records}" in result.stdout
+    assert f"{records} payloads checked" in result.stdout
+
+    entries = [json.loads(line) for line in out.read_text().splitlines()]
+    outcomes = [e["record"] for e in entries if e.get("kind") == "outcome"]
+    assert {o["aborted_by"] for o in outcomes} == {None, "upstream"}
+
+    # One edited byte of one recorded answer, and the export no longer verifies.
+    lines = out.read_text().splitlines()
+    position = next(i for i, e in enumerate(entries) if e.get("kind") == "outcome")
+    entry = entries[position]
+    entry["record"]["bytes_out"] += 1
+    lines[position] = json.dumps(entry)
+    out.write_text("\n".join(lines) + "\n")
+    assert audit_commands.main(["audit", "verify", str(out)]) == 1
+
+
+def test_admin_route_serves_proofs_that_verify(upstream: FakeUpstream, tmp_path: Path) -> None:
+    data_dir = tmp_path / "bastion"
+    first = start_proxy(upstream.url, data_dir, tmp_path / "proxy1.log")
+    try:
+        audited = run_traffic(first)
+        deadline = time.monotonic() + 5
+        while len(first.store().outcomes()) < audited and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop_proxy(first)  # signs the checkpoint the second run proves against
+    proxy = start_proxy(upstream.url, data_dir, tmp_path / "proxy2.log")
+    try:
+        admin = {"Authorization": f"Bearer {proxy.keys().create('root', role='admin')}"}
+        user = {"Authorization": f"Bearer {proxy.keys().create('bob')}"}
+        with httpx.Client(base_url=proxy.url, timeout=10) as client:
+            assert client.get("/v1/audit/checkpoint").status_code == 401
+            denied = client.get("/v1/audit/proof?seq=0", headers=user)
+            assert denied.status_code == 403 and "admin" in denied.text
+            head = client.get("/v1/audit/checkpoint", headers=admin).json()
+            assert head["size"] == 2 * audited
+            for seq in (0, head["size"] - 1):
+                proof = client.get(f"/v1/audit/proof?seq={seq}", headers=admin).json()
+                assert verify.verify_proof(proof, bytes.fromhex(head["public_key"])) is None
+                proof["seq"] = seq ^ 1
+                assert verify.verify_proof(proof) is not None
+            consistency = client.get("/v1/audit/consistency?from=2", headers=admin)
+            assert consistency.status_code == 400  # no checkpoint of size 2 in this log
+            bad = client.get(f"/v1/audit/proof?seq={head['size']}", headers=admin)
+            assert bad.status_code == 400
+    finally:
+        stop_proxy(proxy)
+
+
+def test_the_log_survives_kill_9_and_verifies(upstream: FakeUpstream, tmp_path: Path) -> None:
+    data_dir = tmp_path / "bastion"
+    total = 0
+    for cycle in range(2):
+        proxy = start_proxy(upstream.url, data_dir, tmp_path / f"proxy{cycle}.log")
+        total += run_traffic(proxy, f"user{cycle}")
+        deadline = time.monotonic() + 5
+        while len(proxy.store().outcomes()) < total and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if cycle == 0:
+            proxy.process.kill()  # no shutdown checkpoint: the next run must sign the tail
+            proxy.process.wait(10)
+        else:
+            stop_proxy(proxy)
+    out = tmp_path / "export.jsonl"
+    assert audit_commands.main(["audit", "export", "--data-dir", str(data_dir), str(out)]) == 0
+    report = verify.verify_export_file(out)
+    assert report.ok, report.problems
+    assert report.records == report.signed_size == 2 * total
