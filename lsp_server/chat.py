@@ -190,7 +190,20 @@ def symbol_snippet(workspace: Workspace, name: str) -> Snippet | None:
     return None
 
 
-def gather_context(params: ChatParams, workspace: Workspace) -> list[tuple[Snippet, str]]:
+def _overlaps(snippet: Snippet, chunks: list[tuple[Snippet, str]]) -> bool:
+    return any(
+        Path(other.path).name == Path(snippet.path).name
+        and other.start_line <= snippet.end_line
+        and snippet.start_line <= other.end_line
+        for other, _ in chunks
+    )
+
+
+def gather_context(
+    params: ChatParams,
+    workspace: Workspace,
+    index_snippets: Callable[[str], list[Snippet]] = lambda query: [],
+) -> list[tuple[Snippet, str]]:
     """The snippets this chat request puts in the prompt, each with where it came from."""
     chunks: list[tuple[Snippet, str]] = []
     current = Path(to_fs_path(params.uri) or params.uri) if params.uri else None
@@ -215,6 +228,9 @@ def gather_context(params: ChatParams, workspace: Workspace) -> list[tuple[Snipp
         if found is None:
             raise ChatError(f"@{name}: no definition of that symbol found in the workspace")
         chunks.append((found, "symbol"))
+    for found in index_snippets(params.message):
+        if not _overlaps(found, chunks):
+            chunks.append((found, "index"))
     return chunks
 
 
@@ -224,10 +240,11 @@ async def run_chat(
     workspace: Workspace,
     connection: ProxyConnection,
     send_delta: Callable[[str, str], None],
+    index_snippets: Callable[[str], list[Snippet]] = lambda query: [],
 ) -> ChatResult:
     """One chat turn: context, prompt, streamed answer, history."""
     session_id, session = sessions.open(params.session_id)
-    chunks = gather_context(params, workspace)
+    chunks = gather_context(params, workspace, index_snippets)
     snippets = [snippet for snippet, _ in chunks]
     concern = security_concern(params.message)
     messages = build_chat_messages(params.message, snippets, list(session.history), concern)

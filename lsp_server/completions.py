@@ -15,6 +15,7 @@ from typing import TypedDict
 from inference import (
     ModelError,
     PostContext,
+    Snippet,
     build_chat_completion_messages,
     build_fim_prompt,
     fit_windows,
@@ -49,6 +50,11 @@ class CompletionInput:
     @property
     def suffix(self) -> str:
         return self.text[self.offset :]
+
+    @property
+    def line_and_column(self) -> tuple[int, int]:
+        prefix = self.prefix
+        return prefix.count("\n"), len(prefix) - (prefix.rfind("\n") + 1)
 
 
 def unusable_document(request: CompletionInput, max_bytes: int) -> str | None:
@@ -98,7 +104,9 @@ class InlineCompleter:
         cache: TypingCache,
         status: StatusReporter,
         log_line: Callable[[str], None],
+        snippets: Callable[[CompletionInput], list[Snippet]] = lambda request: [],
     ) -> None:
+        self._snippets = snippets
         self._connection = connection
         self._cache = cache
         self._status = status
@@ -134,16 +142,16 @@ class InlineCompleter:
         self, connection: ProxyConnection, profile: ModelProfile, request: CompletionInput
     ) -> str | None:
         settings = connection.settings
+        snippets = self._snippets(request)
+        snippet_tokens = sum(profile.counter.count(s.text) for s in snippets)
         # A pre-filled chat prompt holds the code twice: in the question and in the answer.
         shares = 2 if profile.mode.chat_format else 1
+        budget = max(settings.context_budget_tokens - snippet_tokens, 256) // shares
         prefix, suffix = fit_windows(
-            request.prefix,
-            request.suffix,
-            budget_tokens=settings.context_budget_tokens // shares,
-            counter=profile.counter,
+            request.prefix, request.suffix, budget_tokens=budget, counter=profile.counter
         )
         context = PostContext.from_texts(request.prefix, request.suffix, request.language_id)
-        call = self._call(connection, profile, request, prefix, suffix)
+        call = self._call(connection, profile, request, prefix, suffix, snippets)
         raw = await collect_until_boundary(call, context)
         text = postprocess(raw, context)
         log.info(
@@ -161,6 +169,7 @@ class InlineCompleter:
         request: CompletionInput,
         prefix: str,
         suffix: str,
+        snippets: list[Snippet],
     ) -> ModelCall:
         """Start the stream the served model's mode calls for."""
         settings, client = connection.settings, connection.client
@@ -172,15 +181,21 @@ class InlineCompleter:
         )
         template = profile.mode.template
         if template is not None:
-            prompt = build_fim_prompt(template, prefix, suffix, filename=request.path, snippets=[])
+            prompt = build_fim_prompt(
+                template, prefix, suffix, filename=request.path, snippets=snippets
+            )
             return ModelCall(client.stream_completion(prompt, stop=template.stop, **sampling))
         if profile.mode.chat_format == "chatml":
             prefill = build_chatml_prefill_prompt(
-                prefix, suffix, filename=request.path, language=request.language_id, snippets=[]
+                prefix,
+                suffix,
+                filename=request.path,
+                language=request.language_id,
+                snippets=snippets,
             )
             stream = client.stream_completion(prefill.text, stop=CHATML_STOPS, **sampling)
             return ModelCall(stream, prefill.completion)
         messages = build_chat_completion_messages(
-            prefix, suffix, filename=request.path, language=request.language_id, snippets=[]
+            prefix, suffix, filename=request.path, language=request.language_id, snippets=snippets
         )
         return ModelCall(client.stream_chat(messages, stop=[], **sampling))

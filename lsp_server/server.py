@@ -15,7 +15,7 @@ from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from inference import ModelError
+from inference import ModelError, Snippet
 
 from . import __version__
 from .actions import ActionRefused, list_actions, read_data, resolve_action
@@ -34,6 +34,7 @@ from .connection import ProxyConnection
 from .settings import Settings, parse_settings
 from .status import STATUS_METHOD, StatusReporter
 from .typing_cache import TypingCache
+from .workspace_index import IndexService
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,13 @@ class BastionLanguageServer(LanguageServer):
         self.status = StatusReporter(lambda params: self.protocol.notify(STATUS_METHOD, params))
         self.typing_cache = TypingCache()
         self.connection = ProxyConnection(Settings())
+        self.index = IndexService(self.log_line)
         self.completer = InlineCompleter(
-            lambda: self.connection, self.typing_cache, self.status, self.log_line
+            lambda: self.connection,
+            self.typing_cache,
+            self.status,
+            self.log_line,
+            self.completion_snippets,
         )
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self.chat_sessions = ChatSessions()
@@ -64,6 +70,15 @@ class BastionLanguageServer(LanguageServer):
             return document.source if document is not None else None
 
         return Workspace(roots=roots, open_text=open_text)
+
+    def completion_snippets(self, request: CompletionInput) -> list[Snippet]:
+        line, column = request.line_and_column
+        return self.index.for_completion(request.path, request.text, line, column)
+
+    def start_indexing(self) -> None:
+        if self.connection.settings.indexing_enabled:
+            roots = self.chat_workspace().roots
+            asyncio.get_running_loop().create_task(self.index.start(list(roots)))
 
     def send_chat_delta(self, session_id: str, delta: str) -> None:
         self.protocol.notify(DELTA_METHOD, {"sessionId": session_id, "delta": delta})
@@ -140,7 +155,26 @@ def on_initialize(ls: BastionLanguageServer, params: types.InitializeParams) -> 
 
 @server.feature(types.INITIALIZED)
 async def on_initialized(ls: BastionLanguageServer, params: types.InitializedParams) -> None:
+    ls.start_indexing()
     await ls.check_connection()
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+async def on_save(ls: BastionLanguageServer, params: types.DidSaveTextDocumentParams) -> None:
+    document = ls.workspace.get_text_document(params.text_document.uri)
+    await ls.index.file_saved(Path(document.path), document.source)
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+async def on_watched_files(
+    ls: BastionLanguageServer, params: types.DidChangeWatchedFilesParams
+) -> None:
+    for change in params.changes:
+        path = Path(to_fs_path(change.uri) or change.uri)
+        if change.type == types.FileChangeType.Deleted:
+            await ls.index.file_deleted(path)
+        else:
+            await ls.index.file_saved(path, None)
 
 
 @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
@@ -259,7 +293,12 @@ async def chat(ls: BastionLanguageServer, params: Any) -> dict[str, Any]:
     try:
         request = ChatParams.model_validate(plain(params))
         result = await run_chat(
-            request, ls.chat_sessions, ls.chat_workspace(), ls.connection, ls.send_chat_delta
+            request,
+            ls.chat_sessions,
+            ls.chat_workspace(),
+            ls.connection,
+            ls.send_chat_delta,
+            ls.index.for_chat,
         )
     except ValidationError as error:
         raise JsonRpcInvalidParams(describe(error)) from None
@@ -274,7 +313,12 @@ async def chat_command(ls: BastionLanguageServer, *arguments: Any) -> dict[str, 
     try:
         request = ChatParams.model_validate(plain(arguments[0]) if arguments else {})
         result = await run_chat(
-            request, ls.chat_sessions, ls.chat_workspace(), ls.connection, ls.send_chat_delta
+            request,
+            ls.chat_sessions,
+            ls.chat_workspace(),
+            ls.connection,
+            ls.send_chat_delta,
+            ls.index.for_chat,
         )
     except (ValidationError, ChatError, ModelError) as error:
         message = describe(error) if isinstance(error, ValidationError) else str(error)

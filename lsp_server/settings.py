@@ -45,6 +45,7 @@ class Settings(BaseModel):
     temperature: float = Field(default=0.2, ge=0, le=2)
     context_budget_tokens: int = Field(default=1536, ge=64, le=128_000)
     inline_completion_enabled: bool = True
+    indexing_enabled: bool = True
     max_document_bytes: int = Field(default=1_000_000, ge=1_000)
 
     @field_validator("proxy_url")

@@ -292,3 +292,37 @@ async def test_explain_runs_as_a_command_for_editors_without_a_chat_view(
         stack.audit_rows("SELECT feature FROM requests ORDER BY rowid DESC LIMIT 1")[0]["feature"]
         == "chat"
     )
+
+
+async def index_ready(lsp: LspSession) -> None:
+    await wait_until(lambda: any("workspace index:" in m.message for m in lsp.client.log_messages))
+
+
+async def test_completion_and_chat_prompts_carry_snippets_from_the_workspace_index(
+    lsp: LspSession, stack: Stack, workspace: Path
+) -> None:
+    caller = "from helper import unmistakable_helper_name\n\nresult = unmistakable_helper_name("
+    await lsp.start(lsp.settings(stack), workspace=workspace)
+    await index_ready(lsp)
+    uri = (workspace / "caller.py").as_uri()
+    lsp.open(uri, caller + ")\n")
+
+    await lsp.inline(uri, 2, len("result = unmistakable_helper_name("))
+
+    body = json.loads(
+        stack.audit_rows(
+            "SELECT body FROM requests WHERE feature = 'completion' ORDER BY rowid DESC LIMIT 1"
+        )[0]["body"]
+    )
+    prompt = body.get("prompt") or body["messages"][-1]["content"]
+    assert "Doubles a value; chat must see this file" in prompt, "the definition was retrieved"
+
+    result = await chat(lsp, message="What does unmistakable_helper_name return?")
+    indexed = [c for c in result.chunks if c.source == "index"]
+    assert indexed and Path(indexed[0].path).name == "helper.py"
+    chat_body = json.loads(
+        stack.audit_rows(
+            "SELECT body FROM requests WHERE feature = 'chat' ORDER BY rowid DESC LIMIT 1"
+        )[0]["body"]
+    )
+    assert f"File {indexed[0].path}, lines" in chat_body["messages"][-1]["content"]

@@ -1,0 +1,79 @@
+"""The workspace index inside the language server: built in the background, asked on each request.
+
+Until the first build is done, requests get no snippets rather than waiting; a saved file is
+re-indexed alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import index
+from inference import Snippet
+
+log = logging.getLogger(__name__)
+
+COMPLETION_K = 3
+CHAT_K = 4
+SNIPPET_MAX_LINES = 40
+
+
+def _as_prompt_snippet(found: index.Snippet) -> Snippet:
+    lines = found.text.splitlines()[:SNIPPET_MAX_LINES]
+    end = min(found.end_line, found.start_line + len(lines) - 1)
+    return Snippet(found.path, found.start_line, max(end, found.start_line), "\n".join(lines))
+
+
+class IndexService:
+    def __init__(self, log_line: Callable[[str], None]) -> None:
+        self._log_line = log_line
+        self._index: index.WorkspaceIndex | None = None
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def start(self, roots: list[Path]) -> None:
+        """Open (or build) the index for `roots` off the event loop."""
+        if not roots:
+            return
+        workspace = index.WorkspaceIndex(roots)
+        report = await asyncio.to_thread(workspace.refresh)
+        self._index, self._ready = workspace, True
+        self._log_line(
+            f"workspace index: {report.files} files, {report.chunks} chunks "
+            f"({report.indexed} indexed, {report.unchanged} unchanged, "
+            f"{len(report.skipped)} skipped) in {report.seconds:.1f} s"
+        )
+        for warning in report.warnings:
+            self._log_line(f"workspace index: {warning}")
+
+    def for_completion(self, path: str, text: str, line: int, column: int) -> list[Snippet]:
+        """Snippets for an inline completion at `path`:`line`:`column` (fast path, small k)."""
+        if self._index is None or not self._ready:
+            return []
+        key = self._index.key_for(Path(path)) or path
+        found = index.context(self._index, key, text, line, column, COMPLETION_K)
+        return [_as_prompt_snippet(s) for s in found]
+
+    def for_chat(self, query: str) -> list[Snippet]:
+        """Snippets for a chat question, with absolute paths the editor can open."""
+        if self._index is None or not self._ready:
+            return []
+        found = [_as_prompt_snippet(s) for s in index.search(self._index, query, CHAT_K)]
+        return [
+            Snippet(str(self._index.file_path(s.path) or s.path), s.start_line, s.end_line, s.text)
+            for s in found
+        ]
+
+    async def file_saved(self, path: Path, text: str | None) -> None:
+        if self._index is not None and self._ready:
+            await asyncio.to_thread(self._index.update_file, path, text)
+
+    async def file_deleted(self, path: Path) -> None:
+        if self._index is not None and self._ready:
+            await asyncio.to_thread(self._index.remove_file, path)
