@@ -1,5 +1,5 @@
 # The targets a newcomer needs. `make up` starts the stack; `make test` installs and runs every check.
-.PHONY: setup up test lint typecheck pytest vllm-tier bench clean
+.PHONY: setup up test lint typecheck pytest vllm-tier bench clean vscode-e2e
 
 setup:
 	bash scripts/setup.sh
@@ -20,7 +20,12 @@ vllm-tier:
 pytest: setup vllm-tier
 	.venv/bin/pytest -ra
 
-test: lint typecheck pytest
+test: lint typecheck pytest vscode-e2e
+
+# The extension: unit tests and the .vsix, then the end-to-end test in a real VS Code.
+vscode-e2e: setup
+	bash vscode-extension/scripts/package.sh
+	bash vscode-extension/scripts/e2e.sh
 
 bench: setup
 	.venv/bin/python benchmarks/lsp_overhead.py

@@ -139,9 +139,9 @@ def _banner(proxy_url: str, key_file: Path, model: str) -> str:
   model:     {model}
   user key:  {key_file}   (mode 0600; give it to your editor, never commit it)
 
-  Editor:    start `bastion lsp` with initializationOptions {{"proxyUrl": "{proxy_url}"}}
-             and BASTION_API_KEY from the key file; README.md, "Connect an editor", has a
-             Neovim set-up.
+  VS Code:   install vscode-extension/bastion.vsix, run "Bastion: Set Key", set bastion.proxyUrl.
+  Others:    `bastion lsp` with initializationOptions {{"proxyUrl": "{proxy_url}"}} and
+             BASTION_API_KEY from the key file; README.md, "Connect an editor".
   Stop:      Ctrl-C
 """
 
