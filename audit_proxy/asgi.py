@@ -100,3 +100,16 @@ def replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return receive_again
+
+
+async def read_body_or_refuse(receive: Receive, send: Send) -> bytes | None:
+    """The request body, or None when the client left or a too-large body was refused (413)."""
+    try:
+        return await read_body(receive)
+    except ClientDisconnected:
+        return None
+    except RequestTooLarge:
+        await send_error(
+            send, 413, "request body too large", "invalid_request_error", "request_too_large"
+        )
+        return None

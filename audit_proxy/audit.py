@@ -10,14 +10,12 @@ from typing import Any
 
 from audit_proxy.asgi import (
     ASGIApp,
-    ClientDisconnected,
     Message,
     Receive,
-    RequestTooLarge,
     Scope,
     Send,
     header,
-    read_body,
+    read_body_or_refuse,
     replay,
     send_error,
 )
@@ -51,14 +49,8 @@ class Audit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         principal: Principal = scope[PRINCIPAL]
-        try:
-            body = await read_body(receive)
-        except ClientDisconnected:
-            return
-        except RequestTooLarge:
-            await send_error(
-                send, 413, "request body too large", "invalid_request_error", "request_too_large"
-            )
+        body = await read_body_or_refuse(receive, send)
+        if body is None:
             return
         model, stream = _peek(body)
         client = scope.get("client")

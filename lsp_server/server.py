@@ -24,6 +24,7 @@ from .chat import (
     ApplyCodeBlockParams,
     ChatError,
     ChatParams,
+    ChatResult,
     ChatSessions,
     Workspace,
     code_block_edit,
@@ -79,6 +80,16 @@ class BastionLanguageServer(LanguageServer):
         if self.connection.settings.indexing_enabled:
             roots = self.chat_workspace().roots
             asyncio.get_running_loop().create_task(self.index.start(list(roots)))
+
+    async def chat_turn(self, request: ChatParams) -> ChatResult:
+        return await run_chat(
+            request,
+            self.chat_sessions,
+            self.chat_workspace(),
+            self.connection,
+            self.send_chat_delta,
+            self.index.for_chat,
+        )
 
     def send_chat_delta(self, session_id: str, delta: str) -> None:
         self.protocol.notify(DELTA_METHOD, {"sessionId": session_id, "delta": delta})
@@ -291,15 +302,7 @@ async def resolve_code_action(
 async def chat(ls: BastionLanguageServer, params: Any) -> dict[str, Any]:
     """One chat turn, streamed as `bastion/chatDelta`; cancellable with `$/cancelRequest`."""
     try:
-        request = ChatParams.model_validate(plain(params))
-        result = await run_chat(
-            request,
-            ls.chat_sessions,
-            ls.chat_workspace(),
-            ls.connection,
-            ls.send_chat_delta,
-            ls.index.for_chat,
-        )
+        result = await ls.chat_turn(ChatParams.model_validate(plain(params)))
     except ValidationError as error:
         raise JsonRpcInvalidParams(describe(error)) from None
     except (ChatError, ModelError) as error:
@@ -311,14 +314,8 @@ async def chat(ls: BastionLanguageServer, params: Any) -> dict[str, Any]:
 async def chat_command(ls: BastionLanguageServer, *arguments: Any) -> dict[str, Any] | None:
     """The Explain action for editors without a chat view: the answer as a message."""
     try:
-        request = ChatParams.model_validate(plain(arguments[0]) if arguments else {})
-        result = await run_chat(
-            request,
-            ls.chat_sessions,
-            ls.chat_workspace(),
-            ls.connection,
-            ls.send_chat_delta,
-            ls.index.for_chat,
+        result = await ls.chat_turn(
+            ChatParams.model_validate(plain(arguments[0]) if arguments else {})
         )
     except (ValidationError, ChatError, ModelError) as error:
         message = describe(error) if isinstance(error, ValidationError) else str(error)

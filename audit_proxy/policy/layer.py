@@ -7,12 +7,10 @@ import logging
 
 from audit_proxy.asgi import (
     ASGIApp,
-    ClientDisconnected,
     Receive,
-    RequestTooLarge,
     Scope,
     Send,
-    read_body,
+    read_body_or_refuse,
     replay,
     send_error,
 )
@@ -38,14 +36,8 @@ class ApplyPolicy:
         self.engine = Engine(policy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            body = await read_body(receive)
-        except ClientDisconnected:
-            return
-        except RequestTooLarge:
-            await send_error(
-                send, 413, "request body too large", "invalid_request_error", "request_too_large"
-            )
+        body = await read_body_or_refuse(receive, send)
+        if body is None:
             return
         if len(body) > _INLINE_LIMIT:
             outcome = await asyncio.to_thread(self.engine.apply, body)
