@@ -13,6 +13,7 @@ from lsprotocol import types
 from pydantic import ValidationError
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.progress import Progress
 from pygls.uris import to_fs_path
 
 from inference import ModelError, Snippet
@@ -76,10 +77,15 @@ class BastionLanguageServer(LanguageServer):
         line, column = request.line_and_column
         return self.index.for_completion(request.path, request.text, line, column)
 
+    def progress_for_client(self) -> Progress | None:
+        window = self.client_capabilities.window
+        return self.work_done_progress if window and window.work_done_progress else None
+
     def start_indexing(self) -> None:
         if self.connection.settings.indexing_enabled:
-            roots = self.chat_workspace().roots
-            asyncio.get_running_loop().create_task(self.index.start(list(roots)))
+            roots = list(self.chat_workspace().roots)
+            work = self.index.start(roots, self.progress_for_client())
+            asyncio.get_running_loop().create_task(work)
 
     async def chat_turn(self, request: ChatParams) -> ChatResult:
         return await run_chat(
@@ -168,6 +174,12 @@ def on_initialize(ls: BastionLanguageServer, params: types.InitializeParams) -> 
 async def on_initialized(ls: BastionLanguageServer, params: types.InitializedParams) -> None:
     ls.start_indexing()
     await ls.check_connection()
+
+
+@server.command("bastion.reindex")
+async def reindex(ls: BastionLanguageServer, *arguments: Any) -> None:
+    """Bring the workspace index up to date now (changed files only), with progress."""
+    await ls.index.start(list(ls.chat_workspace().roots), ls.progress_for_client())
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_SAVE)

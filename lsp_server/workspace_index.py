@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from pathlib import Path
+
+from lsprotocol import types
+from pygls.progress import Progress
 
 import index
 from inference import Snippet
@@ -32,18 +36,24 @@ class IndexService:
         self._log_line = log_line
         self._index: index.WorkspaceIndex | None = None
         self._ready = False
+        self._building = asyncio.Lock()
 
     @property
     def ready(self) -> bool:
         return self._ready
 
-    async def start(self, roots: list[Path]) -> None:
-        """Open (or build) the index for `roots` off the event loop."""
+    async def start(self, roots: list[Path], progress: Progress | None = None) -> None:
+        """Open (or build, or bring up to date) the index for `roots` off the event loop."""
         if not roots:
             return
-        workspace = index.WorkspaceIndex(roots)
-        report = await asyncio.to_thread(workspace.refresh)
-        self._index, self._ready = workspace, True
+        async with self._building:
+            workspace = self._index or index.WorkspaceIndex(roots)
+            reporter = await IndexProgress.begin(progress)
+            try:
+                report = await asyncio.to_thread(workspace.refresh, reporter.on_file)
+            finally:
+                reporter.end()
+            self._index, self._ready = workspace, True
         self._log_line(
             f"workspace index: {report.files} files, {report.chunks} chunks "
             f"({report.indexed} indexed, {report.unchanged} unchanged, "
@@ -77,3 +87,39 @@ class IndexService:
     async def file_deleted(self, path: Path) -> None:
         if self._index is not None and self._ready:
             await asyncio.to_thread(self._index.remove_file, path)
+
+
+class IndexProgress:
+    """LSP work-done progress for an index build; silent when the client does not show any."""
+
+    def __init__(self, progress: Progress | None, token: str | None) -> None:
+        self._progress = progress
+        self._token = token
+        self._loop = asyncio.get_running_loop()
+        self._percent = -1
+
+    @classmethod
+    async def begin(cls, progress: Progress | None) -> IndexProgress:
+        if progress is None:
+            return cls(None, None)
+        token = f"bastion-index-{secrets.token_hex(4)}"
+        try:
+            await progress.create_async(token)
+        except Exception as error:  # a client may refuse; indexing goes on without a bar
+            log.info("no work-done progress for indexing: %s", error)
+            return cls(None, None)
+        progress.begin(token, types.WorkDoneProgressBegin(title="Bastion: indexing", percentage=0))
+        return cls(progress, token)
+
+    def on_file(self, done: int, total: int, path: str) -> None:
+        """Called from the indexing thread; reports each new whole percent on the loop."""
+        percent = done * 100 // max(total, 1)
+        if self._progress is None or self._token is None or percent == self._percent:
+            return
+        self._percent = percent
+        report = types.WorkDoneProgressReport(percentage=percent, message=f"{done}/{total} files")
+        self._loop.call_soon_threadsafe(self._progress.report, self._token, report)
+
+    def end(self) -> None:
+        if self._progress is not None and self._token is not None:
+            self._progress.end(self._token, types.WorkDoneProgressEnd(message="indexed"))

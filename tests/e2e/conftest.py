@@ -68,7 +68,8 @@ class LspSession:
         await self.client.initialize_session(
             types.InitializeParams(
                 capabilities=types.ClientCapabilities(
-                    workspace=types.WorkspaceClientCapabilities(apply_edit=True)
+                    workspace=types.WorkspaceClientCapabilities(apply_edit=True),
+                    window=types.WindowClientCapabilities(work_done_progress=True),
                 ),
                 initialization_options=initialization_options,
                 workspace_folders=folders,

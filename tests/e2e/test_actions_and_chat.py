@@ -326,3 +326,24 @@ async def test_completion_and_chat_prompts_carry_snippets_from_the_workspace_ind
         )[0]["body"]
     )
     assert f"File {indexed[0].path}, lines" in chat_body["messages"][-1]["content"]
+
+
+async def test_indexing_reports_progress_and_reindex_touches_only_changes(
+    lsp: LspSession, stack: Stack, workspace: Path
+) -> None:
+    await lsp.start(lsp.settings(stack), workspace=workspace)
+    await index_ready(lsp)
+    first = list(lsp.client.progress_reports.values())
+    assert first, "indexing shows work-done progress"
+    kinds = [report.kind for report in first[0]]
+    assert kinds[0] == "begin" and kinds[-1] == "end"
+
+    (workspace / "helper.py").write_text(HELPER + "\n\ndef another() -> None:\n    pass\n")
+    await lsp.client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command="bastion.reindex", arguments=[])
+    )
+
+    summaries = [m.message for m in lsp.client.log_messages if "workspace index:" in m.message]
+    assert len(summaries) >= 2
+    assert "(1 indexed" in summaries[-1], summaries[-1]
+    assert len(lsp.client.progress_reports) >= 2

@@ -16,6 +16,7 @@ export function serverSettings(config: ConfigReader): Record<string, unknown> {
   const settings: Record<string, unknown> = {
     proxyUrl: (config.get<string>('proxyUrl') || 'http://127.0.0.1:8787').trim(),
     inlineCompletionEnabled: config.get<boolean>('inlineCompletions.enabled') ?? true,
+    indexingEnabled: config.get<boolean>('indexing.enabled') ?? true,
   };
   const model = config.get<string>('model')?.trim();
   if (model) settings.model = model;

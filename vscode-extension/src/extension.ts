@@ -297,6 +297,15 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   command('bastion.fix', () => b.runAction('Bastion: Fix', 'Fix'));
   command('bastion.generateTests', () => b.runAction('Bastion: Generate tests', 'Generate tests'));
   command('bastion.newChat', () => b.chat.newChat());
+  // The server's own `bastion.reindex` (registered by the language client) shows LSP progress.
+  command('bastion.reindexWorkspace', async () => {
+    const client = b.client;
+    if (!client) {
+      void vscode.window.showWarningMessage('Bastion: the language server is not running.');
+      return;
+    }
+    await client.sendRequest('workspace/executeCommand', { command: 'bastion.reindex', arguments: [] });
+  });
   command('bastion.explainSelection', () => {
     const editor = vscode.window.activeTextEditor;
     if (!editor) {

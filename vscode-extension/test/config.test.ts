@@ -8,10 +8,10 @@ const reader = (values: Record<string, unknown>) => ({ get: <T>(key: string) => 
 
 describe('serverSettings', () => {
   it('maps VS Code settings to the server keys and never carries a key', () => {
-    const settings = serverSettings(reader({ proxyUrl: 'https://proxy:8787 ', model: '', 'inlineCompletions.enabled': false, maxTokens: 64, temperature: 0 }));
-    expect(settings).toEqual({ proxyUrl: 'https://proxy:8787', inlineCompletionEnabled: false, maxTokens: 64, temperature: 0 });
+    const settings = serverSettings(reader({ proxyUrl: 'https://proxy:8787 ', model: '', 'inlineCompletions.enabled': false, 'indexing.enabled': false, maxTokens: 64, temperature: 0 }));
+    expect(settings).toEqual({ proxyUrl: 'https://proxy:8787', inlineCompletionEnabled: false, indexingEnabled: false, maxTokens: 64, temperature: 0 });
     expect(JSON.stringify(settings)).not.toMatch(/apiKey/i);
-    expect(serverSettings(reader({}))).toEqual({ proxyUrl: 'http://127.0.0.1:8787', inlineCompletionEnabled: true });
+    expect(serverSettings(reader({}))).toEqual({ proxyUrl: 'http://127.0.0.1:8787', inlineCompletionEnabled: true, indexingEnabled: true });
   });
 });
 
