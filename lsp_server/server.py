@@ -51,7 +51,9 @@ class BastionLanguageServer(LanguageServer):
         self.status = StatusReporter(lambda params: self.protocol.notify(STATUS_METHOD, params))
         self.typing_cache = TypingCache()
         self.connection = ProxyConnection(Settings())
-        self.index = IndexService(self.log_line)
+        self.index = IndexService(
+            self.log_line, lambda percent: self.status.update(indexing_percent=percent)
+        )
         self.completer = InlineCompleter(
             lambda: self.connection,
             self.typing_cache,

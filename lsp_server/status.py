@@ -18,6 +18,7 @@ class Status(BaseModel):
     model: str | None = None
     completion_mode: str | None = None
     last_error: str | None = None
+    indexing_percent: int | None = None
 
 
 class StatusReporter:

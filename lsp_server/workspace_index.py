@@ -32,8 +32,13 @@ def _as_prompt_snippet(found: index.Snippet) -> Snippet:
 
 
 class IndexService:
-    def __init__(self, log_line: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        log_line: Callable[[str], None],
+        on_percent: Callable[[int | None], None] = lambda percent: None,
+    ) -> None:
         self._log_line = log_line
+        self._on_percent = on_percent
         self._index: index.WorkspaceIndex | None = None
         self._ready = False
         self._building = asyncio.Lock()
@@ -48,7 +53,7 @@ class IndexService:
             return
         async with self._building:
             workspace = self._index or index.WorkspaceIndex(roots)
-            reporter = await IndexProgress.begin(progress)
+            reporter = await IndexProgress.begin(progress, self._on_percent)
             try:
                 report = await asyncio.to_thread(workspace.refresh, reporter.on_file)
             finally:
@@ -90,36 +95,49 @@ class IndexService:
 
 
 class IndexProgress:
-    """LSP work-done progress for an index build; silent when the client does not show any."""
+    """Index build progress: LSP work-done progress where the client shows it, and the status."""
 
-    def __init__(self, progress: Progress | None, token: str | None) -> None:
+    def __init__(
+        self,
+        progress: Progress | None,
+        token: str | None,
+        on_percent: Callable[[int | None], None],
+    ) -> None:
         self._progress = progress
         self._token = token
+        self._on_percent = on_percent
         self._loop = asyncio.get_running_loop()
         self._percent = -1
 
     @classmethod
-    async def begin(cls, progress: Progress | None) -> IndexProgress:
+    async def begin(
+        cls, progress: Progress | None, on_percent: Callable[[int | None], None]
+    ) -> IndexProgress:
+        on_percent(0)
         if progress is None:
-            return cls(None, None)
+            return cls(None, None, on_percent)
         token = f"bastion-index-{secrets.token_hex(4)}"
         try:
             await progress.create_async(token)
         except Exception as error:  # a client may refuse; indexing goes on without a bar
             log.info("no work-done progress for indexing: %s", error)
-            return cls(None, None)
+            return cls(None, None, on_percent)
         progress.begin(token, types.WorkDoneProgressBegin(title="Bastion: indexing", percentage=0))
-        return cls(progress, token)
+        return cls(progress, token, on_percent)
 
     def on_file(self, done: int, total: int, path: str) -> None:
         """Called from the indexing thread; reports each new whole percent on the loop."""
         percent = done * 100 // max(total, 1)
-        if self._progress is None or self._token is None or percent == self._percent:
+        if percent == self._percent:
             return
         self._percent = percent
+        self._loop.call_soon_threadsafe(self._on_percent, percent)
+        if self._progress is None or self._token is None:
+            return
         report = types.WorkDoneProgressReport(percentage=percent, message=f"{done}/{total} files")
         self._loop.call_soon_threadsafe(self._progress.report, self._token, report)
 
     def end(self) -> None:
+        self._on_percent(None)
         if self._progress is not None and self._token is not None:
             self._progress.end(self._token, types.WorkDoneProgressEnd(message="indexed"))

@@ -337,6 +337,9 @@ async def test_indexing_reports_progress_and_reindex_touches_only_changes(
     assert first, "indexing shows work-done progress"
     kinds = [report.kind for report in first[0]]
     assert kinds[0] == "begin" and kinds[-1] == "end"
+    percents = [s.get("indexingPercent") for s in lsp.statuses]
+    assert 0 in percents, "the status bar is told that indexing runs"
+    await wait_until(lambda: lsp.statuses[-1].get("indexingPercent") is None)
 
     (workspace / "helper.py").write_text(HELPER + "\n\ndef another() -> None:\n    pass\n")
     await lsp.client.workspace_execute_command_async(

@@ -82,6 +82,7 @@ export interface ServerStatus {
   model?: string | null;
   completionMode?: string | null;
   lastError?: string | null;
+  indexingPercent?: number | null;
 }
 
 export interface StatusFace {
@@ -98,8 +99,9 @@ export function statusFace(status: ServerStatus | undefined, opts: { hasKey: boo
   }
   if (!status || opts.state === 'starting') return { text: '$(sync~spin) Bastion', tooltip: 'Starting the language server…', error: false };
   const ghost = opts.inline ? '' : ' (ghost text off)';
+  const indexing = typeof status.indexingPercent === 'number' ? ` · indexing ${status.indexingPercent} %` : '';
   if (status.connected) {
-    const model = status.model || 'connected';
+    const model = (status.model || 'connected') + indexing;
     const lines = [`Connected to ${status.proxyUrl ?? 'the proxy'}`, `Model: ${status.model ?? '?'}`];
     if (status.completionMode) lines.push(`Completion: ${status.completionMode}`);
     lines.push(`Inline completions: ${opts.inline ? 'on' : 'off'}`, 'Click for the log.');

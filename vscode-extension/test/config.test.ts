@@ -49,5 +49,6 @@ describe('statusFace', () => {
     expect(failed.tooltip).toContain('401 unknown key');
     expect(statusFace(undefined, { ...base, hasKey: false }).text).toContain('set key');
     expect(statusFace(undefined, { ...base, state: 'failed' }).error).toBe(true);
+    expect(statusFace({ connected: true, model: 'qwen', indexingPercent: 42 }, base).text).toBe('$(shield) Bastion: qwen · indexing 42 %');
   });
 });
