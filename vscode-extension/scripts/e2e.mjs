@@ -569,4 +569,6 @@ for (const r of results) console.log(`${r.ok ? 'PASS' : 'FAIL'} ${r.name} (${r.s
 if (results.length < expected) failed = true;
 if (results.some((r) => !r.ok)) failed = true;
 console.log(`${failed ? 'E2E FAILED' : 'E2E PASSED'} in ${((Date.now() - t0) / 1000).toFixed(0)} s; screenshots and logs in ${shots}`);
+const passed = results.filter((r) => r.ok).length;
+console.log(`vscode-e2e: ${passed} passed, ${Math.max(expected, results.length) - passed} failed`);
 process.exit(failed ? 1 : 0);
