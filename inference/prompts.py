@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from .fim import FimTemplate
+from .fim import FIM_TEMPLATES, FimTemplate
 from .types import ChatMessage, Snippet
 
 CURSOR = "<CURSOR>"
@@ -123,6 +123,39 @@ def _snippet_header(snippet: Snippet) -> str:
     return f"Path: {snippet.path} (lines {snippet.start_line}-{snippet.end_line})"
 
 
+CHATML_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+
+
+def _prompt_markers() -> tuple[str, ...]:
+    found: dict[str, None] = {}
+    for template in FIM_TEMPLATES.values():
+        for marker in (*template.markers(), template.file_sep, *template.stop):
+            if marker.strip():
+                found.setdefault(marker.strip(), None)
+    for marker in CHATML_SPECIAL_TOKENS:
+        found.setdefault(marker, None)
+    return tuple(found)
+
+
+PROMPT_MARKERS = _prompt_markers()
+
+
+def neutralize_markers(text: str) -> str:
+    """Break template markers that occur in the user's code, so code cannot open a new turn.
+
+    A space after the first character keeps the text readable for the model while the tokenizer
+    no longer sees the special token. (An invisible character would not do: the proxy strips it.)
+    """
+    for marker in PROMPT_MARKERS:
+        if marker in text:
+            text = text.replace(marker, f"{marker[0]} {marker[1:]}")
+    return text
+
+
+def _neutral(snippets: Sequence[Snippet]) -> list[Snippet]:
+    return [Snippet(s.path, s.start_line, s.end_line, neutralize_markers(s.text)) for s in snippets]
+
+
 def _with_newline(text: str) -> str:
     return text if text.endswith("\n") or not text else text + "\n"
 
@@ -140,6 +173,11 @@ def build_fim_prompt(
     Families with a file separator get the repository form they were trained on (one block per
     file, path first); the others get snippets as comments in the file's language.
     """
+    prefix, suffix, snippets = (
+        neutralize_markers(prefix),
+        neutralize_markers(suffix),
+        _neutral(snippets),
+    )
     if template.file_sep:
         context = "".join(
             f"{template.file_sep}{snippet.path}\n{_with_newline(snippet.text)}"
@@ -175,6 +213,11 @@ def build_chat_completion_messages(
     snippets: Sequence[Snippet] = (),
 ) -> list[ChatMessage]:
     """Chat messages asking a model without FIM tokens for the code at the cursor."""
+    prefix, suffix, snippets = (
+        neutralize_markers(prefix),
+        neutralize_markers(suffix),
+        _neutral(snippets),
+    )
     parts: list[str] = []
     for snippet in snippets:
         parts.append(f"{_snippet_header(snippet)}\n{_with_newline(snippet.text)}")
@@ -189,7 +232,7 @@ def build_chat_completion_messages(
     ]
 
 
-CHATML_STOPS = ("```", "<|im_end|>", "<|im_start|>", "<|endoftext|>")
+CHATML_STOPS = ("```", *CHATML_SPECIAL_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -224,6 +267,7 @@ def build_chatml_prefill_prompt(
     messages = build_chat_completion_messages(
         prefix, suffix, filename=filename, language=language, snippets=snippets
     )
+    prefix = neutralize_markers(prefix)
     held_back = " " if prefix.endswith(" ") else ""
     stem = prefix[: len(prefix) - len(held_back)]
     fence = f"```{language}\n" if language else "```\n"
