@@ -140,6 +140,13 @@ class BastionLanguageServer(LanguageServer):
             if self._in_flight.get(uri) is current:
                 del self._in_flight[uri]
 
+    async def suggestion(self, uri: str, position: types.Position) -> str | None:
+        """The completion at `position`, as this document's only request in flight."""
+        request = self.completion_input(uri, position)
+        if request is None:
+            return None
+        return await self.latest_only(uri, self.completer.complete(request))
+
     def completion_input(self, uri: str, position: types.Position) -> CompletionInput | None:
         """The document around `position`, or None when the position is not in it."""
         document = self.workspace.get_text_document(uri)
@@ -219,11 +226,9 @@ def on_close(ls: BastionLanguageServer, params: types.DidCloseTextDocumentParams
 async def inline_completion(
     ls: BastionLanguageServer, params: types.InlineCompletionParams
 ) -> types.InlineCompletionList | None:
-    uri = params.text_document.uri
-    request = ls.completion_input(uri, params.position)
-    if request is None or not ls.connection.settings.inline_completion_enabled:
+    if not ls.connection.settings.inline_completion_enabled:
         return None
-    text = await ls.latest_only(uri, ls.completer.complete(request))
+    text = await ls.suggestion(params.text_document.uri, params.position)
     if not text:
         return None
     at_cursor = types.Range(start=params.position, end=params.position)
@@ -237,11 +242,7 @@ async def completion(
     ls: BastionLanguageServer, params: types.CompletionParams
 ) -> types.CompletionList | None:
     """The fallback for clients without inline completion: one item holding the suggestion."""
-    uri = params.text_document.uri
-    request = ls.completion_input(uri, params.position)
-    if request is None:
-        return None
-    text = await ls.latest_only(uri, ls.completer.complete(request))
+    text = await ls.suggestion(params.text_document.uri, params.position)
     if not text:
         return None
     at_cursor = types.Range(start=params.position, end=params.position)
