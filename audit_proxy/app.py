@@ -1,21 +1,33 @@
-"""The proxy as one ASGI app: access log → routing → auth → policy → audit → forward."""
+"""The proxy as one ASGI app: access log → metrics → routing → auth → roles → policy → audit →
+forward."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from typing import TYPE_CHECKING
 
 from audit_proxy.access_log import AccessLog
 from audit_proxy.asgi import ASGIApp, Receive, Scope, Send, send_error, send_json
-from audit_proxy.audit import Audit
+from audit_proxy.audit import Audit, feature_of
 from audit_proxy.auth import Authenticate
+from audit_proxy.authorize import AnswerDenial, Authorize, RequireAdmin
 from audit_proxy.checkpoints import Signer, SigningKeyError
-from audit_proxy.config import ProxyConfig
+from audit_proxy.config import ConfigError, ProxyConfig
 from audit_proxy.export import ProofRoutes
+from audit_proxy.fim_suffix import FimSuffix, FimTemplates, upstream_client_config
 from audit_proxy.forward import Upstream
 from audit_proxy.keys import KeyStore
+from audit_proxy.metrics import CountRequests, MetricsEndpoint
 from audit_proxy.policy import DEFAULT_POLICY, ApplyPolicy, EnforceBlock, Policy, load_policy
+from audit_proxy.ratelimit import RateLimiter
+from audit_proxy.roles import BUILTIN_ROLES, Roles, roles_for
+from audit_proxy.siem import SiemConfigError, SiemForwarder, build_forwarder
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
+
+if TYPE_CHECKING:
+    from audit_proxy.pg_store import PostgresAuditStore
 
 log = logging.getLogger("bastion.proxy")
 
@@ -30,6 +42,8 @@ AUDITED_ROUTES = frozenset(
 # Authenticated, but not model-bound: nothing of the user's goes to the model.
 PLAIN_ROUTES = frozenset({("GET", "/v1/models")})
 _KNOWN_PATHS = frozenset(path for _, path in AUDITED_ROUTES | PLAIN_ROUTES)
+_AUDIT_PREFIX = "/v1/audit/"
+_METRICS_PATH = "/metrics"
 _HEALTH = json.dumps({"status": "ok"}).encode()
 
 
@@ -39,22 +53,43 @@ class ProxyApp:
     def __init__(
         self,
         keys: KeyStore,
-        store: AuditStore,
+        store: AuditStore | PostgresAuditStore,
         upstream: Upstream,
         policy: Policy = DEFAULT_POLICY,
+        fim: FimTemplates | None = None,
+        siem: SiemForwarder | None = None,
+        roles: Roles = BUILTIN_ROLES,
     ) -> None:
         self.keys = keys
         self.store = store
         self.upstream = upstream
         self.policy = policy
+        self.fim = fim
+        self.siem = siem
         # The policy rewrites the body before audit records it; a block is answered only after
         # the blocked request is on the record.
+        checked: ASGIApp = ApplyPolicy(Audit(EnforceBlock(upstream), store), policy)
+        # `suffix` becomes the model's FIM prompt before the policy scans it and audit records it.
+        if fim is not None:
+            checked = FimSuffix(checked, fim)
+        # A request the role refuses is recorded like any other, then answered, never forwarded.
+        denied = ApplyPolicy(Audit(AnswerDenial(), store), policy)
+        self.roles = roles
         self._audited: ASGIApp = Authenticate(
-            ApplyPolicy(Audit(EnforceBlock(upstream), store), policy), keys
+            Authorize(checked, denied, roles, RateLimiter()), keys
         )
         self._plain: ASGIApp = Authenticate(upstream, keys)
-        self._audit_admin: ASGIApp = Authenticate(ProofRoutes(store), keys)
-        self._http: ASGIApp = AccessLog(self._route)
+        self._audit_admin: ASGIApp = Authenticate(RequireAdmin(ProofRoutes(store), roles), keys)
+        self._metrics: ASGIApp = Authenticate(RequireAdmin(MetricsEndpoint(), roles), keys)
+        self._http: ASGIApp = AccessLog(
+            CountRequests(
+                self._route,
+                routes=_KNOWN_PATHS | {"/healthz", _METRICS_PATH},
+                prefixes=(_AUDIT_PREFIX,),
+                feature_of=feature_of,
+                featured=frozenset(path for _, path in AUDITED_ROUTES),
+            )
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -68,10 +103,16 @@ class ProxyApp:
             await self._audited(scope, receive, send)
         elif route in PLAIN_ROUTES:
             await self._plain(scope, receive, send)
-        elif scope["path"].startswith("/v1/audit/"):
+        elif scope["path"].startswith(_AUDIT_PREFIX):
             await self._audit_admin(scope, receive, send)
+        elif scope["path"] == _METRICS_PATH:
+            await self._metrics(scope, receive, send)
         elif route == ("GET", "/healthz"):
-            await send_json(send, 200, _HEALTH)
+            if self.siem is None:
+                await send_json(send, 200, _HEALTH)
+            else:
+                health = {"status": "ok", "siem": self.siem.status()}
+                await send_json(send, 200, json.dumps(health).encode())
         elif scope["path"] in _KNOWN_PATHS:
             await send_error(
                 send,
@@ -94,32 +135,85 @@ class ProxyApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.upstream.start()
+                if self.siem is not None:
+                    self.siem.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.upstream.close()
+                if self.fim is not None:
+                    await self.fim.close()
+                if self.siem is not None:
+                    # Its last pass ships what the final requests appended.
+                    await asyncio.to_thread(self.siem.stop)
                 self.store.close()
                 self.keys.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
 
+def open_audit_store(config: ProxyConfig, signer: Signer | None) -> AuditStore | PostgresAuditStore:
+    """The audit store `config` names: PostgreSQL at `store_url`, else SQLite in the data dir."""
+    if config.store_url is None:
+        return AuditStore(config.audit_db, signer=signer, durability=config.durability)
+    try:
+        from audit_proxy.pg_store import PostgresAuditStore
+    except ImportError as exc:
+        raise AuditStoreUnavailable(
+            f"store_url needs psycopg ({exc}); install Bastion with the postgres extra: "
+            "pip install 'bastion[postgres]'"
+        ) from None
+    password = config.store_password.get_secret_value() if config.store_password else None
+    return PostgresAuditStore(config.store_url, password, signer=signer)
+
+
 def build_app(config: ProxyConfig) -> ProxyApp:
     """Open the stores in `config.data_dir` and wire the layers.
 
-    Raises `PolicyError` for a bad policy file and `AuditStoreUnavailable`.
+    Raises `PolicyError` for a bad policy file, `ConfigError` for a SIEM sink that cannot open
+    (and `RolesError`, one, for a bad roles file), and `AuditStoreUnavailable`.
     """
     policy = load_policy(config.policy_file) if config.policy_file else DEFAULT_POLICY
     keys = KeyStore(config.keys_db)
+    roles = roles_for(config.roles_file, config.data_dir)
+    roles.check_keys(keys.list())
     try:
         signer = Signer.load_or_create(config.data_dir)
     except SigningKeyError as exc:
         raise AuditStoreUnavailable(str(exc)) from exc
-    store = AuditStore(config.audit_db, signer=signer)
+    store = open_audit_store(config, signer)
     upstream = Upstream(
         config.upstream_url,
         config.upstream_api_key,
         config.connect_timeout_s,
         config.read_timeout_s,
         config.upstream_max_connections,
+        config.upstream_ca_file,
     )
-    return ProxyApp(keys, store, upstream, policy)
+    fim = FimTemplates(
+        upstream_client_config(
+            config.upstream_url,
+            config.upstream_api_key,
+            config.upstream_ca_file,
+            config.connect_timeout_s,
+        ),
+        config.fim_templates,
+    )
+    try:
+        siem = build_forwarder(
+            store,
+            config.data_dir,
+            store.signer.log_id if store.signer is not None else None,
+            config.siem_jsonl_path,
+            config.siem_syslog_url,
+            config.siem_max_backoff_s,
+        )
+    except SiemConfigError as exc:
+        store.close()
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        store.close()
+        raise ConfigError(
+            f"siem_jsonl_path: cannot open {config.siem_jsonl_path} for appending "
+            f"({exc.strerror}); point it at a writable file, or '-' for stdout"
+        ) from None
+    return ProxyApp(keys, store, upstream, policy, fim, siem, roles)

@@ -20,10 +20,11 @@ from audit_proxy.asgi import (
     send_error,
 )
 from audit_proxy.auth import PRINCIPAL
-from audit_proxy.forward import RELAY_REPORT, REQUEST_ID, RelayReport
+from audit_proxy.forward import RELAY_REPORT, REQUEST_ID, RelayReport, StreamAborted
 from audit_proxy.keys import Principal
+from audit_proxy.metrics import METRICS
 from audit_proxy.policy.layer import POLICY_EVIDENCE
-from audit_proxy.store import AuditStore, AuditStoreUnavailable, TokenUsage
+from audit_proxy.store import AuditRecorder, AuditStoreUnavailable, TokenUsage
 
 log = logging.getLogger("bastion.proxy")
 
@@ -40,9 +41,13 @@ def feature_of(scope: Scope) -> str:
 
 
 class Audit:
-    """Records every model-bound request durably before forwarding it; fails closed."""
+    """Records every model-bound request durably before forwarding it; fails closed.
 
-    def __init__(self, app: ASGIApp, store: AuditStore) -> None:
+    The end of the response (its last body message) is held back until the outcome is committed,
+    so a client that received a whole response can count on its outcome being on the record.
+    """
+
+    def __init__(self, app: ASGIApp, store: AuditRecorder) -> None:
         self.app = app
         self.store = store
 
@@ -54,8 +59,9 @@ class Audit:
             return
         model, stream = _peek(body)
         client = scope.get("client")
+        recording = time.perf_counter()
         try:
-            request_id = self.store.record_request(
+            request_id = await self.store.record_request(
                 user=principal.name,
                 role=principal.role,
                 method=scope["method"],
@@ -78,25 +84,41 @@ class Audit:
                 "audit_store_unavailable",
             )
             return
+        METRICS.audit_write_seconds.observe(time.perf_counter() - recording, "request")
         scope[REQUEST_ID] = request_id
         report = RelayReport()
         scope[RELAY_REPORT] = report
-        meter = _Meter(started, request_id.encode())
+        meter = _Meter(started, request_id)
         try:
-            await self.app(scope, replay(body, receive), meter.wrap(send))
+            await self.app(scope, replay(body, receive), self._metered(send, meter, report))
         except BaseException as exc:
             report.aborted_by = report.aborted_by or "proxy"
             report.error = report.error or f"proxy error: {type(exc).__name__}"
             raise
         finally:
-            self._record_outcome(request_id, meter, report)
+            if not meter.outcome_attempted:
+                await self._record_outcome(meter, report, completed=False)
 
-    def _record_outcome(self, request_id: str, meter: _Meter, report: RelayReport) -> None:
+    def _metered(self, send: Send, meter: _Meter, report: RelayReport) -> Send:
+        async def metered_send(message: Message) -> None:
+            message = meter.observe(message)
+            last = message["type"] == "http.response.body" and not message.get("more_body", False)
+            # The outcome goes on the record before the client gets the end of the response.
+            if last and not await self._record_outcome(meter, report, report.aborted_by is None):
+                raise StreamAborted("the audit store cannot record the outcome")
+            await send(message)
+
+        return metered_send
+
+    async def _record_outcome(self, meter: _Meter, report: RelayReport, completed: bool) -> bool:
+        """Record the outcome as it stands; False (logged) when the store cannot."""
+        meter.outcome_attempted = True
         body = bytes(meter.body)
         usage, finish_reason = _usage(body, meter.event_stream)
+        recording = time.perf_counter()
         try:
-            self.store.record_outcome(
-                request_id,
+            await self.store.record_outcome(
+                meter.request_id,
                 status=meter.status,
                 response_body=body,
                 sha256=meter.sha256.hexdigest(),
@@ -105,18 +127,20 @@ class Audit:
                 latency_ms=(time.perf_counter() - meter.started) * 1000,
                 ttfb_ms=meter.ttfb_ms,
                 aborted_by=report.aborted_by,
-                completed=report.aborted_by is None and meter.finished,
+                completed=completed,
                 error=report.error,
             )
         except AuditStoreUnavailable as exc:
-            # The answer is already with the client; all that is left is to say so loudly.
-            log.critical("outcome of request %s NOT recorded: %s", request_id, exc)
+            log.critical("outcome of request %s NOT recorded: %s", meter.request_id, exc)
+            return False
+        METRICS.audit_write_seconds.observe(time.perf_counter() - recording, "outcome")
+        return True
 
 
 class _Meter:
     """Counts, hashes and keeps every byte sent to the client."""
 
-    def __init__(self, started: float, request_id: bytes) -> None:
+    def __init__(self, started: float, request_id: str) -> None:
         self.started = started
         self.request_id = request_id
         self.status: int | None = None
@@ -124,31 +148,25 @@ class _Meter:
         self.body = bytearray()
         self.sha256 = hashlib.sha256()
         self.ttfb_ms: float | None = None
-        self.finished = False
+        self.outcome_attempted = False
 
-    def wrap(self, send: Send) -> Send:
-        async def metered_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                self.status = message["status"]
-                headers = list(message.get("headers", []))
-                content_type = next((v for k, v in headers if k == b"content-type"), b"")
-                self.event_stream = content_type.startswith(b"text/event-stream")
-                headers.append((b"x-bastion-request-id", self.request_id))
-                message = {**message, "headers": headers}
-            elif message["type"] == "http.response.body":
-                chunk: bytes = message.get("body", b"")
-                if chunk:
-                    if self.ttfb_ms is None:
-                        self.ttfb_ms = (time.perf_counter() - self.started) * 1000
-                    self.body += chunk
-                    self.sha256.update(chunk)
-                await send(message)
-                # Only now has the last byte been handed over.
-                self.finished = not message.get("more_body", False)
-                return
-            await send(message)
-
-        return metered_send
+    def observe(self, message: Message) -> Message:
+        """Take note of a message on its way to the client; the start gets the request id."""
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = list(message.get("headers", []))
+            content_type = next((v for k, v in headers if k == b"content-type"), b"")
+            self.event_stream = content_type.startswith(b"text/event-stream")
+            headers.append((b"x-bastion-request-id", self.request_id.encode()))
+            return {**message, "headers": headers}
+        if message["type"] == "http.response.body":
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                if self.ttfb_ms is None:
+                    self.ttfb_ms = (time.perf_counter() - self.started) * 1000
+                self.body += chunk
+                self.sha256.update(chunk)
+        return message
 
 
 def _peek(body: bytes) -> tuple[str | None, bool]:

@@ -20,11 +20,15 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from audit_proxy.fim_suffix import template_named
+from audit_proxy.siem import parse_syslog_url
+
 UPSTREAM_KEY_ENV = "BASTION_UPSTREAM_API_KEY"
+STORE_PASSWORD_ENV = "BASTION_STORE_PASSWORD"  # noqa: S105 (a variable's name)
 HOME_ENV = "BASTION_HOME"
 
 
@@ -53,6 +57,55 @@ class ProxyConfig(BaseModel):
     upstream_max_connections: int = Field(default=256, ge=1)
     # A policy TOML file (see audit_proxy.policy.rules); None = the built-in default policy.
     policy_file: Path | None = None
+    # A roles TOML file (see audit_proxy.roles); None = `roles.toml` in data_dir if it exists,
+    # else the built-in roles (every role may do everything, `admin` also the admin routes).
+    roles_file: Path | None = None
+    # What a committed audit record survives: "process" = a crash or kill -9 of the proxy (WAL,
+    # synchronous=NORMAL); "fsync" = power loss too (each group commit is fsynced before any
+    # caller goes on).
+    durability: Literal["process", "fsync"] = "process"
+    # `suffix` on /v1/completions: model name -> FIM template (see audit_proxy.fim_suffix);
+    # models not named here are identified by their tokenizer.
+    fim_templates: dict[str, str] = Field(default_factory=dict)
+    # SIEM export of every audit-log leaf (no payloads): a JSONL file ("-" = stdout) and/or
+    # syslog RFC 5424 at udp://HOST:PORT or tcp://HOST:PORT.
+    siem_jsonl_path: Path | None = None
+    siem_syslog_url: str | None = None
+    siem_max_backoff_s: float = Field(default=30.0, gt=0)
+    # TLS: the listener's certificate chain and key (PEM), and the CA bundle for an https upstream.
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    upstream_ca_file: Path | None = None
+    # The audit store: None = SQLite in data_dir; "postgresql://USER@HOST:PORT/DB" = a database
+    # several replicas share. Its password, first match wins: $BASTION_STORE_PASSWORD,
+    # `store_password_file`, `store_password`, the URL.
+    store_url: str | None = None
+    store_password: SecretStr | None = None
+
+    @field_validator("store_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        # The message must not echo the URL: it may hold a password.
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql://USER@HOST:PORT/DATABASE URL")
+        return value or None
+
+    @field_validator("fim_templates")
+    @classmethod
+    def _known_templates(cls, value: dict[str, str]) -> dict[str, str]:
+        for model, name in value.items():
+            try:
+                template_named(name)
+            except ValueError as exc:
+                raise ValueError(f"model {model!r}: {exc}") from None
+        return value
+
+    @field_validator("siem_syslog_url")
+    @classmethod
+    def _syslog_url(cls, value: str | None) -> str | None:
+        if value:
+            parse_syslog_url(value)
+        return value or None
 
     @field_validator("upstream_url")
     @classmethod
@@ -95,6 +148,7 @@ def load_config(
     env_key = environ.get(UPSTREAM_KEY_ENV)
     if env_key:
         values["upstream_api_key"] = env_key.strip()
+    _store_password(source, values, environ)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return ProxyConfig(**values)
@@ -131,6 +185,32 @@ def _read_key_file(source: str, key_file: object) -> str:
     return key
 
 
+def _store_password(source: str, values: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Put the audit database's password, from the environment or a file, in `values`."""
+    if "store_password_file" in values:
+        path = values.pop("store_password_file")
+        if "store_password" in values:
+            raise ConfigError(
+                f"{source}: both store_password and store_password_file are set; keep one "
+                "of them (the file is the safer place for a secret)."
+            )
+        if not isinstance(path, str):
+            raise ConfigError(f"{source}: store_password_file must be a path string.")
+        try:
+            password = Path(path).expanduser().read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{source}: store_password_file: cannot read {path} ({exc.strerror}); point "
+                "it at a readable file holding the audit database's password."
+            ) from None
+        if not password:
+            raise ConfigError(f"{source}: store_password_file: {path} is empty.")
+        values["store_password"] = password
+    env_password = environ.get(STORE_PASSWORD_ENV)
+    if env_password:
+        values["store_password"] = env_password.strip()
+
+
 def _explain(source: str, exc: ValidationError) -> str:
     fields = sorted(ProxyConfig.model_fields)
     lines = []
@@ -139,10 +219,13 @@ def _explain(source: str, exc: ValidationError) -> str:
         if error["type"] == "extra_forbidden":
             lines.append(
                 f"{source}: unknown key {key!r}; remove it or use one of: "
-                f"{', '.join([*fields, 'upstream_api_key_file'])}."
+                f"{', '.join([*fields, 'upstream_api_key_file', 'store_password_file'])}."
             )
-        elif key == "upstream_api_key":
-            lines.append(f"{source}: upstream_api_key: {error['msg']}; set it to a string.")
+        elif key in ("upstream_api_key", "store_password"):
+            lines.append(f"{source}: {key}: {error['msg']}; set it to a string.")
+        elif key == "store_url":
+            # Never echo the value: a URL may carry a password.
+            lines.append(f"{source}: store_url: {error['msg']}.")
         else:
             lines.append(
                 f"{source}: {key}: {error['msg']} (got {error.get('input')!r}); fix the value "

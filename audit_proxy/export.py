@@ -13,33 +13,62 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qs
 
 from audit_proxy import merkle
 from audit_proxy.asgi import Receive, Scope, Send, send_error, send_json
-from audit_proxy.auth import PRINCIPAL
 from audit_proxy.checkpoints import KEY_FILE, Checkpoint, Signer
-from audit_proxy.keys import Principal
-from audit_proxy.store import AuditStore
+from audit_proxy.store import AuditStore, AuditStoreUnavailable
+
+if TYPE_CHECKING:
+    from audit_proxy.pg_store import PostgresAuditStore
 
 EXPORT_FORMAT = "bastion-audit-export/1"
 AUDIT_DB = "audit.sqlite3"
-ADMIN_ROLE = "admin"
 
 
 class ExportError(Exception):
     """The export or proof cannot be made; the message says why."""
 
 
-def _open(data_dir: Path) -> tuple[AuditStore, Signer]:
+@dataclass(frozen=True)
+class AuditDatabase:
+    """A PostgreSQL audit store; no password: the URL's, or libpq's own (PGPASSWORD, .pgpass)."""
+
+    url: str
+    password: str | None = field(default=None, repr=False)
+
+
+def open_reader(
+    data_dir: Path, database: AuditDatabase | None = None
+) -> AuditStore | PostgresAuditStore:
+    """The audit store to read: `database` when given, else the SQLite one in `data_dir`."""
+    if database is None:
+        if not (data_dir / AUDIT_DB).exists():
+            raise ExportError(f"no audit store in {data_dir}")
+        return AuditStore(data_dir / AUDIT_DB)
+    try:
+        from audit_proxy.pg_store import PostgresAuditStore
+    except ImportError as exc:
+        raise ExportError(
+            f"a PostgreSQL audit store needs psycopg ({exc}): pip install 'bastion[postgres]'"
+        ) from None
+    try:
+        return PostgresAuditStore(database.url, database.password, migrate_schema=False)
+    except AuditStoreUnavailable as exc:
+        raise ExportError(str(exc)) from None
+
+
+def _open(
+    data_dir: Path, database: AuditDatabase | None = None
+) -> tuple[AuditStore | PostgresAuditStore, Signer]:
     if not (data_dir / KEY_FILE).exists():
         raise ExportError(f"no audit signing key in {data_dir} (has the proxy run there?)")
-    if not (data_dir / AUDIT_DB).exists():
-        raise ExportError(f"no audit store in {data_dir}")
-    return AuditStore(data_dir / AUDIT_DB), Signer.load_or_create(data_dir)
+    return open_reader(data_dir, database), Signer.load_or_create(data_dir)
 
 
 def _header(signer: Signer) -> dict[str, Any]:
@@ -53,9 +82,11 @@ def _header(signer: Signer) -> dict[str, Any]:
     }
 
 
-def export_log(data_dir: Path, out: TextIO, payloads: bool = True) -> tuple[int, int]:
-    """Write the export of the log in `data_dir`; returns (records, checkpoints)."""
-    store, signer = _open(data_dir)
+def export_log(
+    data_dir: Path, out: TextIO, payloads: bool = True, database: AuditDatabase | None = None
+) -> tuple[int, int]:
+    """Write the export of the log in `data_dir` (or `database`); returns (records, checkpoints)."""
+    store, signer = _open(data_dir, database)
     try:
         # Checkpoints first: every leaf they cover is then already in the table.
         checkpoints = store.checkpoints()
@@ -97,7 +128,7 @@ def _checkpoint_of_size(checkpoints: list[Checkpoint], size: int) -> Checkpoint:
 
 
 def prove_inclusion(
-    store: AuditStore, signer: Signer, seq: int, size: int | None = None
+    store: AuditStore | PostgresAuditStore, signer: Signer, seq: int, size: int | None = None
 ) -> dict[str, Any]:
     """An inclusion proof of leaf `seq` in the signed tree of `size` (the latest by default)."""
     checkpoints = store.checkpoints()
@@ -127,7 +158,10 @@ def prove_inclusion(
 
 
 def prove_consistency(
-    store: AuditStore, signer: Signer, size1: int, size2: int | None = None
+    store: AuditStore | PostgresAuditStore,
+    signer: Signer,
+    size1: int,
+    size2: int | None = None,
 ) -> dict[str, Any]:
     """A consistency proof between the signed trees of `size1` and `size2` (latest default)."""
     checkpoints = store.checkpoints()
@@ -150,18 +184,22 @@ def prove_consistency(
     }
 
 
-def inclusion_proof(data_dir: Path, seq: int, size: int | None = None) -> dict[str, Any]:
-    """`prove_inclusion` on the log in `data_dir`."""
-    store, signer = _open(data_dir)
+def inclusion_proof(
+    data_dir: Path, seq: int, size: int | None = None, database: AuditDatabase | None = None
+) -> dict[str, Any]:
+    """`prove_inclusion` on the log in `data_dir` (or `database`)."""
+    store, signer = _open(data_dir, database)
     try:
         return prove_inclusion(store, signer, seq, size)
     finally:
         store.close()
 
 
-def consistency_proof(data_dir: Path, size1: int, size2: int | None = None) -> dict[str, Any]:
-    """`prove_consistency` on the log in `data_dir`."""
-    store, signer = _open(data_dir)
+def consistency_proof(
+    data_dir: Path, size1: int, size2: int | None = None, database: AuditDatabase | None = None
+) -> dict[str, Any]:
+    """`prove_consistency` on the log in `data_dir` (or `database`)."""
+    store, signer = _open(data_dir, database)
     try:
         return prove_consistency(store, signer, size1, size2)
     finally:
@@ -169,28 +207,17 @@ def consistency_proof(data_dir: Path, size1: int, size2: int | None = None) -> d
 
 
 class ProofRoutes:
-    """Admin-only `GET /v1/audit/{checkpoint,proof,consistency}`, behind `Authenticate`.
+    """`GET /v1/audit/{checkpoint,proof,consistency}`, behind `Authenticate` and `RequireAdmin`.
 
     `/v1/audit/proof?seq=N[&size=S]` and `/v1/audit/consistency?from=A[&to=B]` answer the same
     JSON documents as `bastion audit prove`; `/v1/audit/checkpoint` the latest signed one.
     """
 
-    def __init__(self, store: AuditStore, admin_role: str = ADMIN_ROLE) -> None:
+    def __init__(self, store: AuditStore | PostgresAuditStore) -> None:
+        # Who may call them is decided in front (`authorize.RequireAdmin`, from the roles file).
         self.store = store
-        self.admin_role = admin_role
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        principal: Principal = scope[PRINCIPAL]
-        if principal.role != self.admin_role:
-            await send_error(
-                send,
-                403,
-                f"the audit routes need the {self.admin_role!r} role; "
-                f"{principal.name!r} has {principal.role!r}",
-                "permission_error",
-                "admin_role_required",
-            )
-            return
         if scope["method"] != "GET":
             await send_error(send, 405, "only GET", "invalid_request_error", "method_not_allowed")
             return
@@ -243,7 +270,10 @@ class ProofRoutes:
 
 
 def follow(
-    store: AuditStore, start: int = 0, follow: bool = True, poll_s: float = 0.2
+    store: AuditStore | PostgresAuditStore,
+    start: int = 0,
+    follow: bool = True,
+    poll_s: float = 0.2,
 ) -> Iterator[dict[str, Any]]:
     """Leaves from seq `start` on as SIEM-ready dicts (no payloads); with `follow`, forever."""
     seq = start

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from pydantic import SecretStr
 
 from audit_proxy.asgi import ClientDisconnected, Receive, Scope, Send, header, read_body, send_error
+from audit_proxy.metrics import METRICS
 from audit_proxy.store import AbortedBy
 
 log = logging.getLogger("bastion.proxy")
@@ -70,8 +73,10 @@ class Upstream:
         connect_timeout_s: float,
         read_timeout_s: float,
         max_connections: int,
+        ca_file: Path | None = None,
     ) -> None:
         self.url = url
+        self._ca_file = ca_file
         self._api_key = api_key
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout_s, sock_read=read_timeout_s
@@ -84,7 +89,10 @@ class Upstream:
     async def start(self) -> None:
         """Open the connection pool; needs the running event loop."""
         connector = aiohttp.TCPConnector(
-            limit=self._max_connections, ttl_dns_cache=300, keepalive_timeout=30
+            limit=self._max_connections,
+            ttl_dns_cache=300,
+            keepalive_timeout=30,
+            ssl=upstream_tls_context(self._ca_file),
         )
         # No decompression: the bytes the client gets, and that are hashed, are the server's.
         self._session = aiohttp.ClientSession(
@@ -149,6 +157,7 @@ class Upstream:
                 report.upstream_status = resp.status
                 if resp.status in (401, 403):
                     report.error = f"upstream answered {resp.status} to the service key"
+                    METRICS.upstream_errors.inc("upstream_auth_failed")
                     await send_error(
                         send,
                         502,
@@ -213,6 +222,23 @@ class Upstream:
                 "upstream_timeout",
                 f"the model server {self.url} sent nothing for {self._read_timeout_s:g} s",
             )
+        except aiohttp.ClientSSLError as exc:
+            hint = (
+                f"the certificate authority in upstream_ca_file ({self._ca_file}) does not "
+                "vouch for it"
+                if self._ca_file
+                else "if it uses a private certificate authority, set upstream_ca_file to "
+                "that CA's PEM bundle"
+            )
+            await self._fail(
+                send,
+                report,
+                started,
+                "upstream",
+                502,
+                "upstream_tls_failed",
+                f"TLS with the model server {self.url} failed ({_tls_reason(exc)}); {hint}",
+            )
         except aiohttp.ClientConnectorError as exc:
             reason = exc.os_error.strerror or str(exc.os_error)
             await self._fail(
@@ -248,10 +274,27 @@ class Upstream:
     ) -> None:
         report.aborted_by = aborted_by
         report.error = message
+        METRICS.upstream_errors.inc(code)
         if started:
             # Half a stream cannot be mended; cutting the connection tells the client it is short.
             raise StreamAborted(message)
         await send_error(send, status, message, "upstream_error", code)
+
+
+def upstream_tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Verification against the system trust store, plus the operator's CA bundle if given.
+
+    Raises OSError / ssl.SSLError for an unreadable or malformed bundle.
+    """
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context
+
+
+def _tls_reason(exc: aiohttp.ClientSSLError) -> str:
+    cause = getattr(exc, "certificate_error", None) or exc.os_error
+    return getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or "handshake"
 
 
 async def _watch_for_disconnect(receive: Receive, watch: _Watch) -> None:

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from audit_proxy.sqlite import open_private_db
 
 KEY_PREFIX = "bst_"
-_ROLE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+# Role names: what `--role`, the roles file and the audit records accept.
+ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -88,7 +89,7 @@ class KeyStore:
         """Issue a key and return it; this is the only time its plaintext exists."""
         if not name or not name.isprintable() or name != name.strip():
             raise ValueError(f"invalid key name {name!r}: use printable text without edge spaces")
-        if not _ROLE.fullmatch(role):
+        if not ROLE_NAME.fullmatch(role):
             raise ValueError(f"invalid role {role!r}: use lower-case letters, digits, '-' or '_'")
         if expires_at is not None and expires_at.tzinfo is None:
             raise ValueError("expires_at must carry a time zone")

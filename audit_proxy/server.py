@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import ssl
+import stat
+from pathlib import Path
 
 import uvicorn
 
 from audit_proxy.app import ProxyApp, build_app
-from audit_proxy.config import ProxyConfig
-from audit_proxy.forward import StreamAborted
+from audit_proxy.config import ConfigError, ProxyConfig
+from audit_proxy.forward import StreamAborted, upstream_tls_context
 
 log = logging.getLogger("bastion.proxy")
 
@@ -29,8 +32,65 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger("uvicorn.error").addFilter(_HideCutStreams())
 
 
+def check_tls_files(config: ProxyConfig) -> None:
+    """Refuse to start, naming the setting and the file, when a TLS file cannot be used."""
+    if (config.tls_certfile is None) != (config.tls_keyfile is None):
+        given, missing = (
+            ("tls_certfile", "tls_keyfile")
+            if config.tls_certfile is not None
+            else ("tls_keyfile", "tls_certfile")
+        )
+        raise ConfigError(
+            f"{given} is set but {missing} is not; TLS needs both the certificate chain and its "
+            "private key (PEM files), or neither for plain HTTP"
+        )
+    if config.tls_certfile is not None and config.tls_keyfile is not None:
+        _readable("tls_certfile", config.tls_certfile)
+        _readable("tls_keyfile", config.tls_keyfile)
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                str(config.tls_certfile), str(config.tls_keyfile)
+            )
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"tls_certfile {config.tls_certfile} / tls_keyfile {config.tls_keyfile}: not a "
+                f"usable PEM certificate chain and matching unencrypted key ({exc.reason or exc}); "
+                "check that the key belongs to the certificate"
+            ) from None
+        mode = config.tls_keyfile.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning(
+                "tls_keyfile %s is readable by other accounts (mode %o); chmod 600 it",
+                config.tls_keyfile,
+                stat.S_IMODE(mode),
+            )
+    if config.upstream_ca_file is not None:
+        _readable("upstream_ca_file", config.upstream_ca_file)
+        try:
+            upstream_tls_context(config.upstream_ca_file)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"upstream_ca_file {config.upstream_ca_file}: not a PEM bundle of CA "
+                f"certificates ({exc.reason or exc})"
+            ) from None
+
+
+def _readable(setting: str, path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{setting}: cannot read {path} ({exc.strerror}); point it at a readable PEM file"
+        ) from None
+
+
 def uvicorn_config(config: ProxyConfig) -> uvicorn.Config:
-    """The uvicorn settings the proxy runs with (also used by tests and the benchmark)."""
+    """The uvicorn settings the proxy runs with (also used by tests and the benchmark).
+
+    Raises `ConfigError` when a TLS file cannot be used.
+    """
+    check_tls_files(config)
     fast = importlib.util.find_spec("uvloop") is not None
     return uvicorn.Config(
         build_app(config),
@@ -45,6 +105,8 @@ def uvicorn_config(config: ProxyConfig) -> uvicorn.Config:
         timeout_keep_alive=30,
         # Open streams get this long to finish on shutdown; then they are cut (and recorded).
         timeout_graceful_shutdown=10,
+        ssl_certfile=str(config.tls_certfile) if config.tls_certfile else None,
+        ssl_keyfile=str(config.tls_keyfile) if config.tls_keyfile else None,
     )
 
 
@@ -53,7 +115,8 @@ def serve(config: ProxyConfig) -> None:
     configure_logging()
     uv_config = uvicorn_config(config)
     log.info(
-        "bastion proxy on http://%s:%d -> %s (service key %s); audit store %s",
+        "bastion proxy on %s://%s:%d -> %s (service key %s); audit store %s",
+        "https" if config.tls_certfile else "http",
         config.host,
         config.port,
         config.upstream_url,

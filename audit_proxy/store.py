@@ -1,16 +1,40 @@
 """The audit store: one row per model-bound request, written before it goes upstream, and one
-row for its outcome, written when the response to the client has ended (however it ended)."""
+row for its outcome, written before the end of the response is handed to the client.
+
+The record API every audit store offers (SQLite here; PostgreSQL alongside), see `AuditRecorder`:
+
+    async def record_request(*, user, role, method, route, feature, model, stream, body,
+                             client=None, policy=None) -> str        # the new request's id
+    async def record_outcome(request_id, *, status, response_body, sha256, usage, finish_reason,
+                             latency_ms, ttfb_ms, aborted_by, completed, error=None) -> None
+
+Both return only once the record and its Merkle leaf are committed, and raise
+`AuditStoreUnavailable` when they cannot be (the caller then must not go on: fail closed). How
+durable "committed" is is the `durability`:
+
+- "process" (default): survives a crash or kill -9 of the proxy (WAL, synchronous=NORMAL);
+- "fsync": survives power loss too; the WAL is fsynced before the call returns.
+
+Group commit: every record asked for in one event-loop iteration goes into one transaction, and
+in "fsync" mode every commit made while an fsync runs shares the next one. Leaves are appended in
+commit order, so the Merkle log's order is the order in which records were committed.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
+import os
 import sqlite3
 import threading
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -24,6 +48,8 @@ from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
 from audit_proxy.sqlite import open_private_db
 
 AbortedBy = Literal["client", "upstream", "proxy"]
+Durability = Literal["process", "fsync"]
+WAL_CHECKPOINT_EVERY_S = 0.5
 log = logging.getLogger("bastion.proxy")
 
 _SCHEMA = """
@@ -163,8 +189,179 @@ def _outcome(row: tuple[object, ...]) -> OutcomeRecord:
     return OutcomeRecord.model_validate(dict(zip(_OUTCOME_FIELDS, row, strict=True)))
 
 
+class AuditRecorder(Protocol):
+    """What the audit layer needs of a store: the two durable record calls (see the top)."""
+
+    async def record_request(
+        self,
+        *,
+        user: str,
+        role: str,
+        method: str,
+        route: str,
+        feature: str,
+        model: str | None,
+        stream: bool,
+        body: bytes,
+        client: str | None = None,
+        policy: str | None = None,
+    ) -> str: ...
+
+    async def record_outcome(
+        self,
+        request_id: str,
+        *,
+        status: int | None,
+        response_body: bytes,
+        sha256: str,
+        usage: TokenUsage | None,
+        finish_reason: str | None,
+        latency_ms: float,
+        ttfb_ms: float | None,
+        aborted_by: AbortedBy | None,
+        completed: bool,
+        error: str | None = None,
+    ) -> None: ...
+
+
+_INSERT_REQUEST = (
+    "INSERT INTO requests (id, received_at, user, role, client, method, route, feature,"
+    " model, stream, body_sha256, body_size, body, policy)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *"
+)
+_INSERT_OUTCOME = (
+    "INSERT INTO outcomes (request_id, finished_at, status, bytes_out, sha256,"
+    " response_body, prompt_tokens, completion_tokens, total_tokens, finish_reason,"
+    " latency_ms, ttfb_ms, aborted_by, completed, error)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *"
+)
+# Each insert returns its row, from which the leaf is made. RETURNING gives values as bound, before
+# a REAL column turns an int into a float: REAL columns must be bound as float.
+
+
+def _stored_payload(payload: bytes) -> bytes:
+    """The one place a payload (request or response body) becomes the bytes stored for it."""
+    return payload
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One record waiting for the next group commit, and its caller's future."""
+
+    kind: str
+    record_id: str
+    sql: str
+    params: tuple[object, ...]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+Settlement = list[tuple[asyncio.Future[None], BaseException | None]]
+
+
+def _settle(results: Settlement) -> None:
+    """On the callers' loop: resolve each future (a caller may have given up waiting)."""
+    for future, error in results:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+def _settle_everywhere(items: Sequence[tuple[_Pending, BaseException | None]]) -> None:
+    """Resolve futures on whichever loops they belong to, from any thread."""
+    try:
+        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    by_loop: dict[asyncio.AbstractEventLoop, Settlement] = {}
+    for item, error in items:
+        by_loop.setdefault(item.loop, []).append((item.future, error))
+    for loop, results in by_loop.items():
+        if loop is here:
+            _settle(results)  # already on that loop: no need to wake it
+            continue
+        # A closed loop raises RuntimeError: nobody is waiting there any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, results)
+
+
+class _WalSyncer:
+    """Group fsync for "fsync" durability: one thread fsyncs the WAL for every commit so far.
+
+    A commit in WAL mode is its frames appended to the -wal file; once that file is fsynced the
+    commit survives power loss. Commits made while an fsync runs share the next one. Checkpoints
+    need no help: with synchronous=NORMAL SQLite fsyncs the WAL before copying it into the
+    database and the database before the WAL is reused.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        wal = Path(f"{db_path}-wal")
+        self._fd = os.open(wal, os.O_RDONLY)
+        # The -wal file's directory entry must be durable too.
+        dir_fd = os.open(db_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self.fsyncs = 0
+        self._cond = threading.Condition()
+        self._waiting: list[_Pending] = []
+        self._broken: OSError | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="audit-fsync", daemon=True)
+        self._thread.start()
+
+    def after_next_fsync(self, items: Sequence[_Pending]) -> None:
+        """Resolve `items` (already committed) once an fsync that began after now has ended."""
+        with self._cond:
+            if self._broken is not None:
+                error = AuditStoreUnavailable(f"the audit log cannot be fsynced: {self._broken}")
+                _settle_everywhere([(item, error) for item in items])
+                return
+            self._waiting.extend(items)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+        os.close(self._fd)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopping:
+                    self._cond.wait()
+                if not self._waiting:
+                    return
+                group, self._waiting = self._waiting, []
+            error: AuditStoreUnavailable | None = None
+            try:
+                if self._broken is None:
+                    os.fsync(self._fd)
+                    self.fsyncs += 1
+            except OSError as exc:
+                # After a failed fsync the kernel may have dropped the dirty pages: a later
+                # fsync could "succeed" without them, so the store stays refused until restart.
+                self._broken = exc
+                log.critical("fsync of the audit log failed; refusing all requests: %s", exc)
+            if self._broken is not None:
+                error = AuditStoreUnavailable(f"the audit log cannot be fsynced: {self._broken}")
+            _settle_everywhere([(item, error) for item in group])
+
+
 class AuditStore:
-    """The audit log in `audit.sqlite3` (WAL); safe to share between threads."""
+    """The audit log in `audit.sqlite3` (WAL); safe to share between threads.
+
+    Records are committed on the event loop's thread, a group per loop iteration (an insert and
+    its leaf take tens of microseconds; a thread hand-off per record costs more than that under
+    load). What can take milliseconds is kept off the loop: WAL checkpoints run on a thread of
+    their own, and in "fsync" mode so do the fsyncs.
+    """
 
     def __init__(
         self,
@@ -172,9 +369,11 @@ class AuditStore:
         signer: Signer | None = None,
         checkpoint_every: int = CHECKPOINT_EVERY_RECORDS,
         checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+        durability: Durability = "process",
     ) -> None:
         """Open the store; with a `signer` it also signs checkpoints (the proxy's writer)."""
         self.path = path
+        self.durability: Durability = durability
         try:
             self._conn = open_private_db(path)
             self._conn.executescript(_SCHEMA)
@@ -187,19 +386,40 @@ class AuditStore:
         self._checkpoint_every = checkpoint_every
         self._frontier = self._load_frontier()
         self._signed_size = self._last_signed_size()
+        # Transactions committed by this store (group commit puts several records in one).
+        self.commits = 0
+        self._pending: list[_Pending] = []
+        self._pending_lock = threading.Lock()
+        self._closed = False
+        self._syncer: _WalSyncer | None = None
+        self._wal_checkpointer: threading.Thread | None = None
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         if signer is not None:
+            if self._frontier.size > self._signed_size:
+                # A writer that died (kill -9, power loss) left records no checkpoint covers.
+                self.checkpoint()
             self._ticker = threading.Thread(
                 target=self._tick, args=(checkpoint_every_s,), name="audit-checkpoints", daemon=True
             )
             self._ticker.start()
 
+    @property
+    def fsyncs(self) -> int:
+        """How many fsyncs "fsync" durability has made (0 in "process" mode)."""
+        return self._syncer.fsyncs if self._syncer is not None else 0
+
     def close(self) -> None:
-        """Sign a last checkpoint (when signing) and close."""
+        """Commit what is pending, sign a last checkpoint (when signing) and close."""
+        with self._pending_lock:
+            self._closed = True
+        self._flush()
         self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join(5)
+        for thread in (self._ticker, self._wal_checkpointer):
+            if thread is not None:
+                thread.join(5)
+        if self._syncer is not None:
+            self._syncer.close()
         if self.signer is not None:
             try:
                 self.checkpoint()
@@ -208,7 +428,7 @@ class AuditStore:
         with self._lock:
             self._conn.close()
 
-    def record_request(
+    async def record_request(
         self,
         *,
         user: str,
@@ -240,19 +460,13 @@ class AuditStore:
             int(stream),
             hashlib.sha256(body).hexdigest(),
             len(body),
-            body,
+            _stored_payload(body),
             policy,
         )
-        self._write(
-            "INSERT INTO requests (id, received_at, user, role, client, method, route, feature,"
-            " model, stream, body_sha256, body_size, body, policy)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            row,
-            leaf=("request", request_id),
-        )
+        await self._append("request", request_id, _INSERT_REQUEST, row)
         return request_id
 
-    def record_outcome(
+    async def record_outcome(
         self,
         request_id: str,
         *,
@@ -269,30 +483,24 @@ class AuditStore:
     ) -> None:
         """Record how the request ended; `response_body` is every byte the client was sent."""
         usage = usage or TokenUsage()
-        self._write(
-            "INSERT INTO outcomes (request_id, finished_at, status, bytes_out, sha256,"
-            " response_body, prompt_tokens, completion_tokens, total_tokens, finish_reason,"
-            " latency_ms, ttfb_ms, aborted_by, completed, error)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                request_id,
-                datetime.now(UTC).isoformat(),
-                status,
-                len(response_body),
-                sha256,
-                response_body,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.total_tokens,
-                finish_reason,
-                latency_ms,
-                ttfb_ms,
-                aborted_by,
-                int(completed),
-                error,
-            ),
-            leaf=("outcome", request_id),
+        row = (
+            request_id,
+            datetime.now(UTC).isoformat(),
+            status,
+            len(response_body),
+            sha256,
+            _stored_payload(response_body),
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens,
+            finish_reason,
+            float(latency_ms),
+            None if ttfb_ms is None else float(ttfb_ms),
+            aborted_by,
+            int(completed),
+            error,
         )
+        await self._append("outcome", request_id, _INSERT_OUTCOME, row)
 
     def requests(self) -> list[RequestRecord]:
         """Every request record, oldest first."""
@@ -316,44 +524,128 @@ class AuditStore:
         rows = self._read(_SELECT_OUTCOMES + " WHERE o.request_id = ?", (request_id,))
         return _outcome(rows[0]) if rows else None
 
-    def _write(
-        self, sql: str, params: tuple[object, ...], leaf: tuple[str, str] | None = None
+    async def _append(
+        self, kind: str, record_id: str, sql: str, params: tuple[object, ...]
     ) -> None:
-        """Run one insert; with `leaf` (kind, record id), append its leaf in the same commit."""
+        """Add one record to the next group commit; return once it and its leaf are durable."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._pending_lock:
+            if self._closed:
+                raise AuditStoreUnavailable(f"the audit store {self.path} is closed")
+            first = not self._pending
+            self._pending.append(_Pending(kind, record_id, sql, params, loop, future))
+        if first:
+            # Whatever else this loop iteration records joins the same transaction.
+            loop.call_soon(self._flush)
+        # A caller cancelled meanwhile cancels only its wait: the record is still committed.
+        await future
+
+    def _flush(self) -> None:
+        """Commit every pending record in one transaction (one per record where that fails)."""
+        with self._pending_lock:
+            group, self._pending = self._pending, []
+        if not group:
+            return
+        if self._wal_checkpointer is None and not self._closed:
+            self._start_background_work()
+        errors: list[BaseException | None]
         try:
             with self._lock:
-                if leaf is None:
-                    self._conn.execute(sql, params)
-                    return
-                self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    self._conn.execute(sql, params)
-                    appended = self._append_leaf(*leaf)
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                    raise
-                self._frontier.append(appended)
+                    self._commit(group)
+                    errors = [None] * len(group)
+                except sqlite3.Error:
+                    # One bad record (say, a duplicate outcome) must not sink the others.
+                    errors = []
+                    for item in group:
+                        try:
+                            self._commit([item])
+                            errors.append(None)
+                        except sqlite3.Error as exc:
+                            errors.append(self._unavailable(exc))
                 due = self._frontier.size - self._signed_size >= self._checkpoint_every
-            if due and self.signer is not None:
+        except BaseException as exc:  # a caller must never wait forever
+            errors = [self._unavailable(exc) for _ in group]
+            due = False
+        committed = [item for item, error in zip(group, errors, strict=True) if error is None]
+        failed = [(item, e) for item, e in zip(group, errors, strict=True) if e is not None]
+        if failed:
+            _settle_everywhere(failed)
+        if self.durability == "fsync":
+            try:
+                self._wal_syncer().after_next_fsync(committed)
+            except OSError as exc:
+                error = AuditStoreUnavailable(f"the audit log {self.path} cannot be fsynced: {exc}")
+                _settle_everywhere([(item, error) for item in committed])
+        else:
+            _settle_everywhere([(item, None) for item in committed])
+        if due and self.signer is not None:
+            try:
                 self.checkpoint()
-        except sqlite3.Error as exc:
-            raise AuditStoreUnavailable(f"the audit store {self.path} cannot write: {exc}") from exc
+            except AuditStoreUnavailable as exc:
+                log.error("checkpoint failed: %s", exc)
 
-    def _append_leaf(self, kind: str, record_id: str) -> bytes:
-        """Inside the record's transaction: its leaf, from the row as stored. Returns its hash."""
-        table, key, payload = LEAF_SOURCES[kind]
-        query = f"SELECT * FROM {table} WHERE {key} = ?"  # noqa: S608 (names from LEAF_SOURCES)
-        cursor = self._conn.execute(query, (record_id,))
-        names = [d[0] for d in cursor.description]
-        row = dict(zip(names, cursor.fetchone(), strict=True))
+    def _start_background_work(self) -> None:
+        """At the first write: WAL checkpoints move to a thread of their own."""
+        with self._lock:
+            # SQLite's own checkpoints would run inside a commit, on the event loop, and fsync.
+            self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._wal_checkpointer = threading.Thread(
+            target=self._checkpoint_wal, name="audit-wal-checkpoints", daemon=True
+        )
+        self._wal_checkpointer.start()
+
+    def _wal_syncer(self) -> _WalSyncer:
+        """The fsync thread, started after the first commit (which makes sure the WAL exists)."""
+        if self._syncer is None:
+            self._syncer = _WalSyncer(self.path)
+        return self._syncer
+
+    def _checkpoint_wal(self) -> None:
+        """Copy the WAL into the database now and then, without blocking the writer."""
+        conn = open_private_db(self.path)
+        try:
+            while not self._stop.wait(WAL_CHECKPOINT_EVERY_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint of the audit store failed: %s", exc)
+        finally:
+            conn.close()
+
+    def _unavailable(self, exc: BaseException) -> AuditStoreUnavailable:
+        return AuditStoreUnavailable(f"the audit store {self.path} cannot write: {exc}")
+
+    def _commit(self, group: Sequence[_Pending]) -> None:
+        """One transaction: every record with its leaf, in order; then extend the frontier."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            (seq,) = self._conn.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves").fetchone()
+            digests = []
+            for item in group:
+                cursor = self._conn.execute(item.sql, item.params)
+                names = [d[0] for d in cursor.description]
+                row = dict(zip(names, cursor.fetchone(), strict=True))
+                digests.append(self._append_leaf(item.kind, item.record_id, row, seq))
+                seq += 1
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        for digest in digests:
+            self._frontier.append(digest)
+
+    def _append_leaf(self, kind: str, record_id: str, row: dict[str, object], seq: int) -> bytes:
+        """Inside the record's transaction: its leaf `seq`, from the row as stored; its hash."""
+        _, _, payload = LEAF_SOURCES[kind]
         # The payload is bound by its hash in the row; `seq` is the table's own counter.
         row.pop(payload)
         if kind == "request":
             row.pop("seq", None)
         record = {k: v.hex() if isinstance(v, bytes) else v for k, v in row.items()}
-        (seq,) = self._conn.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves").fetchone()
         data = canonical_json({"kind": kind, "record": record, "seq": seq})
         digest = leaf_hash(data)
         self._conn.execute(

@@ -7,9 +7,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audit_proxy.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from audit_proxy.export import AuditDatabase
 
 PROG = "bastion audit"
 
@@ -69,10 +72,28 @@ def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     for parser in (export, prove, tail, public_key):
         parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
         parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where the stores live")
+    for parser in (export, prove, tail):
+        parser.add_argument(
+            "--store-url",
+            metavar="URL",
+            help="read the PostgreSQL audit store at postgresql://USER@HOST:PORT/DB "
+            "(password: $BASTION_STORE_PASSWORD or store_password_file in --config)",
+        )
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
     return load_config(args.config, {"data_dir": args.data_dir}).data_dir
+
+
+def _location(args: argparse.Namespace) -> tuple[Path, AuditDatabase | None]:
+    """The data dir (signing key) and, when configured, the PostgreSQL audit store."""
+    from audit_proxy.export import AuditDatabase
+
+    config = load_config(args.config, {"data_dir": args.data_dir, "store_url": args.store_url})
+    if config.store_url is None:
+        return config.data_dir, None
+    password = config.store_password.get_secret_value() if config.store_password else None
+    return config.data_dir, AuditDatabase(config.store_url, password)
 
 
 def _pinned_key(path: Path | None) -> bytes | None:
@@ -84,17 +105,19 @@ def _pinned_key(path: Path | None) -> bytes | None:
 def export_command(args: argparse.Namespace) -> int:
     """`bastion audit export OUT.jsonl`."""
     from audit_proxy.export import ExportError, export_log
+    from audit_proxy.store import AuditStoreUnavailable
 
     try:
-        data_dir = _data_dir(args)
+        data_dir, database = _location(args)
+        payloads = not args.no_payloads
         if str(args.out) == "-":
-            records, checkpoints = export_log(data_dir, sys.stdout, not args.no_payloads)
+            records, checkpoints = export_log(data_dir, sys.stdout, payloads, database)
         else:
             # Payloads are prompts and answers: the file is for its owner only.
             fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as out:
-                records, checkpoints = export_log(data_dir, out, not args.no_payloads)
-    except (ConfigError, ExportError, OSError) as exc:
+                records, checkpoints = export_log(data_dir, out, payloads, database)
+    except (ConfigError, ExportError, AuditStoreUnavailable, OSError) as exc:
         print(f"{PROG} export: {exc}", file=sys.stderr)
         return 1
     print(f"exported {records} records and {checkpoints} checkpoints", file=sys.stderr)
@@ -133,18 +156,20 @@ def verify_command(args: argparse.Namespace) -> int:
 def prove_command(args: argparse.Namespace) -> int:
     """`bastion audit prove SEQ` or `bastion audit prove --consistency OLD NEW`."""
     from audit_proxy.export import ExportError, consistency_proof, inclusion_proof
+    from audit_proxy.store import AuditStoreUnavailable
 
     proof: dict[str, Any]
     try:
-        data_dir = _data_dir(args)
+        data_dir, database = _location(args)
         if args.consistency is not None:
-            proof = consistency_proof(data_dir, args.consistency[0], args.consistency[1])
+            old, new = args.consistency
+            proof = consistency_proof(data_dir, old, new, database)
         elif args.seq is not None:
-            proof = inclusion_proof(data_dir, args.seq, args.size)
+            proof = inclusion_proof(data_dir, args.seq, args.size, database)
         else:
             print(f"{PROG} prove: give SEQ or --consistency OLD NEW", file=sys.stderr)
             return 2
-    except (ConfigError, ExportError, OSError) as exc:
+    except (ConfigError, ExportError, AuditStoreUnavailable, OSError) as exc:
         print(f"{PROG} prove: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(proof, indent=2))
@@ -176,15 +201,12 @@ def verify_proof_command(args: argparse.Namespace) -> int:
 
 def tail_command(args: argparse.Namespace) -> int:
     """`bastion audit tail [-n N | --from-seq SEQ] [-f]`."""
-    from audit_proxy.export import AUDIT_DB, follow
-    from audit_proxy.store import AuditStore, AuditStoreUnavailable
+    from audit_proxy.export import ExportError, follow, open_reader
+    from audit_proxy.store import AuditStoreUnavailable
 
     try:
-        path = _data_dir(args) / AUDIT_DB
-        if not path.exists():
-            raise OSError(f"no audit store at {path}")
-        store = AuditStore(path)
-    except (ConfigError, AuditStoreUnavailable, OSError) as exc:
+        store = open_reader(*_location(args))
+    except (ConfigError, ExportError, AuditStoreUnavailable, OSError) as exc:
         print(f"{PROG} tail: {exc}", file=sys.stderr)
         return 1
     try:

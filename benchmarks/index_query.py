@@ -1,9 +1,20 @@
-"""Query-side costs of the workspace index on a tree of real sources (no encoder involved).
+"""Query-side costs of the workspace index on a tree of real sources.
 
-(c) incremental update of one edited file, goal <= 50 ms; (d) completion-path retrieval (symbol +
-lexical + fusion) at >= 100k chunks, p50/p99, goal p50 <= 5 ms (no query embedding: this index has
-no vector part yet); (e) the process's peak RSS with the index open, goal <= 800 MB.
-Prints one JSON line per measurement and the summary last.
+(c) incremental update of one edited file (re-chunk, rewrite its rows, update the directory Merkle
+tree; encoder excluded), goal <= 50 ms; (d) completion-path retrieval (`index.ranking.context`)
+at >= 100k chunks, p50/p99, goal p50 <= 5 ms: first symbol + lexical + fusion alone, then with
+the vector part (the real encoder embeds the query, FAISS searches every chunk's vector) both
+while typing (each cursor's line typed character by character: the vector query is the complete
+lines above the cursor, so keystrokes within a line reuse its vector) and cold (every query
+embedded afresh); (e) peak RSS of this process with the index, the encoder and the vectors
+loaded, and of the largest build worker, goal <= 800 MB.
+
+Embedding 100k chunks takes this 2-core machine about half an hour, so the chunks' vectors are
+stand-ins: real embeddings of 1,000 of the chunks, and for every other chunk one of those plus
+noise (renormalised). Latency and memory do not depend on which vectors they are.
+Times are wall-clock and, beside them, this process's CPU time per call: on a shared, loaded
+machine the CPU figures are the steadier ones. Prints one JSON line per measurement, a one-line
+summary, and a JSON summary last.
 """
 
 from __future__ import annotations
@@ -20,9 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
 from index_tree import build_tree
 
 from index.ranking import context
+from index.semantic import SemanticIndex, embedding_text
 from index.workspace import WorkspaceIndex
 
 FILES = int(os.environ.get("BENCH_FILES", "6500"))
@@ -51,6 +64,58 @@ def _cursors(workspace: WorkspaceIndex, count: int) -> list[tuple[str, str, int,
     return out
 
 
+Cursor = tuple[str, str, int, int]
+
+
+def _stand_in_vectors(workspace: WorkspaceIndex) -> SemanticIndex:
+    """A SemanticIndex over every chunk: 1,000 real embeddings, the rest noisy copies of them."""
+    semantic = SemanticIndex(workspace.cache_dir)
+    ids = np.asarray(sorted(workspace.chunk_ids()), dtype=np.int64)
+    rng = np.random.default_rng(7)
+    sample = rng.choice(ids, size=min(1000, ids.size), replace=False).tolist()
+    chunks = workspace.chunks(sample)
+    real = semantic.encoder.encode([embedding_text(chunks[i]) for i in sample])
+    rows = real[rng.integers(0, len(real), size=ids.size)]
+    rows = rows + rng.normal(0, 0.02, size=rows.shape).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    for start in range(0, ids.size, 20_000):
+        semantic.vectors.add(ids[start : start + 20_000], rows[start : start + 20_000])
+    return semantic
+
+
+def _typing(cursors: list[Cursor]) -> list[Cursor]:
+    """Each cursor's line typed from its indentation to the cursor, one request per keystroke."""
+    out: list[Cursor] = []
+    for key, text, line, col in cursors[:60]:
+        indent = len(text.splitlines()[line]) - len(text.splitlines()[line].lstrip())
+        out.extend((key, text, line, typed) for typed in range(indent + 1, col + 1))
+    return out
+
+
+def _cold(cursors: list[Cursor]) -> list[Cursor]:
+    """Cursors whose vector queries are all different (no query vector is reused)."""
+    seen: set[tuple[str, int]] = set()
+    out = []
+    for key, text, line, col in cursors:
+        if (key, line) not in seen:
+            seen.add((key, line))
+            out.append((key, text, line, col))
+    return out
+
+
+def _timed(
+    workspace: WorkspaceIndex, semantic: SemanticIndex, cursors: list[Cursor]
+) -> tuple[list[float], list[float]]:
+    wall: list[float] = []
+    cpu: list[float] = []
+    for key, text, line, col in cursors:
+        began, cpu_began = time.perf_counter(), time.process_time()
+        context(workspace, key, text, line, col, 5, vectors=semantic)
+        wall.append((time.perf_counter() - began) * 1000)
+        cpu.append((time.process_time() - cpu_began) * 1000)
+    return wall, cpu
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp:
         os.environ["BASTION_INDEX_CACHE"] = str(Path(tmp) / "cache")
@@ -64,25 +129,77 @@ def main() -> None:
         edited = root / sorted(p for p in workspace.paths() if p.endswith(".py"))[100]
         original = edited.read_text(encoding="utf-8")
         updates: list[float] = []
+        update_cpu: list[float] = []
+        roots = {workspace.root_hash()}
         for n in range(20):
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             workspace.update_file(edited, original + f"\n\ndef edited_{n}():\n    return {n}\n")
             updates.append((time.perf_counter() - began) * 1000)
+            update_cpu.append((time.process_time() - cpu) * 1000)
+            roots.add(workspace.root_hash())
         assert workspace.definitions("edited_19")
+        assert len(roots) == 21  # every edit moved the Merkle root
         update_ms = statistics.median(updates)
-        print(json.dumps({"measure": "incremental_update_ms", "p50": round(update_ms, 2)}))
+        update_cpu_ms = statistics.median(update_cpu)
+        print(
+            json.dumps(
+                {
+                    "measure": "incremental_update_ms",
+                    "p50": round(update_ms, 2),
+                    "cpu_p50": round(update_cpu_ms, 2),
+                }
+            )
+        )
 
         cursors = _cursors(workspace, QUERIES)
         for key, text, line, col in cursors[:20]:
             context(workspace, key, text, line, col, 5)
         times: list[float] = []
+        cpu_times: list[float] = []
         for key, text, line, col in cursors:
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             context(workspace, key, text, line, col, 5)
             times.append((time.perf_counter() - began) * 1000)
+            cpu_times.append((time.process_time() - cpu) * 1000)
         p50, p99 = _percentile(times, 0.5), _percentile(times, 0.99)
-        print(json.dumps({"measure": "retrieval_ms", "p50": round(p50, 2), "p99": round(p99, 2)}))
+        cpu_p50, cpu_p99 = _percentile(cpu_times, 0.5), _percentile(cpu_times, 0.99)
+        print(
+            json.dumps(
+                {
+                    "measure": "retrieval_ms",
+                    "p50": round(p50, 2),
+                    "p99": round(p99, 2),
+                    "cpu_p50": round(cpu_p50, 2),
+                    "cpu_p99": round(cpu_p99, 2),
+                }
+            )
+        )
+        semantic = _stand_in_vectors(workspace)
+        typing_ms, typing_cpu = _timed(workspace, semantic, _typing(cursors))
+        cold_ms, cold_cpu = _timed(workspace, semantic, _cold(cursors))
+        for name, wall, cpu in (("typing", typing_ms, typing_cpu), ("cold", cold_ms, cold_cpu)):
+            print(
+                json.dumps(
+                    {
+                        "measure": f"retrieval_with_vectors_{name}_ms",
+                        "p50": round(_percentile(wall, 0.5), 2),
+                        "p99": round(_percentile(wall, 0.99), 2),
+                        "cpu_p50": round(_percentile(cpu, 0.5), 2),
+                        "n": len(wall),
+                        "vector_index": semantic.vectors.kind,
+                        "backend": semantic.encoder.backend,
+                    }
+                )
+            )
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        worker_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(
+            f"{report.chunks} chunks: update p50 {update_ms:.1f} ms (cpu {update_cpu_ms:.1f}); "
+            f"retrieval p50 {p50:.2f} ms / p99 {p99:.1f} ms (cpu p50 {cpu_p50:.2f}); "
+            f"with vectors, typing p50 {_percentile(typing_ms, 0.5):.2f} ms / p99 "
+            f"{_percentile(typing_ms, 0.99):.1f} ms, cold p50 {_percentile(cold_ms, 0.5):.2f} ms; "
+            f"peak RSS {rss_mb:.0f} MB, worker {worker_rss_mb:.0f} MB"
+        )
         print(
             json.dumps(
                 {
@@ -90,8 +207,21 @@ def main() -> None:
                     "update_ms_p50": round(update_ms, 2),
                     "retrieval_ms_p50": round(p50, 2),
                     "retrieval_ms_p99": round(p99, 2),
+                    "update_cpu_ms_p50": round(update_cpu_ms, 2),
+                    "retrieval_cpu_ms_p50": round(cpu_p50, 2),
+                    "retrieval_cpu_ms_p99": round(cpu_p99, 2),
+                    "with_vectors_typing_ms_p50": round(_percentile(typing_ms, 0.5), 2),
+                    "with_vectors_typing_ms_p99": round(_percentile(typing_ms, 0.99), 2),
+                    "with_vectors_cold_ms_p50": round(_percentile(cold_ms, 0.5), 2),
+                    "with_vectors_cold_ms_p99": round(_percentile(cold_ms, 0.99), 2),
                     "peak_rss_mb": round(rss_mb, 1),
-                    "goals": {"update_ms": 50, "retrieval_ms_p50": 5, "rss_mb": 800},
+                    "worker_peak_rss_mb": round(worker_rss_mb, 1),
+                    "goals": {
+                        "update_ms": 50,
+                        "retrieval_ms_p50": 3,
+                        "with_vectors_ms_p50": 5,
+                        "rss_mb": 800,
+                    },
                 }
             )
         )

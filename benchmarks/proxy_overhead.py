@@ -1,48 +1,72 @@
-"""What the audit proxy adds to a request: latency (sequential) and throughput (16 concurrent).
+"""What a proxy adds to a model call: Bastion (both durability modes) next to LiteLLM's proxy.
 
-Starts an instant OpenAI-compatible upstream and a real `bastion proxy` in front of it, then
-measures, in one run, the same requests sent direct and through the proxy (interleaved, so drift
-hits both alike). It also times the two candidate upstream client libraries (aiohttp, httpx)
-against the instant upstream, which is the cost the proxy's forwarding step pays.
+In one run, against the same instant OpenAI-compatible upstream (`instant_upstream.py`), it
+measures four paths side by side: direct, `bastion proxy --durability process`,
+`bastion proxy --durability fsync`, and LiteLLM's proxy (installed by this script into
+`.bench-venv-litellm/`, configured with the upstream as an openai-compatible model, no database).
+All paths get `POST /v1/chat/completions`:
 
-    .venv/bin/python benchmarks/proxy_overhead.py [--requests 2000] [--seconds 3]
+- added latency, p50 and p99 over sequential sized requests (paths interleaved, so drift hits
+  all alike);
+- requests/s with 32 clients in flight;
+- time to first token (first body chunk) of streamed requests, added over direct.
+
+    .venv/bin/python benchmarks/proxy_overhead.py [--requests 2000] [--seconds 3] [--skip-litellm]
 
 Prints JSON lines, a one-line summary, and last
-`{"added_p50_ms": .., "added_p99_ms": .., "rps_16": ..}`.
+`{"bastion": {"added_p50_ms", "added_p99_ms", "rps_32", "ttft_added_ms"}, "bastion_fsync": {..},
+"litellm": {..}}`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
-import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from audit_proxy.keys import KeyStore  # noqa: E402
 
-BODY = {"model": "tiny", "prompt": "def add(a, b):", "max_tokens": 8}
-ANSWER = {
-    "id": "cmpl-1",
-    "object": "text_completion",
-    "model": "tiny",
-    "choices": [{"index": 0, "text": " return a + b", "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
-}
-CONCURRENCY = 16
+CONCURRENCY = 32
+LITELLM_VENV = REPO / ".bench-venv-litellm"
+LITELLM_SPEC = "litellm[proxy]"
+MESSAGES = [{"role": "user", "content": "def add(a, b):"}]
+BODY = {"model": "instant", "messages": MESSAGES, "max_tokens": 8}
+STREAM_BODY = {**BODY, "stream": True}
+# LiteLLM as it runs out of the box, minus a database: what this benchmark turns on or off.
+LITELLM_CONFIG = """\
+model_list:
+  - model_name: instant
+    litellm_params:
+      model: openai/instant
+      api_base: {upstream}/v1
+      api_key: bench-svc
+general_settings:
+  master_key: {master_key}
+litellm_settings:
+  telemetry: false
+"""
+LITELLM_MASTER_KEY = "sk-bench-" + "0" * 32
+LITELLM_LOGGING = (
+    "LiteLLM: master key set (it refuses to start without one; checked in memory, no database), "
+    "no DATABASE_URL (no spend logs), no success/failure callbacks, telemetry off, "
+    "LITELLM_LOG=ERROR, its uvicorn access log on (to stdout, discarded)"
+)
 
 
 def free_port() -> int:
@@ -51,34 +75,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def serve_upstream(port: int) -> None:
-    """The instant upstream: answers every request at once (run in its own process)."""
-    import uvloop
-    from aiohttp import web
+def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    import httpx
 
-    payload = json.dumps(ANSWER).encode()
-
-    async def answer(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=payload, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    uvloop.install()
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{url} exited with {process.returncode}")
         try:
-            httpx.get(url, timeout=1)
-            return
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
         except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up in {timeout_s:g} s")
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -86,39 +95,58 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-Call = Callable[[], Awaitable[None]]
+Call = Callable[[], Awaitable[float]]
 
 
-def aiohttp_call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Call:
-    async def call() -> None:
+def sized_call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Call:
+    """A whole request and answer; returns the milliseconds it took."""
+
+    async def call() -> float:
+        started = time.perf_counter()
         async with session.post(url, json=BODY, headers=headers) as resp:
             await resp.read()
             if resp.status != 200:
                 raise RuntimeError(f"{url}: HTTP {resp.status}")
+        return (time.perf_counter() - started) * 1000
 
     return call
 
 
-def httpx_call(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> Call:
-    async def call() -> None:
-        resp = await client.post(url, json=BODY, headers=headers)
-        if resp.status_code != 200:
-            raise RuntimeError(f"{url}: HTTP {resp.status_code}")
+def stream_call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Call:
+    """A streamed request; returns the milliseconds to its first body chunk (TTFT)."""
+
+    async def call() -> float:
+        started = time.perf_counter()
+        first: float | None = None
+        async with session.post(url, json=STREAM_BODY, headers=headers) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"{url}: HTTP {resp.status}")
+            async for chunk in resp.content.iter_any():
+                if chunk and first is None:
+                    first = (time.perf_counter() - started) * 1000
+        if first is None:
+            raise RuntimeError(f"{url}: empty stream")
+        return first
 
     return call
 
 
 async def sequential(calls: dict[str, Call], n: int) -> dict[str, list[float]]:
-    """Latency of each call, interleaved round-robin so both see the same conditions."""
+    """Each call's result, interleaved so all paths see the same conditions.
+
+    The order changes every round: a proxy still busy after its answer (writing a record, say)
+    would otherwise slow down whichever path always comes next.
+    """
     for call in calls.values():
-        for _ in range(100):
+        for _ in range(50):
             await call()
     samples: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    shuffler = random.Random(0)
     for _ in range(n):
-        for name, call in calls.items():
-            started = time.perf_counter()
-            await call()
-            samples[name].append((time.perf_counter() - started) * 1000)
+        shuffler.shuffle(order)
+        for name in order:
+            samples[name].append(await calls[name]())
     return samples
 
 
@@ -142,81 +170,131 @@ def emit(doc: dict[str, object]) -> None:
     print(json.dumps(doc), flush=True)
 
 
-async def measure(upstream: str, proxy: str, key: str, n: int, seconds: float) -> None:
-    user = {"Authorization": f"Bearer {key}", "X-Bastion-Feature": "completion"}
+async def measure(
+    targets: dict[str, tuple[str, dict[str, str]]], n: int, seconds: float
+) -> dict[str, dict[str, float]]:
     connector = aiohttp.TCPConnector(limit=CONCURRENCY * 2)
-    async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        httpx.AsyncClient(limits=httpx.Limits(max_connections=CONCURRENCY * 2)) as client,
-    ):
-        direct = aiohttp_call(session, upstream + "/v1/completions", {})
-        proxied = aiohttp_call(session, proxy + "/v1/completions", user)
-        latency = await sequential({"direct": direct, "proxy": proxied}, n)
-        for name, samples in latency.items():
-            emit({"measure": "latency_ms", "path": name, "n": len(samples),
-                  "p50": round(statistics.median(samples), 3),
-                  "p99": round(percentile(samples, 0.99), 3)})  # fmt: skip
-        rps = {name: await throughput(call, seconds) for name, call in
-               (("direct", direct), ("proxy", proxied))}  # fmt: skip
-        for name, value in rps.items():
-            emit({"measure": "rps", "path": name, "concurrency": CONCURRENCY, "rps": round(value)})
-
-        # The forwarding step's own cost, per client library, against the same instant upstream.
-        libraries = {
-            "aiohttp": direct,
-            "httpx": httpx_call(client, upstream + "/v1/completions", {}),
+    async with aiohttp.ClientSession(connector=connector) as session:
+        sized = {name: sized_call(session, url, h) for name, (url, h) in targets.items()}
+        streamed = {name: stream_call(session, url, h) for name, (url, h) in targets.items()}
+        latency = await sequential(sized, n)
+        ttft = await sequential(streamed, max(n // 4, 100))
+        rps = {name: await throughput(call, seconds) for name, call in sized.items()}
+    for name in targets:
+        emit({"path": name, "n": len(latency[name]),
+              "p50_ms": round(statistics.median(latency[name]), 3),
+              "p99_ms": round(percentile(latency[name], 0.99), 3),
+              "ttft_p50_ms": round(statistics.median(ttft[name]), 3),
+              f"rps_{CONCURRENCY}": round(rps[name])})  # fmt: skip
+    base_p50 = statistics.median(latency["direct"])
+    base_p99 = percentile(latency["direct"], 0.99)
+    base_ttft = statistics.median(ttft["direct"])
+    return {
+        name: {
+            "added_p50_ms": round(statistics.median(latency[name]) - base_p50, 3),
+            "added_p99_ms": round(percentile(latency[name], 0.99) - base_p99, 3),
+            f"rps_{CONCURRENCY}": round(rps[name]),
+            "ttft_added_ms": round(statistics.median(ttft[name]) - base_ttft, 3),
         }
-        lib_latency = await sequential(libraries, max(n // 2, 200))
-        for name, call in libraries.items():
-            emit({"measure": "client_library", "library": name,
-                  "p50_ms": round(statistics.median(lib_latency[name]), 3),
-                  "rps_16": round(await throughput(call, seconds))})  # fmt: skip
+        for name in targets
+        if name != "direct"
+    }
 
-    added_p50 = statistics.median(latency["proxy"]) - statistics.median(latency["direct"])
-    added_p99 = percentile(latency["proxy"], 0.99) - percentile(latency["direct"], 0.99)
-    print(
-        f"proxy adds {added_p50:.3f} ms at p50 and {added_p99:.3f} ms at p99 over {n} sequential "
-        f"requests; {rps['proxy']:.0f} rps through the proxy vs {rps['direct']:.0f} direct "
-        f"at {CONCURRENCY} concurrent (goal: added p50 <= 1 ms)",
-        flush=True,
+
+def litellm_binary() -> Path:
+    """LiteLLM's CLI in its own venv, installed from PyPI on first use."""
+    binary = LITELLM_VENV / "bin" / "litellm"
+    if not binary.exists():
+        print(f"installing {LITELLM_SPEC} into {LITELLM_VENV} ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        pip = [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", LITELLM_SPEC]
+        subprocess.run(pip, check=True)
+    return binary
+
+
+@contextlib.contextmanager
+def running(
+    command: list[str], env: dict[str, str], health: str, wait_s: float = 30
+) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    print(json.dumps({"added_p50_ms": round(added_p50, 3), "added_p99_ms": round(added_p99, 3),
-                      "rps_16": round(rps["proxy"])}), flush=True)  # fmt: skip
+    try:
+        wait_until_up(health, process, wait_s)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def bastion_command(port: int, upstream: str, data_dir: Path, durability: str) -> list[str]:
+    return [sys.executable, "-m", "bastion.cli", "proxy", "--port", str(port),
+            "--upstream", upstream, "--data-dir", str(data_dir),
+            "--durability", durability]  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests per path")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each rps run")
-    parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-litellm", action="store_true", help="measure Bastion only")
     args = parser.parse_args()
-    if args.serve_upstream:
-        serve_upstream(args.serve_upstream)
-        return 0
 
-    with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp:
-        data_dir = Path(tmp) / "data"
-        key = KeyStore(data_dir / "keys.sqlite3").create("bench")
-        upstream_port, proxy_port = free_port(), free_port()
-        upstream_url = f"http://127.0.0.1:{upstream_port}"
-        proxy_url = f"http://127.0.0.1:{proxy_port}"
+    with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp, contextlib.ExitStack() as up:
         env = {**os.environ, "PYTHONPATH": str(REPO), "BASTION_UPSTREAM_API_KEY": "bench-svc"}
-        upstream = subprocess.Popen(
-            [sys.executable, __file__, "--serve-upstream", str(upstream_port)], env=env
+        port = free_port()
+        upstream = f"http://127.0.0.1:{port}"
+        up.enter_context(
+            running(
+                [sys.executable, str(REPO / "benchmarks" / "instant_upstream.py"), str(port)],
+                env,
+                upstream + "/v1/models",
+            )
         )
-        proxy = subprocess.Popen(
-            [sys.executable, "-m", "bastion.proxy_commands", "proxy", "--port", str(proxy_port),
-             "--upstream", upstream_url, "--data-dir", str(data_dir)],
-            env=env, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            wait_until_up(upstream_url + "/healthz", upstream)
-            wait_until_up(proxy_url + "/healthz", proxy)
-            asyncio.run(measure(upstream_url, proxy_url, key, args.requests, args.seconds))
-        finally:
-            for process in (proxy, upstream):
-                process.terminate()
-                process.wait(10)
+        targets: dict[str, tuple[str, dict[str, str]]] = {
+            "direct": (upstream + "/v1/chat/completions", {})
+        }
+        for name, durability in (("bastion", "process"), ("bastion_fsync", "fsync")):
+            data_dir = Path(tmp) / durability
+            key = KeyStore(data_dir / "keys.sqlite3").create("bench")
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            up.enter_context(
+                running(
+                    bastion_command(port, upstream, data_dir, durability), env, url + "/healthz"
+                )
+            )
+            user = {"Authorization": f"Bearer {key}", "X-Bastion-Feature": "chat"}
+            targets[name] = (url + "/v1/chat/completions", user)
+        if not args.skip_litellm:
+            config = Path(tmp) / "litellm.yaml"
+            config.write_text(
+                LITELLM_CONFIG.format(upstream=upstream, master_key=LITELLM_MASTER_KEY)
+            )
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            litellm_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+            litellm_env.update({"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"})
+            command = [str(litellm_binary()), "--config", str(config), "--host", "127.0.0.1",
+                       "--port", str(port), "--num_workers", "1"]  # fmt: skip
+            up.enter_context(running(command, litellm_env, url + "/health/liveliness", 120))
+            litellm_user = {"Authorization": f"Bearer {LITELLM_MASTER_KEY}"}
+            targets["litellm"] = (url + "/v1/chat/completions", litellm_user)
+            emit({"litellm_logging": LITELLM_LOGGING})
+        result = asyncio.run(measure(targets, args.requests, args.seconds))
+
+    parts = [
+        f"{name}: +{r['added_p50_ms']:.2f} ms p50, +{r['added_p99_ms']:.2f} ms p99, "
+        f"{r[f'rps_{CONCURRENCY}']:.0f} rps@{CONCURRENCY}, +{r['ttft_added_ms']:.2f} ms TTFT"
+        for name, r in result.items()
+    ]
+    print("added over direct: " + "; ".join(parts) + " (goals: bastion p50 <= 0.5 ms, "
+          ">= 3000 rps, TTFT <= 1 ms; fsync p50 <= 1 ms, >= 1500 rps)", flush=True)  # fmt: skip
+    print(json.dumps(result), flush=True)
     return 0
 
 

@@ -9,6 +9,7 @@ content check, and binary, vendored, minified and huge files are left out; every
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ class Candidate:
 
     root: Path
     relpath: str
+    # From the stat that discovery made anyway (-1: not known), so a refresh need not stat again.
+    size: int = -1
+    mtime_ns: int = 0
 
     @property
     def path(self) -> Path:
@@ -183,7 +187,7 @@ def content_skip_reason(data: bytes) -> str | None:
         return f"secret content ({rule})"
     lines = text.splitlines()
     if lines and len(text) > 5 * MAX_LINE_CHARS:
-        longest = max(len(line) for line in lines)
+        longest = max(map(len, lines))
         if longest > 10 * MAX_LINE_CHARS or len(text) / len(lines) > MAX_LINE_CHARS:
             return "minified (very long lines)"
     return None
@@ -199,21 +203,21 @@ def discover(roots: list[Path]) -> Discovery:
             names = list(_walk_files(root))
         bastionignore = root / BASTIONIGNORE
         extra = _spec(_read_ignore(bastionignore)) if bastionignore.is_file() else None
+        base = str(root)
         for rel in names:
             if extra is not None and extra.match_file(rel):
                 continue
-            path = root / rel
             try:
-                if path.is_symlink() or not path.is_file():
-                    continue
-                size = path.stat().st_size
+                info = os.lstat(os.path.join(base, rel))
             except OSError:
                 continue
+            if not stat.S_ISREG(info.st_mode):  # symlinks, directories, devices
+                continue
             key = display_path(roots, root, rel)
-            if reason := path_skip_reason(rel, size):
+            if reason := path_skip_reason(rel, info.st_size):
                 found.skipped[key] = reason
                 continue
-            found.candidates.append(Candidate(root, rel))
+            found.candidates.append(Candidate(root, rel, info.st_size, info.st_mtime_ns))
     return found
 
 

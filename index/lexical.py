@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from .tokens import tokenize
+from .tokens import tokenize_joined
 
 MAX_QUERY_TERMS = 64
 _SAFE = re.compile(r"^[a-z0-9_]+$")
@@ -13,7 +13,7 @@ _SAFE = re.compile(r"^[a-z0-9_]+$")
 
 def document_tokens(path: str, text: str) -> str:
     """What FTS5 indexes for a chunk: its file path's and its text's tokens, space-joined."""
-    return " ".join(tokenize(f"{path}\n{text}"))
+    return tokenize_joined(f"{path}\n{text}")
 
 
 def fts_query(tokens: Iterable[str]) -> str:

@@ -1,8 +1,9 @@
-"""What goes in the prompt: symbol hits for the code at the cursor, lexical hits, fused by RRF.
+"""What goes in the prompt: symbol, lexical and vector hits at the cursor, fused by RRF.
 
 The identifier just before the cursor's "(" is the strongest signal: its definition is what the
-model needs to fill the arguments. Other identifiers near the cursor add their definitions, and
-BM25 over the lines before the cursor finds the rest. The lists are fused with reciprocal rank
+model needs to fill the arguments. Other identifiers near the cursor add their definitions, BM25
+over the lines before the cursor and, once the chunks are embedded, their nearest chunks by
+embedding find the rest. The lists are fused with reciprocal rank
 fusion; the current file's own text around the cursor is never repeated (the prompt has it).
 """
 
@@ -12,12 +13,21 @@ import keyword
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .chunker import Symbol
+from .store import DefinitionSpan
 from .tokens import identifiers, tokenize
 from .workspace import ChunkRef, WorkspaceIndex
 
+if TYPE_CHECKING:
+    from .semantic import SemanticIndex
+
 RRF_K = 60
+# The completion path's vector query: the complete lines above the cursor.
+VECTOR_QUERY_LINES = 8
+# Vector hits fetched beyond k, to make up for those in the current file.
+VECTOR_EXTRA = 8
 QUERY_LINES = 20
 NEAR_LINES = 8
 # Lines around the cursor that the prompt's prefix and suffix already carry.
@@ -37,6 +47,9 @@ _IMPORT_BLOCK = re.compile(
     re.MULTILINE,
 )
 _TRAILING_CALL = re.compile(r"[\s(<\[{]*$")
+_IMPORT_LINE = re.compile(r"^.*\b(?:import|require|include|use|from)\b.*$", re.MULTILINE)
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_./:-]*")
+_MODULE_SEPARATORS = re.compile(r"[./:-]+")
 
 
 @dataclass
@@ -81,15 +94,23 @@ def cursor_call(prefix_line: str) -> tuple[str | None, str | None]:
     return match.group(1), match.group(2)
 
 
-def _module_hints(text: str, name: str) -> set[str]:
+def _import_lines(text: str) -> list[str]:
+    """The lines (and multi-line import blocks, joined) that hold an import-like keyword.
+
+    Found once per request: every name near the cursor looks its hints up in these lines.
+    """
+    blocks = [" ".join(block.split()) for block in _IMPORT_BLOCK.findall(text)]
+    return _IMPORT_LINE.findall("\n".join([*blocks, *text.splitlines()]))
+
+
+def _module_hints(import_lines: list[str], name: str) -> set[str]:
     """Module path parts named on the import lines that mention `name` (Python, JS, Go, ...)."""
     hints: set[str] = set()
-    blocks = [" ".join(block.split()) for block in _IMPORT_BLOCK.findall(text)]
-    for line in [*blocks, *text.splitlines()]:
-        if name not in line or not re.search(r"\b(import|require|include|use|from)\b", line):
+    for line in import_lines:
+        if name not in line:
             continue
-        for module in re.findall(r"[A-Za-z_][A-Za-z0-9_./:-]*", line):
-            for part in re.split(r"[./:-]+", module):
+        for module in _MODULE.findall(line):
+            for part in _MODULE_SEPARATORS.split(module):
                 if part and part != name:
                     hints.add(part.lower())
     return hints
@@ -149,6 +170,20 @@ def _scored_definitions(
 ) -> list[tuple[float, ChunkRef]]:
     """The definitions of `name`, scored, best first; none when there are more than `at_most`."""
     spans = index.definition_spans(name, -1 if at_most < 0 else at_most + 1)
+    best = _best_spans(spans, qualifier, hints, current, line, at_most)
+    chunks = index.chunks([chunk_id for _, chunk_id in best])
+    return [(score, chunks[chunk_id]) for score, chunk_id in best if chunk_id in chunks]
+
+
+def _best_spans(
+    spans: list[DefinitionSpan],
+    qualifier: str | None,
+    hints: set[str],
+    current: str | None,
+    line: int,
+    at_most: int = -1,
+) -> list[tuple[float, int]]:
+    """(score, chunk id) of the best definitions among `spans`; none when more than `at_most`."""
     if 0 <= at_most < len(spans):
         return []
     scored: dict[int, tuple[float, int]] = {}
@@ -160,22 +195,24 @@ def _scored_definitions(
         size = span.end_line - span.start_line
         scored[span.chunk_id] = max((score, size), scored.get(span.chunk_id, (score, size)))
     best = sorted(scored.items(), key=lambda item: (-item[1][0], -item[1][1], item[0]))
-    best = best[:MAX_DEFINITIONS_PER_NAME]
-    chunks = index.chunks([chunk_id for chunk_id, _ in best])
-    return [(score, chunks[chunk_id]) for chunk_id, (score, _) in best if chunk_id in chunks]
+    return [(score, chunk_id) for chunk_id, (score, _) in best[:MAX_DEFINITIONS_PER_NAME]]
 
 
-def _symbol_hits(
-    index: WorkspaceIndex,
-    name: str,
-    qualifier: str | None,
-    hints: set[str],
-    current: str | None,
-    line: int,
-    at_most: int = -1,
+def _nearby_definitions(
+    index: WorkspaceIndex, names: list[str], import_lines: list[str], current: str, line: int
 ) -> list[ChunkRef]:
-    scored = _scored_definitions(index, name, qualifier, hints, current, line, at_most)
-    return [ref for _, ref in scored]
+    """The best definition of each name near the cursor (names with more than 3 are noise),
+    looked up in one query for all the names."""
+    at_most = 3
+    spans = index.definition_spans_many(names, at_most + 1)
+    picks: list[int] = []
+    for name in names:
+        hints = _module_hints(import_lines, name)
+        best = _best_spans(spans.get(name, []), None, hints, current, line, at_most)
+        if best:
+            picks.append(best[0][1])
+    chunks = index.chunks(picks)
+    return [chunks[chunk_id] for chunk_id in picks if chunk_id in chunks]
 
 
 def _fuse(lists: Iterable[tuple[str, float, list[ChunkRef]]]) -> list[_Fused]:
@@ -189,8 +226,9 @@ def _fuse(lists: Iterable[tuple[str, float, list[ChunkRef]]]) -> list[_Fused]:
     return sorted(fused.values(), key=lambda entry: (-entry.score, entry.ref.id))
 
 
-def _dedupe(entries: list[_Fused], k: int) -> list[Snippet]:
+def _dedupe(index: WorkspaceIndex, entries: list[_Fused], k: int) -> list[Snippet]:
     out: list[Snippet] = []
+    kept: list[_Fused] = []
     for entry in entries:
         chunk = entry.ref.chunk
         if any(
@@ -200,6 +238,7 @@ def _dedupe(entries: list[_Fused], k: int) -> list[Snippet]:
             for s in out
         ):
             continue
+        kept.append(entry)
         out.append(
             Snippet(
                 entry.ref.path,
@@ -214,55 +253,94 @@ def _dedupe(entries: list[_Fused], k: int) -> list[Snippet]:
         )
         if len(out) >= k:
             break
+    # Lexical hits come without text (most are dropped here); read the kept ones' text now.
+    missing = [entry.ref.id for entry in kept if not entry.ref.chunk.text]
+    if missing:
+        texts = index.chunks(missing)
+        for snippet, entry in zip(out, kept, strict=True):
+            if entry.ref.id in texts and not snippet.text:
+                snippet.text = texts[entry.ref.id].chunk.text
     return out
 
 
+def _vector_hits(
+    index: WorkspaceIndex, vectors: SemanticIndex | None, query: str, k: int, path: str | None
+) -> list[ChunkRef]:
+    """Chunks nearest to `query` by embedding, outside `path` (the file being edited)."""
+    if vectors is None:
+        return []
+    ids = vectors.search(query, k + VECTOR_EXTRA)
+    found = index.chunks(ids)
+    refs = [found[chunk_id] for chunk_id in ids if chunk_id in found]
+    return [ref for ref in refs if ref.path != path][:k]
+
+
 def context(
-    index: WorkspaceIndex, path: str, text: str, line: int, col: int, k: int
+    index: WorkspaceIndex,
+    path: str,
+    text: str,
+    line: int,
+    col: int,
+    k: int,
+    vectors: SemanticIndex | None = None,
 ) -> list[Snippet]:
-    """The snippets a completion at `path` (stored path), `line`:`col` (0-based) would send."""
+    """The snippets a completion at `path` (stored path), `line`:`col` (0-based) would send.
+
+    With `vectors`, the complete lines above the cursor are also embedded (so keystrokes within
+    a line reuse one query vector) and their nearest chunks join the fusion."""
     lines = text.splitlines() or [""]
     line = max(0, min(line, len(lines) - 1))
     current_line = lines[line][:col]
     before = [*lines[max(0, line - QUERY_LINES + 1) : line], current_line]
     qualifier, callee = cursor_call(current_line)
     lists: list[tuple[str, float, list[ChunkRef]]] = []
+    import_lines = _import_lines(text)
     if callee and callee not in _NOISE:
-        hints = _module_hints(text, qualifier if qualifier and qualifier not in _SELF else callee)
+        named = qualifier if qualifier and qualifier not in _SELF else callee
+        hints = _module_hints(import_lines, named)
         if qualifier and qualifier not in _SELF:
-            hints |= _module_hints(text, callee)
+            hints |= _module_hints(import_lines, callee)
         scored = _scored_definitions(index, callee, qualifier, hints, path, line)
         lists.append(("symbol", 3.0, [ref for _, ref in scored]))
         # Definitions the imports or the qualifier resolve to outrank any amount of lexical overlap.
         if scored and scored[0][0] >= RESOLVED_SCORE:
             top = scored[0][0]
             lists.append(("resolved", 3.0, [ref for score, ref in scored if score == top]))
-    near: list[ChunkRef] = []
+    names: list[str] = []
     seen = {callee}
     near_text = "\n".join([*lines[max(0, line - NEAR_LINES + 1) : line], current_line])
     for name in reversed(identifiers(near_text)):
         if name in seen or name in _NOISE or len(name) < 3:
             continue
         seen.add(name)
-        hits = _symbol_hits(index, name, None, _module_hints(text, name), path, line, at_most=3)
-        if hits:
-            near.extend(hits[:1])
+        names.append(name)
+    near = _nearby_definitions(index, names, import_lines, path, line)
     if near:
         lists.append(("nearby", 1.0, near))
     query = tokenize("\n".join(before))
-    lexical = index.lexical(query, k * 8 + 20, exclude_path=path)
+    lexical = index.lexical_spans(query, k * 8 + 20, exclude_path=path)
     lists.append(("lexical", 1.0, lexical))
-    return _dedupe(_fuse(lists), k)
+    above = "\n".join(lines[max(0, line - VECTOR_QUERY_LINES) : line])
+    semantic = _vector_hits(index, vectors, above, k * 2, path)
+    if semantic:
+        lists.append(("vector", 1.0, semantic))
+    return _dedupe(index, _fuse(lists), k)
 
 
-def search(index: WorkspaceIndex, query: str, k: int) -> list[Snippet]:
-    """Definitions named in the query, then BM25 over the chunks, fused."""
+def search(
+    index: WorkspaceIndex, query: str, k: int, vectors: SemanticIndex | None = None
+) -> list[Snippet]:
+    """Definitions named in the query, BM25 over the chunks and, with `vectors`, the nearest
+    chunks by embedding, fused."""
     lists: list[tuple[str, float, list[ChunkRef]]] = []
     named: list[ChunkRef] = []
     for name in dict.fromkeys(identifiers(query)):
         named.extend(ref for ref, _ in index.definitions(name)[:MAX_DEFINITIONS_PER_NAME])
     if named:
         lists.append(("symbol", 2.0, named))
-    lexical = index.lexical(tokenize(query), k * 4 + 10)
+    lexical = index.lexical_spans(tokenize(query), k * 4 + 10)
     lists.append(("lexical", 1.0, lexical))
-    return _dedupe(_fuse(lists), k)
+    semantic = _vector_hits(index, vectors, query, k * 4, None)
+    if semantic:
+        lists.append(("vector", 1.0, semantic))
+    return _dedupe(index, _fuse(lists), k)

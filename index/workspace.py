@@ -1,4 +1,11 @@
-"""The workspace index: discovery, chunking, persistence and incremental refresh in one place."""
+"""The workspace index: discovery, chunking, persistence and incremental refresh in one place.
+
+A refresh stats every candidate file and re-reads only those whose size or mtime changed; their
+chunking runs in worker processes when there are many (see `prepare`). A Merkle tree of directories
+over the stored content hashes is kept beside the files, so a refresh reports which directories
+changed and the root hash says whether anything did. Whatever follows the chunks (a vector index)
+subscribes to `chunk_listeners`, or diffs `chunk_ids()`: chunk ids are never reused.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chunker import ChunkLimits, Symbol, chunk_file
-from .discovery import content_skip_reason, discover, display_path, path_skip_reason
+from .chunker import ChunkLimits, Symbol
+from .discovery import discover, display_path, path_skip_reason
 from .lexical import document_tokens
+from .merkle_tree import DirectoryTree
+from .prepare import FileJob, default_workers, file_record, prepare_all
 from .store import (
     INDEX_FILE,
+    ChunkChanges,
     CorruptIndex,
     DefinitionSpan,
-    FileRecord,
+    FileRows,
     IndexStore,
     StoredChunk,
     workspace_dir,
@@ -25,7 +35,10 @@ from .store import (
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
+ChunkListener = Callable[[ChunkChanges], None]
 ChunkRef = StoredChunk
+# Files written per batch of INSERTs during a refresh.
+WRITE_BATCH_FILES = 256
 
 
 @dataclass
@@ -41,6 +54,11 @@ class IndexReport:
     seconds: float = 0.0
     skipped: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Directories whose Merkle hash changed (added, removed or edited below them); "" is the root.
+    changed_dirs: list[str] = field(default_factory=list)
+    root_hash: str = ""
+    added_chunks: list[int] = field(default_factory=list)
+    removed_chunks: list[int] = field(default_factory=list)
 
 
 class WorkspaceIndex:
@@ -51,14 +69,19 @@ class WorkspaceIndex:
         roots: list[Path],
         cache_dir: Path | None = None,
         limits: ChunkLimits | None = None,
+        workers: int | None = None,
     ) -> None:
         if not roots:
             raise ValueError("a workspace needs at least one root")
         self.roots = [root.resolve() for root in roots]
         self.cache_dir = cache_dir or workspace_dir(self.roots)
         self.limits = limits or ChunkLimits()
+        self.workers = default_workers() if workers is None else max(1, workers)
         self.warnings: list[str] = []
+        # Called after every committed change with the chunk ids added and removed.
+        self.chunk_listeners: list[ChunkListener] = []
         self._store: IndexStore | None = None
+        self._tree: DirectoryTree | None = None
 
     @property
     def store(self) -> IndexStore:
@@ -80,6 +103,23 @@ class WorkspaceIndex:
         if self._store is not None:
             self._store.close()
             self._store = None
+        self._tree = None
+
+    def tree(self) -> DirectoryTree:
+        """The Merkle tree of directories over the indexed files, as stored."""
+        if self._tree is None:
+            stats = self.store.file_stats()
+            files = {path: stat.sha256 for path, stat in stats.items()}
+            self._tree = DirectoryTree.restore(files, self.store.directory_hashes())
+        return self._tree
+
+    def root_hash(self) -> str:
+        """One hash over every indexed file's path and content."""
+        return self.tree().root_hash
+
+    def chunk_ids(self) -> set[int]:
+        """Every stored chunk id; ids are never reused, so a follower can diff these sets."""
+        return self.store.chunk_ids()
 
     def refresh(self, progress: Progress | None = None) -> IndexReport:
         """Bring the index up to date with the disk; only new or changed files are re-chunked."""
@@ -90,86 +130,97 @@ class WorkspaceIndex:
         found = discover(self.roots)
         report.skipped.update(found.skipped)
         old = store.file_stats()
+        tree = self.tree()
         seen: set[str] = set()
         total = len(found.candidates)
-        store.begin()
-        try:
-            for number, candidate in enumerate(found.candidates, 1):
-                key = display_path(self.roots, candidate.root, candidate.relpath)
-                if progress is not None:
-                    progress(number, total, key)
+        done = 0
+        jobs: list[FileJob] = []
+        for candidate in found.candidates:
+            key = display_path(self.roots, candidate.root, candidate.relpath)
+            if candidate.size >= 0:
+                size, mtime_ns = candidate.size, candidate.mtime_ns
+            else:
                 try:
                     stat = candidate.path.stat()
                 except OSError as exc:
                     report.skipped[key] = f"unreadable ({exc.strerror})"
+                    done += 1
                     continue
-                previous = old.get(key)
-                if (
-                    previous is not None
-                    and previous.size == stat.st_size
-                    and previous.mtime_ns == stat.st_mtime_ns
-                ):
-                    seen.add(key)
-                    report.unchanged += 1
-                    continue
-                try:
-                    data = candidate.path.read_bytes()
-                except OSError as exc:
-                    report.skipped[key] = f"unreadable ({exc.strerror})"
-                    continue
-                digest = hashlib.sha256(data).hexdigest()
-                if previous is not None and previous.sha256 == digest:
-                    store.touch(key, stat.st_mtime_ns)
-                    seen.add(key)
-                    report.unchanged += 1
-                    continue
-                root_index = self.roots.index(candidate.root)
-                record = self._record(root_index, candidate.relpath, data, digest, stat.st_mtime_ns)
-                if isinstance(record, str):
-                    report.skipped[key] = record
-                    continue
-                self._put(key, record)
+                size, mtime_ns = stat.st_size, stat.st_mtime_ns
+            previous = old.get(key)
+            if previous is not None and previous.size == size and previous.mtime_ns == mtime_ns:
                 seen.add(key)
+                report.unchanged += 1
+                done += 1
+                if progress is not None:
+                    progress(done, total, key)
+                continue
+            root_index = self.roots.index(candidate.root)
+            jobs.append(
+                FileJob(
+                    key,
+                    root_index,
+                    candidate.relpath,
+                    str(candidate.path),
+                    mtime_ns,
+                    previous.sha256 if previous is not None else None,
+                )
+            )
+        changes: dict[str, str | None] = {}
+        store.begin()
+        try:
+            batch: list[tuple[str, FileRows]] = []
+            for prepared in prepare_all(jobs, self.limits, self.workers):
+                key = prepared.key
+                done += 1
+                if progress is not None:
+                    progress(done, total, key)
+                if prepared.skip_reason is not None:
+                    report.skipped[key] = prepared.skip_reason
+                    continue
+                seen.add(key)
+                if prepared.rows is None:
+                    store.touch(key, prepared.mtime_ns)
+                    report.unchanged += 1
+                    continue
+                if key in old:
+                    store.delete_file(key)
+                batch.append((key, prepared.rows))
+                changes[key] = prepared.sha256
                 report.indexed += 1
+                if len(batch) >= WRITE_BATCH_FILES:
+                    store.put_rows(batch, replace=False)
+                    batch = []
+            store.put_rows(batch, replace=False)
             for key in old.keys() - seen:
                 store.delete_file(key)
+                changes[key] = None
                 report.removed += 1
+            changed_dirs = tree.apply(changes)
+            store.update_directory_hashes(changed_dirs)
             store.set_skipped(report.skipped)
         except BaseException:
             store.rollback()
+            self._tree = None
             raise
-        store.commit()
+        committed = store.commit()
+        self._announce(committed)
         report.files, report.chunks, report.symbols = store.counts()
         report.skipped = dict(sorted(report.skipped.items()))
+        report.changed_dirs = sorted(changed_dirs)
+        report.root_hash = tree.root_hash
+        report.added_chunks, report.removed_chunks = committed.added, committed.removed
         report.seconds = time.perf_counter() - began
         return report
 
-    def _put(self, key: str, record: FileRecord) -> None:
-        tokens = [document_tokens(key, chunk.text) for chunk in record.chunks]
-        self.store.put_file(key, record, tokens)
-
-    def _record(
-        self, root: int, relpath: str, data: bytes, digest: str, mtime_ns: int
-    ) -> FileRecord | str:
-        """A fresh record for one file's content, or the reason it is skipped."""
-        if reason := content_skip_reason(data):
-            return reason
-        text = data.decode("utf-8")
-        try:
-            chunked = chunk_file(relpath, text, self.limits)
-        except (ValueError, RecursionError) as exc:  # a grammar that chokes: fall back to text
-            log.warning("chunking %s failed (%s); using line windows", relpath, exc)
-            chunked = chunk_file(relpath + ".txt", text, self.limits)
-        return FileRecord(
-            root=root,
-            relpath=relpath,
-            sha256=digest,
-            size=len(data),
-            mtime_ns=mtime_ns,
-            language=chunked.language,
-            chunks=chunked.chunks,
-            symbols=chunked.symbols,
-        )
+    def _announce(self, changes: ChunkChanges) -> None:
+        if not changes:
+            return
+        for listener in self.chunk_listeners:
+            try:
+                listener(changes)
+            except Exception:  # the index is committed; a follower's failure is its own
+                log.exception("a chunk listener failed; it can catch up with chunk_ids()")
 
     def update_file(self, path: Path, text: str | None = None) -> bool:
         """Re-index one file (an editor's didSave or didChange); False when it is not indexed."""
@@ -184,18 +235,27 @@ class WorkspaceIndex:
             return self.remove_file(path)
         if path_skip_reason(relpath, len(data)):
             return False
-        record = self._record(root_index, relpath, data, hashlib.sha256(data).hexdigest(), mtime_ns)
+        digest = hashlib.sha256(data).hexdigest()
+        record = file_record(root_index, relpath, data, digest, mtime_ns, self.limits)
+        tree = self.tree()
         store = self.store
         store.begin()
         try:
             if isinstance(record, str):
                 store.delete_file(key)
                 store.skip(key, record)
+                changed = tree.apply({key: None})
             else:
                 store.skip(key, None)
-                self._put(key, record)
-        finally:
-            store.commit()
+                tokens = [document_tokens(key, chunk.text) for chunk in record.chunks]
+                store.put_files([(key, record, tokens)])
+                changed = tree.apply({key: digest})
+            store.update_directory_hashes(changed)
+        except BaseException:
+            store.rollback()
+            self._tree = None
+            raise
+        self._announce(store.commit())
         return not isinstance(record, str)
 
     def remove_file(self, path: Path) -> bool:
@@ -203,12 +263,19 @@ class WorkspaceIndex:
         located = self._locate(path)
         if located is None:
             return False
+        key = located[2]
+        tree = self.tree()
         store = self.store
         store.begin()
         try:
-            return store.delete_file(located[2])
-        finally:
-            store.commit()
+            removed = store.delete_file(key)
+            store.update_directory_hashes(tree.apply({key: None}))
+        except BaseException:
+            store.rollback()
+            self._tree = None
+            raise
+        self._announce(store.commit())
+        return removed
 
     def _locate(self, path: Path) -> tuple[int, str, str] | None:
         path = path.resolve()
@@ -238,6 +305,12 @@ class WorkspaceIndex:
         """Definitions of `name` (all, or the first `limit`) with their chunks' places."""
         return self.store.definition_spans(name, limit)
 
+    def definition_spans_many(
+        self, names: list[str], limit: int
+    ) -> dict[str, list[DefinitionSpan]]:
+        """The first `limit` definitions of each of `names`, in one query."""
+        return self.store.definition_spans_many(names, limit)
+
     def chunks(self, ids: list[int]) -> dict[int, ChunkRef]:
         """Chunks by id."""
         return self.store.chunks(ids)
@@ -245,6 +318,12 @@ class WorkspaceIndex:
     def lexical(self, tokens: list[str], k: int, exclude_path: str | None = None) -> list[ChunkRef]:
         """The `k` best chunks by BM25 over code-aware tokens, best first."""
         return [ref for ref, _ in self.store.lexical(tokens, k, exclude_path)]
+
+    def lexical_spans(
+        self, tokens: list[str], k: int, exclude_path: str | None = None
+    ) -> list[ChunkRef]:
+        """Like `lexical`, but the chunks' text is left empty: cheaper when most are dropped."""
+        return [ref for ref, _ in self.store.lexical(tokens, k, exclude_path, with_text=False)]
 
     def file_path(self, path: str) -> Path | None:
         """The file on disk for a stored (display) path."""

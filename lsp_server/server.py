@@ -16,6 +16,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.progress import Progress
 from pygls.uris import to_fs_path
 
+from index.embeddings import EncoderConfig
 from inference import ModelError, Snippet
 
 from . import __version__
@@ -52,7 +53,9 @@ class BastionLanguageServer(LanguageServer):
         self.typing_cache = TypingCache()
         self.connection = ProxyConnection(Settings())
         self.index = IndexService(
-            self.log_line, lambda percent: self.status.update(indexing_percent=percent)
+            self.log_line,
+            lambda percent: self.status.update(indexing_percent=percent),
+            lambda percent: self.status.update(embedding_percent=percent),
         )
         self.completer = InlineCompleter(
             lambda: self.connection,
@@ -83,11 +86,22 @@ class BastionLanguageServer(LanguageServer):
         window = self.client_capabilities.window
         return self.work_done_progress if window and window.work_done_progress else None
 
+    def embedding_config(self) -> EncoderConfig | None:
+        settings = self.connection.settings
+        if not settings.embeddings_enabled:
+            return None
+        return EncoderConfig(
+            model_path=settings.embedding_model_path, backend=settings.embedding_backend
+        )
+
     def start_indexing(self) -> None:
         if self.connection.settings.indexing_enabled:
-            roots = list(self.chat_workspace().roots)
-            work = self.index.start(roots, self.progress_for_client())
+            work = self.reindex()
             asyncio.get_running_loop().create_task(work)
+
+    async def reindex(self) -> None:
+        roots = list(self.chat_workspace().roots)
+        await self.index.start(roots, self.progress_for_client(), self.embedding_config())
 
     async def chat_turn(self, request: ChatParams) -> ChatResult:
         return await run_chat(
@@ -185,10 +199,15 @@ async def on_initialized(ls: BastionLanguageServer, params: types.InitializedPar
     await ls.check_connection()
 
 
+@server.feature(types.SHUTDOWN)
+async def on_shutdown(ls: BastionLanguageServer, params: None) -> None:
+    await ls.index.close()
+
+
 @server.command("bastion.reindex")
 async def reindex(ls: BastionLanguageServer, *arguments: Any) -> None:
     """Bring the workspace index up to date now (changed files only), with progress."""
-    await ls.index.start(list(ls.chat_workspace().roots), ls.progress_for_client())
+    await ls.reindex()
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_SAVE)

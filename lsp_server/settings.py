@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -46,6 +46,13 @@ class Settings(BaseModel):
     context_budget_tokens: int = Field(default=1536, ge=64, le=128_000)
     inline_completion_enabled: bool = True
     indexing_enabled: bool = True
+    embeddings_enabled: bool = Field(
+        default=True, description="Embed the indexed chunks in the background (semantic search)."
+    )
+    embedding_model_path: Path | None = Field(
+        default=None, description="A sentence-transformers folder on disk; unset = bundled MiniLM."
+    )
+    embedding_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
     max_document_bytes: int = Field(default=1_000_000, ge=1_000)
 
     @field_validator("proxy_url")
@@ -54,6 +61,13 @@ class Settings(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("embedding_model_path")
+    @classmethod
+    def _existing_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_dir():
+            raise ValueError(f"no such directory: {value}")
+        return value.expanduser() if value is not None else None
 
     @field_validator("ca_bundle", "api_key_file")
     @classmethod

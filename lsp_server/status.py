@@ -19,6 +19,7 @@ class Status(BaseModel):
     completion_mode: str | None = None
     last_error: str | None = None
     indexing_percent: int | None = None
+    embedding_percent: int | None = None
 
 
 class StatusReporter:

@@ -1,7 +1,9 @@
 """The workspace index inside the language server: built in the background, asked on each request.
 
 Until the first build is done, requests get no snippets rather than waiting; a saved file is
-re-indexed alone.
+re-indexed alone. Once the symbols and the lexical index answer, the chunks are embedded in the
+background (the encoder is loaded then, not at start), with its own work-done progress; vector
+results join the ranking as they arrive.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +19,8 @@ from lsprotocol import types
 from pygls.progress import Progress
 
 import index
+from index.embeddings import EncoderConfig
+from index.semantic import SemanticIndex
 from inference import Snippet
 
 log = logging.getLogger(__name__)
@@ -31,34 +36,51 @@ def _as_prompt_snippet(found: index.Snippet) -> Snippet:
     return Snippet(found.path, found.start_line, max(end, found.start_line), "\n".join(lines))
 
 
+Percent = Callable[[int | None], None]
+
+
 class IndexService:
     def __init__(
         self,
         log_line: Callable[[str], None],
-        on_percent: Callable[[int | None], None] = lambda percent: None,
+        on_percent: Percent = lambda percent: None,
+        on_embedding_percent: Percent = lambda percent: None,
     ) -> None:
         self._log_line = log_line
         self._on_percent = on_percent
+        self._on_embedding_percent = on_embedding_percent
         self._index: index.WorkspaceIndex | None = None
+        self._semantic: SemanticIndex | None = None
         self._ready = False
         self._building = asyncio.Lock()
+        self._embedding: asyncio.Task[None] | None = None
+        self._embed_again = False
+        self._stop = threading.Event()
 
     @property
     def ready(self) -> bool:
         return self._ready
 
-    async def start(self, roots: list[Path], progress: Progress | None = None) -> None:
-        """Open (or build, or bring up to date) the index for `roots` off the event loop."""
+    async def start(
+        self,
+        roots: list[Path],
+        progress: Progress | None = None,
+        embeddings: EncoderConfig | None = None,
+    ) -> None:
+        """Open (or build, or bring up to date) the index for `roots` off the event loop; then,
+        with an `embeddings` config, embed new chunks in the background."""
         if not roots:
             return
         async with self._building:
             workspace = self._index or index.WorkspaceIndex(roots)
             reporter = await IndexProgress.begin(progress, self._on_percent)
             try:
-                report = await asyncio.to_thread(workspace.refresh, reporter.on_file)
+                report = await asyncio.to_thread(workspace.refresh, reporter.on_step)
             finally:
                 reporter.end()
             self._index, self._ready = workspace, True
+            if embeddings is not None and self._semantic is None:
+                self._semantic = SemanticIndex(workspace.cache_dir, embeddings)
         self._log_line(
             f"workspace index: {report.files} files, {report.chunks} chunks "
             f"({report.indexed} indexed, {report.unchanged} unchanged, "
@@ -66,20 +88,68 @@ class IndexService:
         )
         for warning in report.warnings:
             self._log_line(f"workspace index: {warning}")
+        self.embed_in_background(progress)
+
+    def embed_in_background(self, progress: Progress | None = None) -> None:
+        """Start embedding what has no vector yet; if a run is going, run once more after it."""
+        if self._semantic is None or self._index is None:
+            return
+        if self._embedding is not None and not self._embedding.done():
+            self._embed_again = True
+            return
+        self._embedding = asyncio.get_running_loop().create_task(self._embed(progress))
+
+    async def _embed(self, progress: Progress | None) -> None:
+        assert self._semantic is not None and self._index is not None
+        semantic, workspace = self._semantic, self._index
+        self._embed_again = False
+        reporter = await IndexProgress.begin(
+            progress, self._on_embedding_percent, "Bastion: embedding", "chunks"
+        )
+        try:
+            sync = semantic.sync
+            report = await asyncio.to_thread(sync, workspace, reporter.on_count, self._stop)
+        except Exception as error:  # an encoder that cannot load must not take the server down
+            log.exception("embedding failed")
+            self._log_line(f"workspace embeddings: off ({error})")
+            self._semantic = None
+            return
+        finally:
+            reporter.end()
+        if report.embedded or report.removed or report.warnings:
+            self._log_line(
+                f"workspace embeddings: {report.embedded} chunks embedded, {report.removed} "
+                f"dropped in {report.seconds:.1f} s ({semantic.encoder.backend})"
+            )
+        for warning in report.warnings:
+            self._log_line(f"workspace embeddings: {warning}")
+        if self._embed_again and not self._stop.is_set():
+            self.embed_in_background(None)
+
+    async def close(self) -> None:
+        """Stop embedding, save the vectors, close the encoder."""
+        self._stop.set()
+        if self._embedding is not None:
+            await asyncio.gather(self._embedding, return_exceptions=True)
+        if self._semantic is not None:
+            await asyncio.to_thread(self._semantic.close)
 
     def for_completion(self, path: str, text: str, line: int, column: int) -> list[Snippet]:
         """Snippets for an inline completion at `path`:`line`:`column` (fast path, small k)."""
         if self._index is None or not self._ready:
             return []
         key = self._index.key_for(Path(path)) or path
-        found = index.context(self._index, key, text, line, column, COMPLETION_K)
+        found = index.context(
+            self._index, key, text, line, column, COMPLETION_K, vectors=self._semantic
+        )
         return [_as_prompt_snippet(s) for s in found]
 
     def for_chat(self, query: str) -> list[Snippet]:
         """Snippets for a chat question, with absolute paths the editor can open."""
         if self._index is None or not self._ready:
             return []
-        found = [_as_prompt_snippet(s) for s in index.search(self._index, query, CHAT_K)]
+        hits = index.search(self._index, query, CHAT_K, vectors=self._semantic)
+        found = [_as_prompt_snippet(s) for s in hits]
         return [
             Snippet(str(self._index.file_path(s.path) or s.path), s.start_line, s.end_line, s.text)
             for s in found
@@ -88,10 +158,12 @@ class IndexService:
     async def file_saved(self, path: Path, text: str | None) -> None:
         if self._index is not None and self._ready:
             await asyncio.to_thread(self._index.update_file, path, text)
+            self.embed_in_background()
 
     async def file_deleted(self, path: Path) -> None:
         if self._index is not None and self._ready:
             await asyncio.to_thread(self._index.remove_file, path)
+            self.embed_in_background()
 
 
 class IndexProgress:
@@ -101,32 +173,42 @@ class IndexProgress:
         self,
         progress: Progress | None,
         token: str | None,
-        on_percent: Callable[[int | None], None],
+        on_percent: Percent,
+        unit: str,
     ) -> None:
         self._progress = progress
         self._token = token
         self._on_percent = on_percent
+        self._unit = unit
         self._loop = asyncio.get_running_loop()
         self._percent = -1
 
     @classmethod
     async def begin(
-        cls, progress: Progress | None, on_percent: Callable[[int | None], None]
+        cls,
+        progress: Progress | None,
+        on_percent: Percent,
+        title: str = "Bastion: indexing",
+        unit: str = "files",
     ) -> IndexProgress:
         on_percent(0)
         if progress is None:
-            return cls(None, None, on_percent)
+            return cls(None, None, on_percent, unit)
         token = f"bastion-index-{secrets.token_hex(4)}"
         try:
             await progress.create_async(token)
         except Exception as error:  # a client may refuse; indexing goes on without a bar
-            log.info("no work-done progress for indexing: %s", error)
-            return cls(None, None, on_percent)
-        progress.begin(token, types.WorkDoneProgressBegin(title="Bastion: indexing", percentage=0))
-        return cls(progress, token, on_percent)
+            log.info("no work-done progress for %s: %s", title, error)
+            return cls(None, None, on_percent, unit)
+        progress.begin(token, types.WorkDoneProgressBegin(title=title, percentage=0))
+        return cls(progress, token, on_percent, unit)
 
-    def on_file(self, done: int, total: int, path: str) -> None:
-        """Called from the indexing thread; reports each new whole percent on the loop."""
+    def on_step(self, done: int, total: int, item: str) -> None:
+        """Called from the indexing thread for each file."""
+        self.on_count(done, total)
+
+    def on_count(self, done: int, total: int) -> None:
+        """Called from a worker thread; reports each new whole percent on the loop."""
         percent = done * 100 // max(total, 1)
         if percent == self._percent:
             return
@@ -134,7 +216,8 @@ class IndexProgress:
         self._loop.call_soon_threadsafe(self._on_percent, percent)
         if self._progress is None or self._token is None:
             return
-        report = types.WorkDoneProgressReport(percentage=percent, message=f"{done}/{total} files")
+        message = f"{done}/{total} {self._unit}"
+        report = types.WorkDoneProgressReport(percentage=percent, message=message)
         self._loop.call_soon_threadsafe(self._progress.report, self._token, report)
 
     def end(self) -> None:

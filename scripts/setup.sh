@@ -27,7 +27,7 @@ if [ -z "$(llama_wheel)" ]; then
     -w "$wheels" "llama-cpp-python==$llama_version"
 fi
 echo "setup: installing Bastion into .venv"
-.venv/bin/python -m pip install -q --find-links "$wheels" -e ".[embedded,cpu,dev]"
+.venv/bin/python -m pip install -q --find-links "$wheels" -e ".[embedded,cpu,dev,postgres]"
 # An earlier, host-tuned build may be installed: put the portable one in its place.
 .venv/bin/python -m pip install -q --no-deps --force-reinstall "$(llama_wheel)"
 echo "$want" > "$stamp"

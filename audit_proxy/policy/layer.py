@@ -14,6 +14,7 @@ from audit_proxy.asgi import (
     replay,
     send_error,
 )
+from audit_proxy.metrics import METRICS
 from audit_proxy.policy.engine import Engine
 from audit_proxy.policy.rules import Policy
 
@@ -44,6 +45,8 @@ class ApplyPolicy:
         else:
             outcome = self.engine.apply(body)
         scope[POLICY_EVIDENCE] = outcome.evidence(self.engine.policy)
+        for finding in outcome.findings:
+            METRICS.policy_hits.inc(finding.rule, finding.action)
         if outcome.findings:
             log.info(
                 "policy %s: %s %s: %s",

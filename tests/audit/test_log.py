@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sqlite3
@@ -18,7 +19,11 @@ ANSWER = b'{"choices":[{"text":"return 1","finish_reason":"stop"}]}'
 
 
 def record_pair(store: AuditStore, prompt: bytes = b'{"prompt":"x"}') -> str:
-    request_id = store.record_request(
+    return asyncio.run(record_pair_async(store, prompt))
+
+
+async def record_pair_async(store: AuditStore, prompt: bytes = b'{"prompt":"x"}') -> str:
+    request_id = await store.record_request(
         user="alice",
         role="user",
         method="POST",
@@ -28,7 +33,7 @@ def record_pair(store: AuditStore, prompt: bytes = b'{"prompt":"x"}') -> str:
         stream=False,
         body=prompt,
     )
-    store.record_outcome(
+    await store.record_outcome(
         request_id,
         status=200,
         response_body=ANSWER,

@@ -350,3 +350,38 @@ async def test_indexing_reports_progress_and_reindex_touches_only_changes(
     assert len(summaries) >= 2
     assert "(1 indexed" in summaries[-1], summaries[-1]
     assert len(lsp.client.progress_reports) >= 2
+
+
+TEMPERATURE = (
+    "def to_fahrenheit(c):\n    return c * 9 / 5 + 32\n\n\n"
+    "def to_kelvin(c):\n    return c + 273.15\n"
+)
+
+
+async def test_chat_finds_code_by_meaning_once_the_workspace_is_embedded(
+    lsp: LspSession, stack: Stack, workspace: Path
+) -> None:
+    (workspace / "temperature.py").write_text(TEMPERATURE)
+    await lsp.start(lsp.settings(stack), workspace=workspace)
+    # The first run on a machine exports the encoder to ONNX once (about 20 s on two cores).
+    await wait_until(
+        lambda: any("workspace embeddings:" in m.message for m in lsp.client.log_messages), 180
+    )
+    embedding = [s.get("embeddingPercent") for s in lsp.statuses]
+    assert 0 in embedding and lsp.statuses[-1].get("embeddingPercent") is None
+    titles = [
+        r[0].title for r in lsp.client.progress_reports.values() if r and r[0].kind == "begin"
+    ]
+    assert "Bastion: embedding" in titles
+
+    # No word of the question occurs in temperature.py: only the embeddings can find it.
+    result = await chat(lsp, message="How hot is it for an American thermometer, given Celsius?")
+
+    indexed = [c for c in result.chunks if c.source == "index"]
+    assert "temperature.py" in [Path(c.path).name for c in indexed]
+    chat_body = json.loads(
+        stack.audit_rows(
+            "SELECT body FROM requests WHERE feature = 'chat' ORDER BY rowid DESC LIMIT 1"
+        )[0]["body"]
+    )
+    assert "return c * 9 / 5 + 32" in chat_body["messages"][-1]["content"]

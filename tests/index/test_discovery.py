@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from index.discovery import MAX_FILE_BYTES
+from index.discovery import MAX_FILE_BYTES, discover
 from index.ranking import search
 from index.workspace import WorkspaceIndex
 
@@ -138,3 +138,14 @@ def test_multi_root_workspace(tmp_path: Path) -> None:
     paths = {s.path for s in search(workspace, "widget", 5)}
     assert paths == {"front/ui.ts", "back/api.py"}
     assert workspace.file_path("back/api.py") == (back / "api.py").resolve()
+
+
+def test_candidates_carry_their_stat_and_symlinks_are_left_out(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    write(root, {"a.py": "x = 1\n", "sub/b.py": "y = 2\n"})
+    (root / "link.py").symlink_to(root / "a.py")
+    found = discover([root])
+    assert [c.relpath for c in found.candidates] == ["a.py", "sub/b.py"]
+    for candidate in found.candidates:
+        info = candidate.path.stat()
+        assert (candidate.size, candidate.mtime_ns) == (info.st_size, info.st_mtime_ns)

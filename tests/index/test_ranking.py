@@ -110,3 +110,25 @@ def test_multi_line_imports_and_overloads_pick_the_implementation(tmp_path: Path
     first = snippets[0]
     assert (first.path, first.start_line) == ("app/widgets.py", 8)
     assert "resolved" in first.sources
+
+
+def test_names_near_the_cursor_bring_their_one_definition_and_common_names_none(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "repo"
+    common = {f"lib/common_{n}.py": "def process(x):\n    return x\n" for n in range(5)}
+    write(
+        root,
+        {
+            **common,
+            "lib/retry.py": "def backoff_delay(attempt):\n    return 2 ** attempt\n",
+            "app/main.py": "def run(job):\n    wait = backoff_delay(job.attempt)\n"
+            "    done = process(job)\n    return len(",
+        },
+    )
+    workspace = WorkspaceIndex([root])
+    workspace.refresh()
+    text = (root / "app/main.py").read_text()
+    snippets = context(workspace, "app/main.py", text, 3, len("    return len("), 5)
+    nearby = {s.path for s in snippets if "nearby" in s.sources}
+    assert nearby == {"lib/retry.py"}  # `process` has 5 definitions: too common to pick one

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from index.ranking import search
-from index.store import INDEX_FILE
+from index.store import INDEX_FILE, SPAN_CACHE_MIN
 from index.workspace import WorkspaceIndex
 
 from .conftest import git_init, write
@@ -128,3 +128,17 @@ def test_an_edit_that_adds_a_secret_drops_the_file(tmp_path: Path) -> None:
     report = WorkspaceIndex([root]).refresh()
     assert report.skipped["pkg/alpha.py"] == "secret content (aws-access-key-id)"
     assert "pkg/alpha.py" not in WorkspaceIndex([root]).paths()
+
+
+def test_common_definitions_follow_every_commit(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    count = SPAN_CACHE_MIN + 6
+    write(root, {f"m{n}.py": "def handler():\n    pass\n" for n in range(count)})
+    workspace = WorkspaceIndex([root])
+    workspace.refresh()
+    assert len(workspace.definition_spans("handler")) == count
+    assert len(workspace.definition_spans("handler")) == count  # the second answer is cached
+    assert workspace.update_file(root / "m0.py", "def other():\n    pass\n")
+    assert len(workspace.definition_spans("handler")) == count - 1
+    assert workspace.remove_file(root / "m1.py")
+    assert {s.path for s in workspace.definition_spans("handler")}.isdisjoint({"m0.py", "m1.py"})

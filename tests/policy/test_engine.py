@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sqlite3
@@ -183,26 +184,30 @@ def test_store_keeps_evidence_and_migrates_an_old_database(tmp_path: Path) -> No
     old.close()
     store = AuditStore(db)
     try:
-        store.record_request(
-            user="a",
-            role="user",
-            method="POST",
-            route="/v1/completions",
-            feature="completion",
-            model="m",
-            stream=False,
-            body=b"{}",
-            policy='{"version":"1"}',
+        asyncio.run(
+            store.record_request(
+                user="a",
+                role="user",
+                method="POST",
+                route="/v1/completions",
+                feature="completion",
+                model="m",
+                stream=False,
+                body=b"{}",
+                policy='{"version":"1"}',
+            )
         )
-        store.record_request(
-            user="a",
-            role="user",
-            method="POST",
-            route="/v1/completions",
-            feature="completion",
-            model="m",
-            stream=False,
-            body=b"{}",
+        asyncio.run(
+            store.record_request(
+                user="a",
+                role="user",
+                method="POST",
+                route="/v1/completions",
+                feature="completion",
+                model="m",
+                stream=False,
+                body=b"{}",
+            )
         )
         assert [r.policy for r in store.requests()] == [None, '{"version":"1"}', None]
     finally:

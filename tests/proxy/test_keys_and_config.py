@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
@@ -26,10 +27,12 @@ def test_keys_are_stored_hashed_in_private_files(tmp_path: Path) -> None:
     data_dir = tmp_path / "home" / "bastion"
     keys = KeyStore(data_dir / "keys.sqlite3")
     key = keys.create("alice", role="admin")
-    AuditStore(data_dir / "audit.sqlite3").record_request(
+    store = AuditStore(data_dir / "audit.sqlite3")
+    asyncio.run(store.record_request(
         user="alice", role="admin", method="POST", route="/v1/completions", feature="chat",
         model=None, stream=False, body=b"{}",
-    )  # fmt: skip
+    ))  # fmt: skip
+    store.close()
     assert key.startswith("bst_") and len(key) > 40
     assert keys.verify(key) == Principal(name="alice", role="admin")
     files = sorted(data_dir.iterdir())

@@ -20,6 +20,10 @@ export function serverSettings(config: ConfigReader): Record<string, unknown> {
   };
   const model = config.get<string>('model')?.trim();
   if (model) settings.model = model;
+  const embeddingsEnabled = config.get<boolean>('embeddings.enabled');
+  if (embeddingsEnabled === false) settings.embeddingsEnabled = false;
+  const embeddingModelPath = config.get<string>('embeddings.modelPath')?.trim();
+  if (embeddingModelPath) settings.embeddingModelPath = embeddingModelPath;
   const caBundle = config.get<string>('caBundle')?.trim();
   if (caBundle) settings.caBundle = caBundle;
   const maxTokens = config.get<number>('maxTokens');
@@ -83,6 +87,7 @@ export interface ServerStatus {
   completionMode?: string | null;
   lastError?: string | null;
   indexingPercent?: number | null;
+  embeddingPercent?: number | null;
 }
 
 export interface StatusFace {
@@ -99,7 +104,9 @@ export function statusFace(status: ServerStatus | undefined, opts: { hasKey: boo
   }
   if (!status || opts.state === 'starting') return { text: '$(sync~spin) Bastion', tooltip: 'Starting the language server…', error: false };
   const ghost = opts.inline ? '' : ' (ghost text off)';
-  const indexing = typeof status.indexingPercent === 'number' ? ` · indexing ${status.indexingPercent} %` : '';
+  const indexing = typeof status.indexingPercent === 'number'
+    ? ` · indexing ${status.indexingPercent} %`
+    : typeof status.embeddingPercent === 'number' ? ` · embedding ${status.embeddingPercent} %` : '';
   if (status.connected) {
     const model = (status.model || 'connected') + indexing;
     const lines = [`Connected to ${status.proxyUrl ?? 'the proxy'}`, `Model: ${status.model ?? '?'}`];

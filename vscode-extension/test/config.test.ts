@@ -12,6 +12,7 @@ describe('serverSettings', () => {
     expect(settings).toEqual({ proxyUrl: 'https://proxy:8787', inlineCompletionEnabled: false, indexingEnabled: false, maxTokens: 64, temperature: 0 });
     expect(JSON.stringify(settings)).not.toMatch(/apiKey/i);
     expect(serverSettings(reader({}))).toEqual({ proxyUrl: 'http://127.0.0.1:8787', inlineCompletionEnabled: true, indexingEnabled: true });
+    expect(serverSettings(reader({ 'embeddings.enabled': false, 'embeddings.modelPath': ' /models/code ' }))).toMatchObject({ embeddingsEnabled: false, embeddingModelPath: '/models/code' });
   });
 });
 
@@ -50,5 +51,6 @@ describe('statusFace', () => {
     expect(statusFace(undefined, { ...base, hasKey: false }).text).toContain('set key');
     expect(statusFace(undefined, { ...base, state: 'failed' }).error).toBe(true);
     expect(statusFace({ connected: true, model: 'qwen', indexingPercent: 42 }, base).text).toBe('$(shield) Bastion: qwen · indexing 42 %');
+    expect(statusFace({ connected: true, model: 'qwen', embeddingPercent: 7 }, base).text).toBe('$(shield) Bastion: qwen · embedding 7 %');
   });
 });

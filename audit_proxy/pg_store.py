@@ -1,0 +1,649 @@
+"""The audit store on PostgreSQL: one Merkle log shared by several proxy replicas.
+
+It offers the same API as the SQLite `AuditStore` (see the top of `audit_proxy.store`): the async
+`record_request` / `record_outcome` return once the record and its leaf are committed, and raise
+`AuditStoreUnavailable` when they cannot be (the proxy then answers 503 and forwards nothing);
+the read methods serve export, verify, prove and tail.
+
+How replicas share one log:
+
+- Every append runs in a transaction that first takes `pg_advisory_xact_lock(APPEND_LOCK)`, then
+  reads `MAX(seq) + 1` and inserts the records and their leaves. The lock is held until COMMIT,
+  so committed leaves always form one gapless sequence 0..N-1, in commit order, whichever replica
+  wrote them. A replica killed mid-transaction holds nothing: PostgreSQL rolls it back.
+- Each replica has one writer thread (psycopg is blocking; the event loop never waits on the
+  database) that drains whatever is queued into one transaction: concurrent requests share the
+  lock, the round trips and the commit's WAL flush.
+- Any replica may sign a checkpoint: under the same lock it extends its own frontier with the
+  leaves committed since it last looked (its own and the others'), and signs unless a checkpoint
+  of that size exists. Replicas share the signing key (the same `audit-signing-key.pem` in each
+  data dir); the database remembers the log's key, and a replica with another key refuses to
+  start.
+- The schema is migrated at start (`audit_proxy.pg_migrations`), under an advisory lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from audit_proxy.checkpoints import (
+    CHECKPOINT_EVERY_RECORDS,
+    CHECKPOINT_EVERY_S,
+    Checkpoint,
+    Signer,
+)
+from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
+from audit_proxy.pg_migrations import APPEND_LOCK, SchemaError, migrate, schema_version
+from audit_proxy.store import (
+    LEAF_SOURCES,
+    AbortedBy,
+    AuditStoreUnavailable,
+    OutcomeRecord,
+    RequestRecord,
+    TokenUsage,
+)
+
+log = logging.getLogger("bastion.proxy")
+
+Conn = psycopg.Connection[TupleRow]
+Leaf = tuple[int, str, str, bytes, bytes]
+
+GROUP_MAX = 256
+CONNECT_TIMEOUT_S = 5
+# A statement stuck longer than this (a lost connection, a lock held by a hung replica) fails the
+# request with 503 rather than holding it forever.
+STATEMENT_TIMEOUT_MS = 10_000
+SIGN_WAIT_S = 30.0
+
+_INSERT_REQUEST = (
+    'INSERT INTO requests (id, received_at, "user", role, client, method, route, feature,'
+    " model, stream, body_sha256, body_size, body, policy)"
+    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING *"
+)
+_INSERT_OUTCOME = (
+    "INSERT INTO outcomes (request_id, finished_at, status, bytes_out, sha256,"
+    " response_body, prompt_tokens, completion_tokens, total_tokens, finish_reason,"
+    " latency_ms, ttfb_ms, aborted_by, completed, error)"
+    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING *"
+)
+_INSERT_LEAF = (
+    "INSERT INTO leaves (seq, kind, record_id, leaf_hash, canonical) VALUES (%s,%s,%s,%s,%s)"
+)
+_SELECT_REQUESTS = (
+    'SELECT seq, id, received_at, "user", role, client, method, route, feature, model,'
+    " stream, body_sha256, body_size, body, policy FROM requests"
+)
+_SELECT_OUTCOMES = (
+    "SELECT o.request_id, o.finished_at, o.status, o.bytes_out, o.sha256, o.response_body,"
+    " o.prompt_tokens, o.completion_tokens, o.total_tokens, o.finish_reason, o.latency_ms,"
+    " o.ttfb_ms, o.aborted_by, o.completed, o.error FROM outcomes o"
+)
+_REQUEST_FIELDS = tuple(RequestRecord.model_fields)
+_OUTCOME_FIELDS = tuple(OutcomeRecord.model_fields)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(slots=True)
+class _Record:
+    """One record waiting for the writer, and its caller's future."""
+
+    kind: str
+    record_id: str
+    params: tuple[object, ...]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _Sign:
+    """A request to sign a checkpoint now."""
+
+    done: concurrent.futures.Future[Checkpoint | None]
+
+
+class _Stop:
+    """Tells the writer to finish."""
+
+
+_Job = _Record | _Sign | _Stop
+
+
+def _settle(results: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    """On the callers' loop: resolve each future (a caller may have stopped waiting)."""
+    for future, error in results:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+def _settle_all(items: Sequence[tuple[_Record, BaseException | None]]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], Any]]] = {}
+    for item, error in items:
+        by_loop.setdefault(item.loop, []).append((item.future, error))
+    for loop, results in by_loop.items():
+        # A closed loop raises RuntimeError: nobody is waiting there any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, results)
+
+
+def _leaf_bytes(kind: str, stored: dict[str, object], seq: int) -> bytes:
+    """The leaf of a row as stored: the same canonical JSON the SQLite store makes."""
+    _, _, payload = LEAF_SOURCES[kind]
+    # The payload is bound by its hash in the row; `seq` is the requests table's own counter.
+    stored.pop(payload)
+    if kind == "request":
+        stored.pop("seq", None)
+    record = {k: v.hex() if isinstance(v, bytes) else v for k, v in stored.items()}
+    return canonical_json({"kind": kind, "record": record, "seq": seq})
+
+
+class PostgresAuditStore:
+    """The audit log in a PostgreSQL database that any number of proxy replicas share."""
+
+    def __init__(
+        self,
+        url: str,
+        password: str | None = None,
+        signer: Signer | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY_RECORDS,
+        checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+        migrate_schema: bool = True,
+    ) -> None:
+        """Connect, migrate the schema (unless `migrate_schema` is off: readers) and start.
+
+        `password` overrides any in the URL. With a `signer` the store signs checkpoints and
+        binds the database to that key. Raises `AuditStoreUnavailable`.
+        """
+        self.where = redact_url(url)
+        self._url = url
+        self._password = password
+        self.signer = signer
+        self._checkpoint_every = checkpoint_every
+        self._frontier = Frontier()
+        self.commits = 0
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._reader: Conn | None = None
+        self._writer: Conn | None = self._connect()
+        try:
+            if migrate_schema:
+                migrate(self._writer)
+            elif schema_version(self._writer) == 0:
+                raise AuditStoreUnavailable(f"no audit log in the database {self.where}")
+            if signer is not None:
+                self._bind_identity(self._writer, signer)
+            (signed,) = self._one(
+                self._writer, "SELECT COALESCE(MAX(size), 0) FROM checkpoints", ()
+            )
+            self._signed_size = _int(signed)
+        except SchemaError as exc:
+            self._writer.close()
+            raise AuditStoreUnavailable(str(exc)) from exc
+        except psycopg.Error as exc:
+            self._writer.close()
+            raise self._unavailable("cannot open", exc) from exc
+        except AuditStoreUnavailable:
+            self._writer.close()
+            raise
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-pg-writer", daemon=True)
+        self._thread.start()
+        self._ticker: threading.Thread | None = None
+        if signer is not None:
+            # A replica that died may have left records no checkpoint covers.
+            self._queue.put(_Sign(concurrent.futures.Future()))
+            self._ticker = threading.Thread(
+                target=self._tick, args=(checkpoint_every_s,), name="audit-pg-ticker", daemon=True
+            )
+            self._ticker.start()
+
+    # -- the record API ------------------------------------------------------------------------
+
+    async def record_request(
+        self,
+        *,
+        user: str,
+        role: str,
+        method: str,
+        route: str,
+        feature: str,
+        model: str | None,
+        stream: bool,
+        body: bytes,
+        client: str | None = None,
+        policy: str | None = None,
+    ) -> str:
+        """Durably record a request before it is forwarded; returns its id."""
+        request_id = uuid.uuid4().hex
+        params = (
+            request_id,
+            datetime.now(UTC).isoformat(),
+            user,
+            role,
+            client,
+            method,
+            route,
+            feature,
+            model,
+            int(stream),
+            hashlib.sha256(body).hexdigest(),
+            len(body),
+            body,
+            policy,
+        )
+        await self._append("request", request_id, params)
+        return request_id
+
+    async def record_outcome(
+        self,
+        request_id: str,
+        *,
+        status: int | None,
+        response_body: bytes,
+        sha256: str,
+        usage: TokenUsage | None,
+        finish_reason: str | None,
+        latency_ms: float,
+        ttfb_ms: float | None,
+        aborted_by: AbortedBy | None,
+        completed: bool,
+        error: str | None = None,
+    ) -> None:
+        """Record how the request ended; `response_body` is every byte the client was sent."""
+        usage = usage or TokenUsage()
+        params = (
+            request_id,
+            datetime.now(UTC).isoformat(),
+            status,
+            len(response_body),
+            sha256,
+            response_body,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens,
+            finish_reason,
+            float(latency_ms),
+            None if ttfb_ms is None else float(ttfb_ms),
+            aborted_by,
+            int(completed),
+            error,
+        )
+        await self._append("outcome", request_id, params)
+
+    async def _append(self, kind: str, record_id: str, params: tuple[object, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._close_lock:
+            if self._closed or not self._thread.is_alive():
+                raise AuditStoreUnavailable(f"the audit store {self.where} is closed")
+            self._queue.put(_Record(kind, record_id, params, loop, future))
+        # A cancelled caller only stops waiting: the record is still committed.
+        await future
+
+    # -- checkpoints and shutdown ---------------------------------------------------------------
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Sign the current tree head if the log grew since the last checkpoint (any replica's)."""
+        if self.signer is None:
+            raise AuditStoreUnavailable("this audit store has no signing key")
+        done: concurrent.futures.Future[Checkpoint | None] = concurrent.futures.Future()
+        with self._close_lock:
+            if self._closed or not self._thread.is_alive():
+                raise AuditStoreUnavailable(f"the audit store {self.where} is closed")
+            self._queue.put(_Sign(done))
+        try:
+            return done.result(SIGN_WAIT_S)
+        except concurrent.futures.TimeoutError as exc:
+            raise AuditStoreUnavailable(f"signing timed out on {self.where}") from exc
+
+    def close(self) -> None:
+        """Commit what is queued, sign a last checkpoint (when signing) and disconnect."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self.signer is not None:
+                self._queue.put(_Sign(concurrent.futures.Future()))
+            self._queue.put(_Stop())
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(5)
+        self._thread.join(SIGN_WAIT_S)
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    def _tick(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self._queue.put(_Sign(concurrent.futures.Future()))
+
+    # -- the writer thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            jobs = [self._queue.get()]
+            while len(jobs) < GROUP_MAX:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            records = [job for job in jobs if isinstance(job, _Record)]
+            signs = [job for job in jobs if isinstance(job, _Sign)]
+            stopping = any(isinstance(job, _Stop) for job in jobs)
+            due = False
+            if records:
+                due = self._write_group(records)
+            if signs or (due and self.signer is not None):
+                self._sign_for(signs)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _write_group(self, group: list[_Record]) -> bool:
+        """Commit a group of records in one transaction; True when a checkpoint is due."""
+        try:
+            conn = self._writer_conn()
+            try:
+                next_seq = self._commit(conn, group)
+                errors: list[BaseException | None] = [None] * len(group)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error:
+                # One bad record (a duplicate outcome, say) must not sink the others.
+                errors, next_seq = [], 0
+                for item in group:
+                    try:
+                        next_seq = self._commit(conn, [item])
+                        errors.append(None)
+                    except psycopg.OperationalError:
+                        raise
+                    except psycopg.Error as exc:
+                        errors.append(self._unavailable("cannot write to", exc))
+        except Exception as exc:  # the database is gone: fail closed, reconnect next time
+            self._drop_writer()
+            error = (
+                exc
+                if isinstance(exc, AuditStoreUnavailable)
+                else self._unavailable("cannot write to", exc)
+            )
+            _settle_all([(item, error) for item in group])
+            return False
+        _settle_all(list(zip(group, errors, strict=True)))
+        return next_seq - self._signed_size >= self._checkpoint_every
+
+    def _commit(self, conn: Conn, group: list[_Record]) -> int:
+        """One transaction: the rows, then, under the append lock, their leaves; the next seq.
+
+        Pipelined: the rows go in one round trip, the lock and MAX(seq) in a second, the leaves
+        and COMMIT in a third. The lock is taken after the rows are in (nobody sees them before
+        COMMIT anyway), so it is held only for the leaves and the commit.
+        """
+        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+            stored: list[tuple[_Record, dict[str, object]]] = []
+            for kind, sql in (("request", _INSERT_REQUEST), ("outcome", _INSERT_OUTCOME)):
+                items = [item for item in group if item.kind == kind]
+                if not items:
+                    continue
+                cur.executemany(sql, [item.params for item in items], returning=True)
+                for item in items:
+                    names = [column.name for column in cur.description or ()]
+                    row = cur.fetchone()
+                    if row is None:
+                        raise AuditStoreUnavailable(f"no row back for {item.kind} {item.record_id}")
+                    stored.append((item, dict(zip(names, row, strict=True))))
+                    cur.nextset()
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            # A statement of its own: its snapshot is taken once the lock is granted.
+            cur.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves")
+            first = cur.fetchone()
+            seq = int(first[0]) if first is not None else 0
+            leaves: list[tuple[int, str, str, bytes, bytes]] = []
+            for item, columns in stored:
+                data = _leaf_bytes(item.kind, columns, seq)
+                leaves.append((seq, item.kind, item.record_id, leaf_hash(data), data))
+                seq += 1
+            cur.executemany(_INSERT_LEAF, leaves)
+        self.commits += 1
+        return seq
+
+    def _sign_for(self, signs: list[_Sign]) -> None:
+        error: AuditStoreUnavailable | None = None
+        result: Checkpoint | None = None
+        try:
+            result = self._sign(self._writer_conn())
+        except AuditStoreUnavailable as exc:
+            error = exc
+        except Exception as exc:
+            self._drop_writer()
+            error = self._unavailable("cannot sign in", exc)
+        if error is not None:
+            log.error("checkpoint failed: %s", error)
+        for sign in signs:
+            if not sign.done.set_running_or_notify_cancel():
+                continue
+            if error is None:
+                sign.done.set_result(result)
+            else:
+                sign.done.set_exception(error)
+
+    def _sign(self, conn: Conn) -> Checkpoint | None:
+        """Under the append lock: catch the frontier up with the table and sign if it grew."""
+        assert self.signer is not None
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            cur.execute(
+                "SELECT seq, leaf_hash FROM leaves WHERE seq >= %s ORDER BY seq",
+                (self._frontier.size,),
+            )
+            for seq, digest in cur:
+                if seq != self._frontier.size:
+                    raise AuditStoreUnavailable(
+                        f"the audit log in {self.where} has a gap at seq {self._frontier.size}"
+                    )
+                # Committed leaves never change, so the frontier may keep them even if this
+                # transaction fails.
+                self._frontier.append(bytes(digest))
+            cur.execute("SELECT COALESCE(MAX(size), 0) FROM checkpoints")
+            signed_row = cur.fetchone()
+            signed = int(signed_row[0]) if signed_row is not None else 0
+            size = self._frontier.size
+            if size == 0 or size <= signed:
+                self._signed_size = max(self._signed_size, signed)
+                return None
+            checkpoint = self.signer.sign(size, self._frontier.root())
+            cur.execute(
+                "INSERT INTO checkpoints (size, log_id, root, time, signature)"
+                " VALUES (%s,%s,%s,%s,%s)",
+                (size, checkpoint.log_id, checkpoint.root, checkpoint.time, checkpoint.signature),
+            )
+        self._signed_size = size
+        return checkpoint
+
+    def _bind_identity(self, conn: Conn, signer: Signer) -> None:
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO log_identity (log_id, public_key) VALUES (%s, %s)"
+                " ON CONFLICT DO NOTHING",
+                (signer.log_id, signer.public_key.hex()),
+            )
+            (log_id,) = self._one(conn, "SELECT log_id FROM log_identity", ())
+        if log_id != signer.log_id:
+            raise AuditStoreUnavailable(
+                f"the audit log in {self.where} is signed by key {log_id}, but this proxy's "
+                f"signing key is {signer.log_id}; give every replica the same "
+                "audit-signing-key.pem in its data dir"
+            )
+
+    # -- connections ------------------------------------------------------------------------------
+
+    def _connect(self) -> Conn:
+        extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
+        try:
+            return psycopg.connect(
+                self._url,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                application_name="bastion-proxy",
+                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+                **extra,
+            )
+        except psycopg.Error as exc:
+            raise self._unavailable("cannot connect to", exc) from exc
+
+    def _writer_conn(self) -> Conn:
+        if self._writer is None or self._writer.closed or self._writer.broken:
+            self._drop_writer()
+            self._writer = self._connect()
+        return self._writer
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._writer.close()
+            self._writer = None
+
+    def _unavailable(self, doing: str, exc: BaseException) -> AuditStoreUnavailable:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return AuditStoreUnavailable(f"the audit store {doing} {self.where}: {detail}")
+
+    @staticmethod
+    def _one(conn: Conn, sql: str, params: tuple[object, ...]) -> tuple[object, ...]:
+        row = conn.execute(sql.encode(), params).fetchone()
+        if row is None:
+            raise AuditStoreUnavailable(f"no row from: {sql}")
+        return tuple(row)
+
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._read_lock:
+            for attempt in (1, 2):
+                if self._reader is None or self._reader.closed or self._reader.broken:
+                    self._reader = self._connect()
+                try:
+                    return [tuple(row) for row in self._reader.execute(sql.encode(), params)]
+                except psycopg.OperationalError as exc:
+                    self._reader.close()
+                    self._reader = None
+                    if attempt == 2:
+                        raise self._unavailable("cannot read from", exc) from exc
+                except psycopg.Error as exc:
+                    raise self._unavailable("cannot read from", exc) from exc
+        raise AssertionError("unreachable")
+
+    # -- reads (export, verify, prove, tail) ------------------------------------------------------
+
+    def requests(self) -> list[RequestRecord]:
+        """Every request record, oldest first."""
+        rows = self._read(_SELECT_REQUESTS + " ORDER BY seq")
+        return [
+            RequestRecord.model_validate(dict(zip(_REQUEST_FIELDS, r, strict=True))) for r in rows
+        ]
+
+    def outcomes(self) -> list[OutcomeRecord]:
+        """Every outcome record, in the order of their requests."""
+        rows = self._read(
+            _SELECT_OUTCOMES + " JOIN requests r ON r.id = o.request_id ORDER BY r.seq"
+        )
+        return [_outcome(row) for row in rows]
+
+    def outcome(self, request_id: str) -> OutcomeRecord | None:
+        """The outcome of one request, or None while it is still running (or was lost)."""
+        rows = self._read(_SELECT_OUTCOMES + " WHERE o.request_id = %s", (request_id,))
+        return _outcome(rows[0]) if rows else None
+
+    def leaves(self, limit: int | None = None) -> list[Leaf]:
+        """(seq, kind, record id, leaf hash, canonical bytes) of the first `limit` leaves."""
+        rows = self._read(
+            "SELECT seq, kind, record_id, leaf_hash, canonical FROM leaves ORDER BY seq LIMIT %s",
+            (limit,),
+        )
+        return [_leaf_row(row) for row in rows]
+
+    def leaves_from(self, seq: int, limit: int = 1000) -> list[Leaf]:
+        """Up to `limit` leaves from `seq` on."""
+        rows = self._read(
+            "SELECT seq, kind, record_id, leaf_hash, canonical FROM leaves WHERE seq >= %s"
+            " ORDER BY seq LIMIT %s",
+            (seq, limit),
+        )
+        return [_leaf_row(row) for row in rows]
+
+    def leaf_hashes(self, size: int | None = None) -> list[bytes]:
+        """The leaf hashes of the first `size` leaves (all by default)."""
+        rows = self._read("SELECT leaf_hash FROM leaves ORDER BY seq LIMIT %s", (size,))
+        return [_bytes(row[0]) for row in rows]
+
+    def payload(self, kind: str, record_id: str) -> bytes | None:
+        """The payload a leaf binds by hash, or None where it is gone."""
+        table, key, payload = LEAF_SOURCES[kind]
+        query = f"SELECT {payload} FROM {table} WHERE {key} = %s"  # noqa: S608 (LEAF_SOURCES)
+        rows = self._read(query, (record_id,))
+        value = rows[0][0] if rows else None
+        return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else None
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every signed checkpoint, smallest first."""
+        rows = self._read(
+            "SELECT log_id, size, root, time, signature FROM checkpoints ORDER BY size"
+        )
+        return [
+            Checkpoint(str(log_id), _int(size), str(root), str(time), str(signature))
+            for log_id, size, root, time, signature in rows
+        ]
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int):
+        raise AuditStoreUnavailable(f"expected an integer in the audit log, got {value!r}")
+    return value
+
+
+def _bytes(value: object) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise AuditStoreUnavailable(f"expected bytes in the audit log, got {type(value).__name__}")
+    return bytes(value)
+
+
+def _leaf_row(row: tuple[object, ...]) -> Leaf:
+    seq, kind, record_id, digest, canonical = row
+    return _int(seq), str(kind), str(record_id), _bytes(digest), _bytes(canonical)
+
+
+def _outcome(row: tuple[object, ...]) -> OutcomeRecord:
+    return OutcomeRecord.model_validate(dict(zip(_OUTCOME_FIELDS, row, strict=True)))

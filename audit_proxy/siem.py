@@ -1,0 +1,461 @@
+"""SIEM export: ship every audit-log leaf, as it is appended, to a JSONL file and/or syslog.
+
+A leaf is the record without its payload (the row binds the prompt and the answer by SHA-256
+only), so nothing shipped holds a prompt, an answer or a key. Each sink keeps its own cursor in
+the data directory (0600) and advances it only after the collector took the batch: delivery is
+at-least-once. After a crash or a failed batch a record can arrive twice; dedupe on `seq`
+(with `log_id`). Over TCP "took" means the kernel accepted the bytes; RFC 6587 has no
+acknowledgements, so records written in the instant a collector crashes can still be lost on its
+side. UDP syslog is best effort by nature.
+
+Syslog messages are RFC 5424, facility "log audit" (13), severity informational, with the
+structured data element `bastion@32473` (32473 is the documentation enterprise number of
+RFC 5612) carrying `seq`, `kind`, `record_id`, `leaf_hash` and `log_id`; TCP uses RFC 6587
+octet-counting framing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, Protocol
+from urllib.parse import urlsplit
+
+log = logging.getLogger("bastion.proxy.siem")
+
+Leaf = tuple[int, str, str, bytes, bytes]
+STDOUT = "-"
+APP_NAME = "bastion-proxy"
+SD_ID = "bastion@32473"
+FACILITY_LOG_AUDIT = 13
+SEVERITY_INFO = 6
+BATCH = 500
+SEND_TIMEOUT_S = 5.0
+_BOM = b"\xef\xbb\xbf"
+
+
+class LeafSource(Protocol):
+    """The audit store's read side, as the forwarder needs it."""
+
+    def leaves_from(self, seq: int, limit: int = 1000) -> list[Leaf]: ...
+
+
+class SiemConfigError(ValueError):
+    """A SIEM setting cannot be used; the message names it and says what to write."""
+
+
+@dataclass(frozen=True)
+class SyslogTarget:
+    transport: Literal["udp", "tcp"]
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.transport}://{self.host}:{self.port}"
+
+
+def parse_syslog_url(url: str) -> SyslogTarget:
+    """`udp://host:port` or `tcp://host:port`; SiemConfigError otherwise."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("udp", "tcp") or not parts.hostname or port is None:
+        raise SiemConfigError(
+            f"siem_syslog_url: {url!r} is not udp://HOST:PORT or tcp://HOST:PORT "
+            "(for example tcp://siem.internal:6514)"
+        )
+    transport: Literal["udp", "tcp"] = "udp" if parts.scheme == "udp" else "tcp"
+    return SyslogTarget(transport, parts.hostname, port)
+
+
+# -- formatting --------------------------------------------------------------------------------
+
+
+def _record_time(canonical: bytes) -> str:
+    try:
+        record = json.loads(canonical).get("record", {})
+        stamp = record.get("received_at") or record.get("finished_at")
+        when = datetime.fromisoformat(stamp)
+    except (ValueError, TypeError, AttributeError):
+        when = datetime.now(UTC)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _sd_value(value: str) -> str:
+    # RFC 5424 section 6.3.3: '"', '\' and ']' are escaped inside a PARAM-VALUE.
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def _header_field(value: str, limit: int) -> str:
+    cleaned = "".join(c for c in value if 33 <= ord(c) <= 126)[:limit]
+    return cleaned or "-"
+
+
+def syslog_message(leaf: Leaf, log_id: str | None, hostname: str, procid: int) -> bytes:
+    """One RFC 5424 message for a leaf; the MSG is the leaf's canonical JSON (no payload)."""
+    seq, kind, record_id, digest, canonical = leaf
+    params = {
+        "seq": str(seq),
+        "kind": kind,
+        "record_id": record_id,
+        "leaf_hash": digest.hex(),
+        "log_id": log_id or "-",
+    }
+    sd = "[" + SD_ID + "".join(f' {k}="{_sd_value(v)}"' for k, v in params.items()) + "]"
+    header = " ".join(
+        (
+            f"<{FACILITY_LOG_AUDIT * 8 + SEVERITY_INFO}>1",
+            _record_time(canonical),
+            _header_field(hostname, 255),
+            APP_NAME,
+            str(procid),
+            _header_field(kind, 32),
+            sd,
+        )
+    )
+    return header.encode() + b" " + _BOM + canonical
+
+
+def jsonl_line(leaf: Leaf, log_id: str | None) -> bytes:
+    """One JSON line for a leaf: where it sits in the log, its hash, and the record itself."""
+    seq, kind, record_id, digest, canonical = leaf
+    doc = {
+        "log_id": log_id,
+        "seq": seq,
+        "kind": kind,
+        "record_id": record_id,
+        "leaf_hash": digest.hex(),
+        "leaf": json.loads(canonical),
+    }
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+# -- sinks -------------------------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    name: str
+
+    def ship(self, leaves: list[Leaf], log_id: str | None) -> None:
+        """Deliver the batch or raise OSError (then the whole batch is tried again later)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+class JsonlSink:
+    """Appends JSON lines to a 0600 file (fsynced per batch), or writes them to stdout."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.to_stdout = str(path) == STDOUT
+        self.name = "jsonl"
+        if not self.to_stdout:
+            _private_dir(path.parent)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
+
+    def __str__(self) -> str:
+        return "stdout" if self.to_stdout else str(self.path)
+
+    def ship(self, leaves: list[Leaf], log_id: str | None) -> None:
+        data = b"".join(jsonl_line(leaf, log_id) for leaf in leaves)
+        if self.to_stdout:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        return None
+
+
+class SyslogSink:
+    """RFC 5424 over UDP (a datagram per record) or TCP (RFC 6587 octet counting)."""
+
+    def __init__(self, target: SyslogTarget) -> None:
+        self.target = target
+        self.name = "syslog"
+        self._hostname = socket.gethostname()
+        self._procid = os.getpid()
+        self._sock: socket.socket | None = None
+
+    def __str__(self) -> str:
+        return str(self.target)
+
+    def ship(self, leaves: list[Leaf], log_id: str | None) -> None:
+        messages = [syslog_message(leaf, log_id, self._hostname, self._procid) for leaf in leaves]
+        try:
+            sock = self._connected()
+            if self.target.transport == "tcp":
+                sock.sendall(b"".join(b"%d %s" % (len(m), m) for m in messages))
+            else:
+                for message in messages:
+                    sock.send(message)
+        except OSError:
+            self.close()
+            raise
+
+    def _connected(self) -> socket.socket:
+        if self._sock is not None and self.target.transport == "tcp" and _peer_closed(self._sock):
+            self.close()
+        if self._sock is None:
+            kind = socket.SOCK_STREAM if self.target.transport == "tcp" else socket.SOCK_DGRAM
+            info = socket.getaddrinfo(self.target.host, self.target.port, type=kind)[0]
+            sock = socket.socket(info[0], info[1], info[2])
+            sock.settimeout(SEND_TIMEOUT_S)
+            try:
+                sock.connect(info[4])
+            except OSError:
+                sock.close()
+                raise
+            self._sock = sock
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """True when a TCP collector has closed its end (so a write would vanish into a dead socket)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        data = sock.recv(4096)
+    except OSError:
+        return True
+    # A collector has nothing to say over RFC 6587; whatever it sent is dropped.
+    return data == b""
+
+
+# -- cursors -----------------------------------------------------------------------------------
+
+
+class Cursor:
+    """The next seq a sink has to ship, kept in a 0600 file; reset when the log is a new one."""
+
+    def __init__(self, path: Path, log_id: str | None) -> None:
+        self.path = path
+        self.log_id = log_id
+        self.next_seq = self._load()
+
+    def _load(self) -> int:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            raise SiemConfigError(
+                f"{self.path}: unreadable SIEM cursor ({exc}); delete it to ship the whole log "
+                "again from the start"
+            ) from None
+        seq = doc.get("next_seq") if isinstance(doc, dict) else None
+        if not isinstance(seq, int) or seq < 0:
+            raise SiemConfigError(
+                f"{self.path}: 'next_seq' is missing or not a count; delete the file to ship "
+                "the whole log again from the start"
+            )
+        if doc.get("log_id") != self.log_id:
+            log.warning("%s belongs to another audit log; shipping this log from seq 0", self.path)
+            return 0
+        return seq
+
+    def advance(self, next_seq: int) -> None:
+        self.next_seq = next_seq
+        _private_dir(self.path.parent)
+        data = json.dumps({"log_id": self.log_id, "next_seq": next_seq}).encode()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
+
+# -- the forwarder -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Lane:
+    sink: Sink
+    cursor: Cursor
+    failures: int = 0
+    retry_at: float = 0.0
+    shipped: int = 0
+
+
+class SiemForwarder:
+    """Tails the audit log in a thread and ships each new leaf to every sink.
+
+    A sink that fails is retried with exponential backoff, capped at `max_backoff_s`; the
+    others go on. `status()` says, per sink, how many leaves are waiting.
+    """
+
+    def __init__(
+        self,
+        source: LeafSource,
+        sinks: list[Sink],
+        cursor_dir: Path,
+        log_id: str | None,
+        *,
+        poll_interval_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self.source = source
+        self.log_id = log_id
+        self.poll_interval_s = poll_interval_s
+        self.max_backoff_s = max_backoff_s
+        self._lanes = [
+            _Lane(sink, Cursor(cursor_dir / f"siem-{sink.name}.cursor", log_id)) for sink in sinks
+        ]
+        self._head = min((lane.cursor.next_seq for lane in self._lanes), default=0)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        for lane in self._lanes:
+            log.info("SIEM export to %s from seq %d", lane.sink, lane.cursor.next_seq)
+        self._thread = threading.Thread(target=self._run, name="siem-forwarder", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ship what is pending (sinks not in backoff), then stop; leaves the rest for next time."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        for lane in self._lanes:
+            lane.sink.close()
+        waiting = {name: s["pending"] for name, s in self.status().items() if s["pending"]}
+        if waiting:
+            log.warning("SIEM export stopped with leaves pending (shipped on restart): %s", waiting)
+
+    def status(self) -> dict[str, dict[str, int]]:
+        """Per sink: leaves pending, leaves shipped since start, consecutive failures."""
+        with self._lock:
+            return {
+                lane.sink.name: {
+                    "pending": max(0, self._head - lane.cursor.next_seq),
+                    "shipped": lane.shipped,
+                    "failures": lane.failures,
+                }
+                for lane in self._lanes
+            }
+
+    def run_once(self, max_batches: int | None = None) -> None:
+        """One pass: note the log's head, and ship to each sink that is due (all it can take)."""
+        self._advance_head()
+        now = time.monotonic()
+        for lane in self._lanes:
+            if now >= lane.retry_at:
+                self._ship(lane, max_batches)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("SIEM export pass failed; retrying")
+            self._stop.wait(self.poll_interval_s)
+        # A last, bounded pass at shutdown; whatever is left waits for the next start.
+        with contextlib.suppress(Exception):
+            self.run_once(max_batches=1)
+
+    def _advance_head(self) -> None:
+        while True:
+            newer = self.source.leaves_from(self._head, BATCH)
+            if newer:
+                with self._lock:
+                    self._head = newer[-1][0] + 1
+            if len(newer) < BATCH:
+                return
+
+    def _ship(self, lane: _Lane, max_batches: int | None) -> None:
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            batches += 1
+            leaves = self.source.leaves_from(lane.cursor.next_seq, BATCH)
+            if not leaves:
+                return
+            try:
+                lane.sink.ship(leaves, self.log_id)
+            except OSError as exc:
+                self._failed(lane, exc)
+                return
+            lane.cursor.advance(leaves[-1][0] + 1)
+            with self._lock:
+                lane.shipped += len(leaves)
+                self._head = max(self._head, lane.cursor.next_seq)
+            if lane.failures:
+                log.info("SIEM %s %s is back; shipping resumed", lane.sink.name, lane.sink)
+                lane.failures = 0
+            if len(leaves) < BATCH:
+                return
+
+    def _failed(self, lane: _Lane, exc: OSError) -> None:
+        lane.failures += 1
+        delay = min(self.max_backoff_s, self.poll_interval_s * 2 ** min(lane.failures, 16))
+        lane.retry_at = time.monotonic() + delay
+        pending = self.status()[lane.sink.name]["pending"]
+        log.warning(
+            "SIEM %s %s failed (%s); %d leaves pending, retry in %.1f s",
+            lane.sink.name,
+            lane.sink,
+            exc.strerror or type(exc).__name__,
+            pending,
+            delay,
+        )
+
+
+def build_forwarder(
+    source: LeafSource,
+    data_dir: Path,
+    log_id: str | None,
+    jsonl_path: Path | None,
+    syslog_url: str | None,
+    max_backoff_s: float = 30.0,
+) -> SiemForwarder | None:
+    """The forwarder for the configured sinks, or None when none is configured."""
+    sinks: list[Sink] = []
+    if jsonl_path is not None:
+        sinks.append(JsonlSink(jsonl_path))
+    if syslog_url:
+        sinks.append(SyslogSink(parse_syslog_url(syslog_url)))
+    if not sinks:
+        return None
+    return SiemForwarder(source, sinks, data_dir, log_id, max_backoff_s=max_backoff_s)

@@ -1,0 +1,1 @@
+"""The parts behind `index.embeddings`: model folders, tokenizer, ONNX export cache, runners."""
