@@ -17,6 +17,12 @@ def add_index_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     build = sub.add_parser("index", help="build or refresh the workspace index")
     build.add_argument("roots", nargs="+", type=Path, metavar="ROOT", help="workspace root(s)")
     build.add_argument("--json", action="store_true", help="print the summary as JSON")
+    build.add_argument(
+        "--embed",
+        action="store_true",
+        help="also embed the chunks for semantic search (about a minute per thousand chunks on a "
+        "laptop CPU; the language server does this in the background by itself)",
+    )
     build.set_defaults(func=run_index)
 
     search = sub.add_parser("search", help="search the workspace index")
@@ -48,14 +54,36 @@ def add_index_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         parser.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _bar(label: str, done: int, total: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    bar = "#" * filled + "-" * (width - filled)
+    print(f"\r{label} [{bar}] {done}/{total}", end="", file=sys.stderr, flush=True)
+    if done == total:
+        print(file=sys.stderr)
+
+
 def _progress(done: int, total: int, path: str) -> None:
     if done == total or done % 50 == 0:
-        width = 30
-        filled = width * done // max(total, 1)
-        bar = "#" * filled + "-" * (width - filled)
-        print(f"\rindexing [{bar}] {done}/{total}", end="", file=sys.stderr, flush=True)
-        if done == total:
-            print(file=sys.stderr)
+        _bar("indexing", done, total)
+
+
+def _embedding_progress(done: int, total: int) -> None:
+    _bar("embedding", done, total)
+
+
+def _saved_vectors(workspace: Any) -> Any:
+    """The workspace's vectors when `bastion index --embed` or the language server made them."""
+    from index.semantic import SemanticIndex
+    from index.vectors import SIDECAR_FILE
+
+    semantic = SemanticIndex(workspace.cache_dir)
+    if not (semantic.directory / SIDECAR_FILE).is_file():
+        return None
+    semantic.load()
+    for warning in semantic.warnings:
+        print(f"bastion: warning: {warning}", file=sys.stderr)
+    return semantic
 
 
 def _open(roots: list[Path], show_progress: bool = False) -> Any:
@@ -71,9 +99,23 @@ def _open(roots: list[Path], show_progress: bool = False) -> Any:
     return workspace, report
 
 
+def _embed(workspace: Any) -> Any:
+    from index.semantic import SemanticIndex
+
+    semantic = SemanticIndex(workspace.cache_dir)
+    tty = sys.stderr.isatty()
+    report = semantic.sync(workspace, _embedding_progress if tty else None)
+    for warning in report.warnings:
+        print(f"bastion: warning: {warning}", file=sys.stderr)
+    backend = semantic.encoder.backend
+    semantic.close()
+    return report, backend
+
+
 def run_index(args: argparse.Namespace) -> int:
     """`bastion index ROOT...`."""
-    _, report = _open(args.roots, show_progress=True)
+    workspace, report = _open(args.roots, show_progress=True)
+    embedded = _embed(workspace) if args.embed else None
     if args.json:
         print(
             json.dumps(
@@ -86,6 +128,11 @@ def run_index(args: argparse.Namespace) -> int:
                     "removed": report.removed,
                     "seconds": round(report.seconds, 3),
                     "skipped": report.skipped,
+                    **(
+                        {"embedded": embedded[0].embedded, "embedding_backend": embedded[1]}
+                        if embedded
+                        else {}
+                    ),
                 }
             )
         )
@@ -95,6 +142,12 @@ def run_index(args: argparse.Namespace) -> int:
         f"in {report.seconds:.2f}s ({report.indexed} re-indexed, {report.unchanged} unchanged, "
         f"{report.removed} removed)"
     )
+    if embedded is not None:
+        sync, backend = embedded
+        print(
+            f"embedded {sync.embedded} chunks ({sync.removed} dropped) in {sync.seconds:.1f}s "
+            f"with {backend}"
+        )
     if report.skipped:
         reasons = Counter(reason for reason in report.skipped.values())
         print(f"skipped {len(report.skipped)} files:")
@@ -122,7 +175,7 @@ def run_search(args: argparse.Namespace) -> int:
     from index.ranking import search
 
     workspace, _ = _open(args.workspace)
-    snippets = search(workspace, args.query, args.k)
+    snippets = search(workspace, args.query, args.k, vectors=_saved_vectors(workspace))
     if args.json:
         print(json.dumps({"query": args.query, "results": [s.as_json() for s in snippets]}))
     else:
@@ -130,7 +183,9 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _context_one(workspace: Any, file: str, line: int, col: int, k: int) -> dict[str, Any]:
+def _context_one(
+    workspace: Any, vectors: Any, file: str, line: int, col: int, k: int
+) -> dict[str, Any]:
     from index.ranking import context
 
     path = Path(file)
@@ -143,7 +198,7 @@ def _context_one(workspace: Any, file: str, line: int, col: int, k: int) -> dict
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise SystemExit(f"bastion context: cannot read {file}: {exc.strerror}") from exc
-    snippets = context(workspace, key, text, line, col, k)
+    snippets = context(workspace, key, text, line, col, k, vectors=vectors)
     return {"file": file, "line": line, "col": col, "snippets": [s.as_json() for s in snippets]}
 
 
@@ -153,12 +208,15 @@ def run_context(args: argparse.Namespace) -> int:
         print("bastion context: give FILE:LINE:COL or --batch CASES.jsonl", file=sys.stderr)
         return 2
     workspace, _ = _open(args.workspace)
+    vectors = _saved_vectors(workspace)
     if args.batch is not None:
         for raw in args.batch.read_text(encoding="utf-8").splitlines():
             if not raw.strip():
                 continue
             case = json.loads(raw)
-            answer = _context_one(workspace, case["file"], case["line"], case["col"], args.k)
+            answer = _context_one(
+                workspace, vectors, case["file"], case["line"], case["col"], args.k
+            )
             print(json.dumps(answer), flush=True)
         return 0
     try:
@@ -167,7 +225,7 @@ def run_context(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"bastion context: expected FILE:LINE:COL, got {args.position}", file=sys.stderr)
         return 2
-    answer = _context_one(workspace, file, position[0], position[1], args.k)
+    answer = _context_one(workspace, vectors, file, position[0], position[1], args.k)
     if args.json:
         print(json.dumps(answer))
     else:

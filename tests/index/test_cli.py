@@ -107,3 +107,23 @@ def test_single_context_and_search(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_context_needs_a_position_or_a_batch(tmp_path: Path) -> None:
     assert _run(["context", "--workspace", str(tmp_path)]) == 2
+
+
+def test_index_embed_then_search_finds_code_by_meaning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _repo(tmp_path)
+    write(root, {"src/pkg/units.py": "def to_fahrenheit(c):\n    return c * 9 / 5 + 32\n"})
+    question = "how hot is it for an american thermometer given celsius"
+
+    assert _run(["search", question, "--workspace", str(root), "--json"]) == 0
+    before = json.loads(capsys.readouterr().out)["results"]
+    assert all("vector" not in hit["sources"] for hit in before)
+
+    assert _run(["index", str(root), "--embed", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["embedded"] == summary["chunks"] > 0
+
+    assert _run(["search", question, "--workspace", str(root), "--json", "--k", "1"]) == 0
+    (best,) = json.loads(capsys.readouterr().out)["results"]
+    assert best["path"] == "src/pkg/units.py" and "vector" in best["sources"]
