@@ -8,12 +8,12 @@ anything else into line windows that each repeat the signature line.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tree_sitter import Node
 
 from .languages import LanguageSpec, language_for, parser_for
-from .token_budget import LineTokenCounter
+from .token_budget import EstimatedCounter, LineTokenCounter
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ChunkLimits:
     text_window: int = 40
     text_stride: int = 30
     max_tokens: int = 256
-    token_counter: LineTokenCounter | None = None
+    token_counter: LineTokenCounter | None = field(default_factory=EstimatedCounter)
 
 
 @dataclass(frozen=True)

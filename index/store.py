@@ -22,7 +22,7 @@ from pathlib import Path
 from .chunker import Chunk, Symbol
 from .lexical import fts_query
 
-FORMAT = "4"
+FORMAT = "5"
 # Query terms in more than this share of chunks are dropped; at most MAX_TERMS rarest are kept.
 COMMON_TERM_FRACTION = 0.01
 MAX_TERMS = 8

@@ -36,8 +36,10 @@ def test_line_counts_add_up_to_the_whole_text() -> None:
 
 def test_every_chunk_fits_and_split_pieces_keep_the_signature() -> None:
     source = _long_function()
-    plain = chunk_file("m.py", source)
+    plain = chunk_file("m.py", source, ChunkLimits(token_counter=None))
     assert max(_tokens(c.text) for c in plain.chunks) > 256  # what the limit has to fix
+    estimated = chunk_file("m.py", source)  # the default: the cheap estimate
+    assert max(_tokens(c.text) for c in estimated.chunks) <= 256
     fitted = chunk_file("m.py", source, ChunkLimits(token_counter=_minilm()))
     pieces = [c for c in fitted.chunks if c.name == "handle_request"]
     assert len(pieces) >= 2
