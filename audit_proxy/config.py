@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from audit_proxy.fim_suffix import template_named
 from audit_proxy.siem import parse_syslog_url
 
 UPSTREAM_KEY_ENV = "BASTION_UPSTREAM_API_KEY"
@@ -93,6 +92,9 @@ class ProxyConfig(BaseModel):
     @field_validator("fim_templates")
     @classmethod
     def _known_templates(cls, value: dict[str, str]) -> dict[str, str]:
+        # Imported here: the FIM layer pulls in the model client, which config readers don't need.
+        from audit_proxy.fim_suffix import template_named
+
         for model, name in value.items():
             try:
                 template_named(name)
