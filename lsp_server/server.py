@@ -236,9 +236,24 @@ async def on_configuration(
     await ls.check_connection()
 
 
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def on_change(ls: BastionLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
+    uri = params.text_document.uri
+    document = ls.workspace.get_text_document(uri)
+
+    def current_text() -> str | None:
+        latest = ls.workspace.text_documents.get(uri)
+        return latest.source if latest is not None else None
+
+    ls.index.file_changed(Path(document.path), current_text)
+
+
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
-def on_close(ls: BastionLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
+async def on_close(ls: BastionLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
     ls.typing_cache.forget(params.text_document.uri)
+    path = to_fs_path(params.text_document.uri)
+    if path:
+        await ls.index.file_closed(Path(path))
 
 
 @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())

@@ -25,6 +25,8 @@ from inference import Snippet
 
 log = logging.getLogger(__name__)
 
+# An edited (unsaved) file is re-indexed once typing has paused this long.
+CHANGE_QUIET_S = 1.5
 COMPLETION_K = 3
 CHAT_K = 4
 SNIPPET_MAX_LINES = 40
@@ -56,6 +58,8 @@ class IndexService:
         self._embedding: asyncio.Task[None] | None = None
         self._embed_again = False
         self._stop = threading.Event()
+        self._pending_changes: dict[Path, asyncio.TimerHandle] = {}
+        self._updates: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> bool:
@@ -129,6 +133,9 @@ class IndexService:
     async def close(self) -> None:
         """Stop embedding, save the vectors, close the encoder."""
         self._stop.set()
+        for pending in self._pending_changes.values():
+            pending.cancel()
+        self._pending_changes.clear()
         if self._embedding is not None:
             await asyncio.gather(self._embedding, return_exceptions=True)
         if self._semantic is not None:
@@ -159,6 +166,32 @@ class IndexService:
         if self._index is not None and self._ready:
             await asyncio.to_thread(self._index.update_file, path, text)
             self.embed_in_background()
+
+    def file_changed(self, path: Path, current_text: Callable[[], str | None]) -> None:
+        """An edit in the editor: re-index the file's unsaved text once typing pauses."""
+        if self._index is None or not self._ready:
+            return
+        loop = asyncio.get_running_loop()
+        pending = self._pending_changes.pop(path, None)
+        if pending is not None:
+            pending.cancel()
+
+        def fire() -> None:
+            del self._pending_changes[path]
+            text = current_text()
+            if text is not None:
+                update = loop.create_task(self.file_saved(path, text))
+                self._updates.add(update)
+                update.add_done_callback(self._updates.discard)
+
+        self._pending_changes[path] = loop.call_later(CHANGE_QUIET_S, fire)
+
+    async def file_closed(self, path: Path) -> None:
+        """Closed, perhaps without saving: the index goes back to what is on disk."""
+        pending = self._pending_changes.pop(path, None)
+        if pending is not None:
+            pending.cancel()
+        await self.file_saved(path, None)
 
     async def file_deleted(self, path: Path) -> None:
         if self._index is not None and self._ready:

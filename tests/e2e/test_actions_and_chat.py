@@ -385,3 +385,27 @@ async def test_chat_finds_code_by_meaning_once_the_workspace_is_embedded(
         )[0]["body"]
     )
     assert "return c * 9 / 5 + 32" in chat_body["messages"][-1]["content"]
+
+
+async def test_unsaved_edits_reach_the_index_once_typing_pauses(
+    lsp: LspSession, stack: Stack, workspace: Path
+) -> None:
+    await lsp.start(lsp.settings(stack, embeddingsEnabled=False), workspace=workspace)
+    await index_ready(lsp)
+    uri = (workspace / "helper.py").as_uri()
+    lsp.open(uri, HELPER)
+    typed = '\n\ndef freshly_typed_tripler(value: int) -> int:\n    """Unsaved."""\n    return 3\n'
+    lsp.type_text(uri, types.Position(line=3, character=0), typed)
+    await asyncio.sleep(3)  # the server waits for typing to pause (1.5 s), then re-indexes
+
+    result = await chat(lsp, message="What does freshly_typed_tripler return?")
+
+    indexed = [c for c in result.chunks if c.source == "index"]
+    assert any(Path(c.path).name == "helper.py" and c.endLine >= 5 for c in indexed), indexed
+    chat_body = json.loads(
+        stack.audit_rows(
+            "SELECT body FROM requests WHERE feature = 'chat' ORDER BY rowid DESC LIMIT 1"
+        )[0]["body"]
+    )
+    assert "def freshly_typed_tripler" in chat_body["messages"][-1]["content"]
+    assert "freshly_typed_tripler" not in (workspace / "helper.py").read_text()
