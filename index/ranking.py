@@ -263,6 +263,11 @@ def _dedupe(index: WorkspaceIndex, entries: list[_Fused], k: int) -> list[Snippe
     return out
 
 
+def vector_query(lines: list[str], line: int) -> str:
+    """The completion path's vector query for a cursor on `line`: the complete lines above it."""
+    return "\n".join(lines[max(0, line - VECTOR_QUERY_LINES) : line])
+
+
 def _vector_hits(
     index: WorkspaceIndex, vectors: SemanticIndex | None, query: str, k: int, path: str | None
 ) -> list[ChunkRef]:
@@ -320,8 +325,7 @@ def context(
     query = tokenize("\n".join(before))
     lexical = index.lexical_spans(query, k * 8 + 20, exclude_path=path)
     lists.append(("lexical", 1.0, lexical))
-    above = "\n".join(lines[max(0, line - VECTOR_QUERY_LINES) : line])
-    semantic = _vector_hits(index, vectors, above, k * 2, path)
+    semantic = _vector_hits(index, vectors, vector_query(lines, line), k * 2, path)
     if semantic:
         lists.append(("vector", 1.0, semantic))
     return _dedupe(index, _fuse(lists), k)

@@ -190,6 +190,11 @@ class SemanticIndex:
         assert self._vectors is not None
         return [chunk_id for chunk_id, _ in self._vectors.search(self._query_vector(text), k)]
 
+    def warm(self, text: str) -> None:
+        """Embed a query ahead of time (between keystrokes), so `search` finds it cached."""
+        if self.ready and text.strip():
+            self._query_vector(text)
+
     def _query_vector(self, text: str) -> NDArray[np.float32]:
         cached = self._queries.get(text)
         if cached is None:

@@ -245,7 +245,12 @@ def on_change(ls: BastionLanguageServer, params: types.DidChangeTextDocumentPara
         latest = ls.workspace.text_documents.get(uri)
         return latest.source if latest is not None else None
 
-    ls.index.file_changed(Path(document.path), current_text)
+    # The cursor is at the end of the last change, on the line after its last newline.
+    last = params.content_changes[-1] if params.content_changes else None
+    line = None
+    if isinstance(last, types.TextDocumentContentChangePartial):
+        line = last.range.start.line + last.text.count("\n")
+    ls.index.file_changed(Path(document.path), current_text, line)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)

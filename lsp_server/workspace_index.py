@@ -60,6 +60,7 @@ class IndexService:
         self._stop = threading.Event()
         self._pending_changes: dict[Path, asyncio.TimerHandle] = {}
         self._updates: set[asyncio.Task[None]] = set()
+        self._warmed = ""
 
     @property
     def ready(self) -> bool:
@@ -167,11 +168,15 @@ class IndexService:
             await asyncio.to_thread(self._index.update_file, path, text)
             self.embed_in_background()
 
-    def file_changed(self, path: Path, current_text: Callable[[], str | None]) -> None:
-        """An edit in the editor: re-index the file's unsaved text once typing pauses."""
+    def file_changed(
+        self, path: Path, current_text: Callable[[], str | None], line: int | None = None
+    ) -> None:
+        """An edit in the editor at `line`: embed the completion query a cursor there will ask
+        (while the user types on), and re-index the file's unsaved text once typing pauses."""
         if self._index is None or not self._ready:
             return
         loop = asyncio.get_running_loop()
+        self._warm_query(loop, current_text, line)
         pending = self._pending_changes.pop(path, None)
         if pending is not None:
             pending.cancel()
@@ -185,6 +190,22 @@ class IndexService:
                 update.add_done_callback(self._updates.discard)
 
         self._pending_changes[path] = loop.call_later(CHANGE_QUIET_S, fire)
+
+    def _warm_query(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        current_text: Callable[[], str | None],
+        line: int | None,
+    ) -> None:
+        semantic, text = self._semantic, current_text()
+        if semantic is None or not semantic.ready or text is None or line is None:
+            return
+        query = index.vector_query(text.splitlines(), line)
+        if query != self._warmed:
+            self._warmed = query
+            warming = loop.create_task(asyncio.to_thread(semantic.warm, query))
+            self._updates.add(warming)
+            warming.add_done_callback(self._updates.discard)
 
     async def file_closed(self, path: Path) -> None:
         """Closed, perhaps without saving: the index goes back to what is on disk."""
