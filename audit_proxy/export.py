@@ -94,7 +94,7 @@ def export_log(
         out.write(json.dumps(_header(signer)) + "\n")
         hashes: list[bytes] = []
         for seq, kind, record_id, digest, canonical in leaves:
-            payload = store.payload(kind, record_id) if payloads else None
+            payload, shredded = _payload(store, kind, record_id) if payloads else (None, False)
             entry = {
                 "type": "leaf",
                 "seq": seq,
@@ -104,6 +104,9 @@ def export_log(
                 "leaf_hash": digest.hex(),
                 "payload": base64.b64encode(payload).decode() if payload is not None else None,
             }
+            if shredded:
+                # Its key was destroyed (`bastion audit purge`); the leaf still binds its hash.
+                entry["payload_shredded"] = True
             out.write(json.dumps(entry, ensure_ascii=False) + "\n")
             hashes.append(digest)
         previous: Checkpoint | None = None
@@ -118,6 +121,16 @@ def export_log(
         return len(leaves), len(checkpoints)
     finally:
         store.close()
+
+
+def _payload(
+    store: AuditStore | PostgresAuditStore, kind: str, record_id: str
+) -> tuple[bytes | None, bool]:
+    """A record's payload, and whether it was shredded (only the SQLite store shreds)."""
+    if isinstance(store, AuditStore):
+        stored = store.stored_payload(kind, record_id)
+        return stored.data, stored.shredded
+    return store.payload(kind, record_id), False
 
 
 def _checkpoint_of_size(checkpoints: list[Checkpoint], size: int) -> Checkpoint:

@@ -15,6 +15,10 @@ durable "committed" is is the `durability`:
 - "process" (default): survives a crash or kill -9 of the proxy (WAL, synchronous=NORMAL);
 - "fsync": survives power loss too; the WAL is fsynced before the call returns.
 
+Payloads (request and response bodies) are stored sealed, each under its own key in
+`payload_keys` (`audit_proxy.payload_crypto`); `purge_payloads` destroys the keys of old records
+(crypto-shredding) while their leaves, which bind the plaintext by SHA-256, stay provable.
+
 Group commit: every record asked for in one event-loop iteration goes into one transaction, and
 in "fsync" mode every commit made while an fsync runs shares the next one. Leaves are appended in
 commit order, so the Merkle log's order is the order in which records were committed.
@@ -29,9 +33,10 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
@@ -45,7 +50,8 @@ from audit_proxy.checkpoints import (
     Signer,
 )
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
-from audit_proxy.sqlite import open_private_db
+from audit_proxy.payload_crypto import PayloadSealError, seal, unseal
+from audit_proxy.sqlite import BUSY_TIMEOUT_MS, open_private_db
 
 AbortedBy = Literal["client", "upstream", "proxy"]
 Durability = Literal["process", "fsync"]
@@ -123,6 +129,34 @@ LEAF_SOURCES = {
     "outcome": ("outcomes", "request_id", "response_body"),
 }
 
+# One row per sealed payload, written in its record's transaction. Purge sets `key` to NULL and
+# stamps `shredded_at`. A record with no row here was stored before payloads were sealed: its
+# payload column holds the plaintext (until a purge overwrites it and adds a shredded row).
+# Rows are appended in rowid order, so SQLite rarely moves a key once written (a moved cell
+# could leave a copy of the key behind in a page's free space).
+_PAYLOAD_KEYS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS payload_keys (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    key BLOB,
+    shredded_at TEXT,
+    UNIQUE (kind, record_id),
+    CHECK ((key IS NULL) = (shredded_at IS NOT NULL))
+);
+"""
+_INSERT_PAYLOAD_KEY = "INSERT INTO payload_keys (kind, record_id, key) VALUES (?,?,?)"
+# Payloads shredded per purge transaction: a running proxy waits for at most one batch.
+PURGE_BATCH = 200
+PURGE_WAL_TRUNCATE_TRIES = 50
+
+
+def _cutoff(before: datetime) -> str:
+    """`before` as `received_at` is written (UTC isoformat), so text order is time order."""
+    if before.tzinfo is None:
+        raise ValueError("the purge cutoff needs a time zone")
+    return before.astimezone(UTC).isoformat()
+
 
 class AuditStoreUnavailable(Exception):
     """The audit store cannot record; nothing may go upstream."""
@@ -152,7 +186,7 @@ class RequestRecord(BaseModel):
     stream: bool
     body_sha256: str
     body_size: int
-    body: bytes
+    body: bytes | None  # None: shredded
     policy: str | None = None
 
 
@@ -164,7 +198,7 @@ class OutcomeRecord(BaseModel):
     status: int | None
     bytes_out: int
     sha256: str
-    response_body: bytes
+    response_body: bytes | None  # None: shredded
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
@@ -178,15 +212,60 @@ class OutcomeRecord(BaseModel):
 
 _REQUEST_FIELDS = tuple(RequestRecord.model_fields)
 _OUTCOME_FIELDS = tuple(OutcomeRecord.model_fields)
+# Every read of a payload also reads its key row: (has a row, key).
+_SELECT_REQUESTS = (
+    "SELECT r.seq, r.id, r.received_at, r.user, r.role, r.client, r.method, r.route, r.feature,"
+    " r.model, r.stream, r.body_sha256, r.body_size, r.body, r.policy,"
+    " k.record_id IS NOT NULL, k.key FROM requests r"
+    " LEFT JOIN payload_keys k ON k.kind = 'request' AND k.record_id = r.id"
+)
 _SELECT_OUTCOMES = (
     "SELECT o.request_id, o.finished_at, o.status, o.bytes_out, o.sha256, o.response_body,"
     " o.prompt_tokens, o.completion_tokens, o.total_tokens, o.finish_reason, o.latency_ms,"
-    " o.ttfb_ms, o.aborted_by, o.completed, o.error FROM outcomes o"
+    " o.ttfb_ms, o.aborted_by, o.completed, o.error, k.record_id IS NOT NULL, k.key"
+    " FROM outcomes o LEFT JOIN payload_keys k ON k.kind = 'outcome' AND k.record_id = o.request_id"
 )
 
 
+@dataclass(frozen=True, slots=True)
+class StoredPayload:
+    """A record's payload as the store holds it: `data` is None when gone."""
+
+    data: bytes | None
+    shredded: bool
+
+
+def _opened(
+    kind: str, record_id: str, stored: object, has_key_row: object, key: object
+) -> StoredPayload:
+    """The plaintext of a stored payload, given its key row (see `_PAYLOAD_KEYS_SCHEMA`)."""
+    if not isinstance(stored, bytes | bytearray | memoryview):
+        return StoredPayload(None, False)
+    if not has_key_row:
+        return StoredPayload(bytes(stored), False)  # stored before payloads were sealed
+    if not isinstance(key, bytes):
+        return StoredPayload(None, True)
+    try:
+        return StoredPayload(unseal(kind, record_id, key, bytes(stored)), False)
+    except PayloadSealError as exc:
+        raise AuditStoreUnavailable(f"cannot read the audit store: {exc}") from None
+
+
+def _request(row: tuple[object, ...]) -> RequestRecord:
+    *fields, has_key_row, key = row
+    record = dict(zip(_REQUEST_FIELDS, fields, strict=True))
+    record["body"] = _opened("request", str(record["id"]), record["body"], has_key_row, key).data
+    return RequestRecord.model_validate(record)
+
+
 def _outcome(row: tuple[object, ...]) -> OutcomeRecord:
-    return OutcomeRecord.model_validate(dict(zip(_OUTCOME_FIELDS, row, strict=True)))
+    *fields, has_key_row, key = row
+    record = dict(zip(_OUTCOME_FIELDS, fields, strict=True))
+    opened = _opened(
+        "outcome", str(record["request_id"]), record["response_body"], has_key_row, key
+    )
+    record["response_body"] = opened.data
+    return OutcomeRecord.model_validate(record)
 
 
 class AuditRecorder(Protocol):
@@ -239,11 +318,6 @@ _INSERT_OUTCOME = (
 # a REAL column turns an int into a float: REAL columns must be bound as float.
 
 
-def _stored_payload(payload: bytes) -> bytes:
-    """The one place a payload (request or response body) becomes the bytes stored for it."""
-    return payload
-
-
 @dataclass(slots=True)
 class _Pending:
     """One record waiting for the next group commit, and its caller's future."""
@@ -252,8 +326,18 @@ class _Pending:
     record_id: str
     sql: str
     params: tuple[object, ...]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[None]
+    payload_key: bytes = field(repr=False)
+    loop: asyncio.AbstractEventLoop = field(repr=False)
+    future: asyncio.Future[None] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """What `AuditStore.purge_payloads` did."""
+
+    shredded: int
+    # False: a reader kept the -wal file from being truncated; old copies of keys may be there.
+    wal_truncated: bool
 
 
 Settlement = list[tuple[asyncio.Future[None], BaseException | None]]
@@ -379,6 +463,7 @@ class AuditStore:
             self._conn.executescript(_SCHEMA)
             _add_policy_column(self._conn)
             self._conn.executescript(_LOG_SCHEMA)
+            self._conn.executescript(_PAYLOAD_KEYS_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise AuditStoreUnavailable(f"cannot open the audit store {path}: {exc}") from exc
         self._lock = threading.Lock()
@@ -447,6 +532,7 @@ class AuditStore:
         `body` is what goes upstream (already redacted); `policy` is the policy's evidence JSON.
         """
         request_id = uuid.uuid4().hex
+        sealed = seal("request", request_id, body)
         row = (
             request_id,
             datetime.now(UTC).isoformat(),
@@ -460,10 +546,10 @@ class AuditStore:
             int(stream),
             hashlib.sha256(body).hexdigest(),
             len(body),
-            _stored_payload(body),
+            sealed.stored,
             policy,
         )
-        await self._append("request", request_id, _INSERT_REQUEST, row)
+        await self._append("request", request_id, _INSERT_REQUEST, row, sealed.key)
         return request_id
 
     async def record_outcome(
@@ -483,13 +569,14 @@ class AuditStore:
     ) -> None:
         """Record how the request ended; `response_body` is every byte the client was sent."""
         usage = usage or TokenUsage()
+        sealed = seal("outcome", request_id, response_body)
         row = (
             request_id,
             datetime.now(UTC).isoformat(),
             status,
             len(response_body),
             sha256,
-            _stored_payload(response_body),
+            sealed.stored,
             usage.prompt_tokens,
             usage.completion_tokens,
             usage.total_tokens,
@@ -500,17 +587,11 @@ class AuditStore:
             int(completed),
             error,
         )
-        await self._append("outcome", request_id, _INSERT_OUTCOME, row)
+        await self._append("outcome", request_id, _INSERT_OUTCOME, row, sealed.key)
 
     def requests(self) -> list[RequestRecord]:
         """Every request record, oldest first."""
-        rows = self._read(
-            "SELECT seq, id, received_at, user, role, client, method, route, feature, model,"
-            " stream, body_sha256, body_size, body, policy FROM requests ORDER BY seq"
-        )
-        return [
-            RequestRecord.model_validate(dict(zip(_REQUEST_FIELDS, r, strict=True))) for r in rows
-        ]
+        return [_request(row) for row in self._read(_SELECT_REQUESTS + " ORDER BY r.seq")]
 
     def outcomes(self) -> list[OutcomeRecord]:
         """Every outcome record, in the order of their requests."""
@@ -525,7 +606,7 @@ class AuditStore:
         return _outcome(rows[0]) if rows else None
 
     async def _append(
-        self, kind: str, record_id: str, sql: str, params: tuple[object, ...]
+        self, kind: str, record_id: str, sql: str, params: tuple[object, ...], payload_key: bytes
     ) -> None:
         """Add one record to the next group commit; return once it and its leaf are durable."""
         loop = asyncio.get_running_loop()
@@ -534,7 +615,7 @@ class AuditStore:
             if self._closed:
                 raise AuditStoreUnavailable(f"the audit store {self.path} is closed")
             first = not self._pending
-            self._pending.append(_Pending(kind, record_id, sql, params, loop, future))
+            self._pending.append(_Pending(kind, record_id, sql, params, payload_key, loop, future))
         if first:
             # Whatever else this loop iteration records joins the same transaction.
             loop.call_soon(self._flush)
@@ -628,6 +709,9 @@ class AuditStore:
                 names = [d[0] for d in cursor.description]
                 row = dict(zip(names, cursor.fetchone(), strict=True))
                 digests.append(self._append_leaf(item.kind, item.record_id, row, seq))
+                self._conn.execute(
+                    _INSERT_PAYLOAD_KEY, (item.kind, item.record_id, item.payload_key)
+                )
                 seq += 1
             self._conn.execute("COMMIT")
         except BaseException:
@@ -738,12 +822,126 @@ class AuditStore:
         return [bytes(h) for (h,) in rows]  # type: ignore[call-overload]
 
     def payload(self, kind: str, record_id: str) -> bytes | None:
-        """The payload a leaf binds by hash, or None where it is gone."""
+        """The payload a leaf binds by hash, or None where it is gone (shredded)."""
+        return self.stored_payload(kind, record_id).data
+
+    def stored_payload(self, kind: str, record_id: str) -> StoredPayload:
+        """The payload a leaf binds by hash, and whether it was shredded."""
         table, key, payload = LEAF_SOURCES[kind]
-        query = f"SELECT {payload} FROM {table} WHERE {key} = ?"  # noqa: S608 (LEAF_SOURCES)
-        rows = self._read(query, (record_id,))
-        value = rows[0][0] if rows else None
-        return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else None
+        # Names from LEAF_SOURCES only.
+        query = (
+            f"SELECT t.{payload}, k.record_id IS NOT NULL, k.key FROM {table} t"  # noqa: S608
+            f" LEFT JOIN payload_keys k ON k.kind = ? AND k.record_id = t.{key}"
+            f" WHERE t.{key} = ?"
+        )
+        rows = self._read(query, (kind, record_id))
+        if not rows:
+            return StoredPayload(None, False)
+        stored, has_key_row, payload_key = rows[0]
+        return _opened(kind, record_id, stored, has_key_row, payload_key)
+
+    def count_unshredded(self, before: datetime) -> int:
+        """How many payloads of records received before `before` are still readable."""
+        cutoff = _cutoff(before)
+        total = 0
+        for kind, (table, key, _) in LEAF_SOURCES.items():
+            query = (
+                f"SELECT COUNT(*) FROM {table} t"  # noqa: S608 (names from LEAF_SOURCES)
+                f" LEFT JOIN payload_keys k ON k.kind = ? AND k.record_id = t.{key}"
+                " WHERE (k.record_id IS NULL OR k.key IS NOT NULL)"
+                f" AND t.{key} IN (SELECT id FROM requests WHERE received_at < ?)"
+            )
+            ((count,),) = self._read(query, (kind, cutoff))
+            total += int(count)  # type: ignore[call-overload]
+        return total
+
+    def purge_payloads(self, before: datetime) -> PurgeResult:
+        """Crypto-shred the payloads of every record received before `before`.
+
+        An outcome goes with its request. A sealed payload loses its key; a plaintext one (stored
+        before payloads were sealed) is overwritten. Deletes run with `secure_delete`, so freed
+        bytes are zeroed, and the WAL is then truncated, so no older copy of a key is left in it.
+
+        Safe beside a running proxy: each batch is one short write transaction, which the
+        proxy's writer waits for like any other; the WAL truncation is tried without waiting
+        (waiting would hold the proxy's writes back) until no reader holds the WAL.
+        """
+        cutoff = _cutoff(before)
+        shredded_at = datetime.now(UTC).isoformat()
+        with self._lock:
+            self._conn.execute("PRAGMA secure_delete = ON")
+            self._conn.execute("PRAGMA busy_timeout = 5000")
+        shredded = 0
+        after = -1
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT seq FROM requests WHERE seq > ? AND received_at < ? ORDER BY seq"
+                    " LIMIT ?",
+                    (after, cutoff, PURGE_BATCH),
+                ).fetchall()
+                if not rows:
+                    break
+                first, after = int(rows[0][0]), int(rows[-1][0])
+                shredded += self._shred_batch((first, after, cutoff), shredded_at)
+        return PurgeResult(shredded, self._truncate_wal())
+
+    def _shred_batch(self, scope: tuple[int, int, str], shredded_at: str) -> int:
+        """One transaction: shred the payloads of requests `scope` selects, and their outcomes."""
+        in_scope = "IN (SELECT id FROM requests WHERE seq BETWEEN ? AND ? AND received_at < ?)"
+        shredded = 0
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            for kind, (table, key, payload) in LEAF_SOURCES.items():
+                # Payloads stored before payloads were sealed (names from LEAF_SOURCES).
+                unsealed = (
+                    f"{table}.{key} {in_scope} AND NOT EXISTS (SELECT 1 FROM payload_keys k"  # noqa: S608
+                    f" WHERE k.kind = ? AND k.record_id = {table}.{key})"
+                )
+                self._conn.execute(
+                    f"UPDATE {table} SET {payload} = X'' WHERE {unsealed}",  # noqa: S608
+                    (*scope, kind),
+                )
+                cursor = self._conn.execute(
+                    "INSERT INTO payload_keys (kind, record_id, key, shredded_at)"  # noqa: S608
+                    f" SELECT ?, {key}, NULL, ? FROM {table} WHERE {unsealed}",
+                    (kind, shredded_at, *scope, kind),
+                )
+                shredded += cursor.rowcount
+                cursor = self._conn.execute(
+                    "UPDATE payload_keys SET key = NULL, shredded_at = ?"  # noqa: S608
+                    f" WHERE kind = ? AND key IS NOT NULL AND record_id {in_scope}",
+                    (shredded_at, kind, *scope),
+                )
+                shredded += cursor.rowcount
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        return shredded
+
+    def _truncate_wal(self) -> bool:
+        """Checkpoint the whole WAL into the database and truncate it; False if readers kept it."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self._conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            for _ in range(PURGE_WAL_TRUNCATE_TRIES):
+                with self._lock:
+                    try:
+                        (busy, _, _) = self._conn.execute(
+                            "PRAGMA wal_checkpoint(TRUNCATE)"
+                        ).fetchone()
+                    except sqlite3.OperationalError:
+                        busy = 1
+                if not busy:
+                    return True
+                time.sleep(0.1)
+            return False
+        finally:
+            with self._lock:
+                self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every signed checkpoint, smallest first."""

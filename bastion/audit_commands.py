@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +20,7 @@ PROG = "bastion audit"
 
 
 def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `audit export|verify|prove|verify-proof|public-key`."""
+    """Register `audit export|verify|prove|verify-proof|tail|public-key|purge`."""
     audit = sub.add_parser("audit", help="export the audit log; verify it and its proofs offline")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
 
@@ -69,7 +71,21 @@ def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     public_key = audit_sub.add_parser("public-key", help="print the log's public key (PEM)")
     public_key.set_defaults(func=public_key_command)
 
-    for parser in (export, prove, tail, public_key):
+    purge = audit_sub.add_parser(
+        "purge",
+        help="crypto-shred the payloads of records received before DATE (leaves stay provable)",
+    )
+    purge.add_argument(
+        "--before",
+        required=True,
+        type=purge_cutoff,
+        metavar="DATE",
+        help="YYYY-MM-DD (midnight UTC) or an ISO 8601 time (UTC unless it names a zone)",
+    )
+    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    purge.set_defaults(func=purge_command)
+
+    for parser in (export, prove, tail, public_key, purge):
         parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
         parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where the stores live")
     for parser in (export, prove, tail):
@@ -230,6 +246,85 @@ def public_key_command(args: argparse.Namespace) -> int:
         print(public_key_pem(_data_dir(args)), end="")
     except (ConfigError, ExportError, OSError) as exc:
         print(f"{PROG} public-key: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def purge_cutoff(text: str, now: datetime | None = None) -> datetime:
+    """Parse `--before`: a date (midnight UTC) or an ISO 8601 time, not in the future."""
+    try:
+        cutoff = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date: give YYYY-MM-DD or an ISO 8601 time such as "
+            "2025-01-31T00:00:00+00:00"
+        ) from None
+    if cutoff.tzinfo is None:
+        cutoff = cutoff.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
+    if cutoff > now:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is in the future (now is {now.isoformat(timespec='seconds')}): "
+            "purge takes a date in the past"
+        )
+    return cutoff
+
+
+def purge_command(args: argparse.Namespace) -> int:
+    """`bastion audit purge --before DATE`: exit 0 when the payloads are shredded for good."""
+    from audit_proxy.export import AUDIT_DB
+    from audit_proxy.store import AuditStore, AuditStoreUnavailable
+
+    cutoff: datetime = args.before
+    when = cutoff.isoformat()
+    try:
+        config = load_config(args.config, {"data_dir": args.data_dir})
+        if config.store_url is not None:
+            print(
+                f"{PROG} purge: purging a PostgreSQL audit store is not supported yet; "
+                "remove store_url from the config to purge the SQLite store",
+                file=sys.stderr,
+            )
+            return 1
+        path = config.data_dir / AUDIT_DB
+        if not path.exists():
+            print(f"{PROG} purge: no audit store in {config.data_dir}", file=sys.stderr)
+            return 1
+        store = AuditStore(path)
+    except (ConfigError, AuditStoreUnavailable, OSError) as exc:
+        print(f"{PROG} purge: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if not args.yes:
+            count = store.count_unshredded(cutoff)
+            if not sys.stdin.isatty():
+                print(
+                    f"{PROG} purge: would shred {count} payloads of records received before "
+                    f"{when}; pass --yes to do it without a prompt",
+                    file=sys.stderr,
+                )
+                return 2
+            answer = input(
+                f"Shred {count} payloads of records received before {when}? "
+                "This cannot be undone. [y/N] "
+            )
+            if answer.strip().lower() not in {"y", "yes"}:
+                print("nothing shredded", file=sys.stderr)
+                return 1
+        result = store.purge_payloads(cutoff)
+    except (AuditStoreUnavailable, sqlite3.Error) as exc:
+        print(f"{PROG} purge: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"shredded {result.shredded} payloads of records received before {when}")
+    if not result.wal_truncated:
+        print(
+            f"{PROG} purge: the keys are destroyed, but a reader kept the write-ahead log "
+            f"{path}-wal from being truncated, so older copies of them may remain there; "
+            "run the purge again when the readers are done",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
