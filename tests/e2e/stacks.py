@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from audit_proxy.store import AuditStore
 from bastion.secrets import private_dir, write_secret
 from bastion.stack import READY_LINE, free_port
 from inference.launcher import embedded_model_path
@@ -52,6 +54,21 @@ class Stack:
             return list(connection.execute(sql, args))
         finally:
             connection.close()
+
+    def last_body(self, feature: str) -> dict[str, Any]:
+        """The body the proxy forwarded for the newest `feature` request (payloads are sealed
+        on disk, so it is read through the store)."""
+        (row,) = self.audit_rows(
+            "SELECT id FROM requests WHERE feature = ? ORDER BY rowid DESC LIMIT 1", feature
+        )
+        store = AuditStore(self.data_dir / "audit.sqlite3")
+        try:
+            body = store.payload("request", row["id"])
+        finally:
+            store.close()
+        assert body is not None, "the newest request's payload is readable"
+        document: dict[str, Any] = json.loads(body)
+        return document
 
     def completion_records(self) -> list[sqlite3.Row]:
         """Request and outcome of each completion call, oldest first."""

@@ -148,11 +148,7 @@ async def test_chat_streams_and_cites_exactly_the_chunks_in_the_prompt(
     assert "".join(d["delta"] for d in lsp.chat_deltas) == result.answer
     cited = [(c.path, c.startLine, c.endLine) for c in result.chunks]
     assert {Path(path).name for path, _, _ in cited} == {"geometry.py", "helper.py"}
-    body = json.loads(
-        stack.audit_rows(
-            "SELECT body FROM requests WHERE feature = 'chat' ORDER BY rowid DESC LIMIT 1"
-        )[0]["body"]
-    )
+    body = stack.last_body("chat")
     prompt = body["messages"][-1]["content"]
     assert prompt.count("File ") == len(cited)
     for path, start, end in cited:
@@ -309,22 +305,14 @@ async def test_completion_and_chat_prompts_carry_snippets_from_the_workspace_ind
 
     await lsp.inline(uri, 2, len("result = unmistakable_helper_name("))
 
-    body = json.loads(
-        stack.audit_rows(
-            "SELECT body FROM requests WHERE feature = 'completion' ORDER BY rowid DESC LIMIT 1"
-        )[0]["body"]
-    )
+    body = stack.last_body("completion")
     prompt = body.get("prompt") or body["messages"][-1]["content"]
     assert "Doubles a value; chat must see this file" in prompt, "the definition was retrieved"
 
     result = await chat(lsp, message="What does unmistakable_helper_name return?")
     indexed = [c for c in result.chunks if c.source == "index"]
     assert indexed and Path(indexed[0].path).name == "helper.py"
-    chat_body = json.loads(
-        stack.audit_rows(
-            "SELECT body FROM requests WHERE feature = 'chat' ORDER BY rowid DESC LIMIT 1"
-        )[0]["body"]
-    )
+    chat_body = stack.last_body("chat")
     assert f"File {indexed[0].path}, lines" in chat_body["messages"][-1]["content"]
 
 
@@ -379,11 +367,7 @@ async def test_chat_finds_code_by_meaning_once_the_workspace_is_embedded(
 
     indexed = [c for c in result.chunks if c.source == "index"]
     assert "temperature.py" in [Path(c.path).name for c in indexed]
-    chat_body = json.loads(
-        stack.audit_rows(
-            "SELECT body FROM requests WHERE feature = 'chat' ORDER BY rowid DESC LIMIT 1"
-        )[0]["body"]
-    )
+    chat_body = stack.last_body("chat")
     assert "return c * 9 / 5 + 32" in chat_body["messages"][-1]["content"]
 
 
@@ -402,10 +386,6 @@ async def test_unsaved_edits_reach_the_index_once_typing_pauses(
 
     indexed = [c for c in result.chunks if c.source == "index"]
     assert any(Path(c.path).name == "helper.py" and c.endLine >= 5 for c in indexed), indexed
-    chat_body = json.loads(
-        stack.audit_rows(
-            "SELECT body FROM requests WHERE feature = 'chat' ORDER BY rowid DESC LIMIT 1"
-        )[0]["body"]
-    )
+    chat_body = stack.last_body("chat")
     assert "def freshly_typed_tripler" in chat_body["messages"][-1]["content"]
     assert "freshly_typed_tripler" not in (workspace / "helper.py").read_text()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from inference import ClientConfig, CompletionMode, ModelClient, detect_completion_mode
@@ -48,10 +47,10 @@ async def test_the_language_server_sends_the_raw_qwen_fim_prompt(
     await lsp.inline(uri, *CURSOR)
 
     row = qwen_fim_stack.audit_rows(
-        "SELECT route, body FROM requests WHERE feature = 'completion' ORDER BY rowid DESC LIMIT 1"
+        "SELECT route FROM requests WHERE feature = 'completion' ORDER BY rowid DESC LIMIT 1"
     )[0]
     assert row["route"] == "/v1/completions"
-    body = json.loads(row["body"])
+    body = qwen_fim_stack.last_body("completion")
     assert "suffix" not in body, "vLLM rejects `suffix`: the client builds the raw FIM prompt"
     prompt = body["prompt"]
     assert prompt.index("<|fim_prefix|>") < prompt.index("<|fim_suffix|>")
