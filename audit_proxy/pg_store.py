@@ -27,14 +27,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
 import logging
 import queue
 import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,6 +54,8 @@ from audit_proxy.store import (
     OutcomeRecord,
     RequestRecord,
     TokenUsage,
+    outcome_row,
+    request_row,
 )
 
 log = logging.getLogger("bastion.proxy")
@@ -246,22 +246,10 @@ class PostgresAuditStore:
     ) -> str:
         """Durably record a request before it is forwarded; returns its id."""
         request_id = uuid.uuid4().hex
-        params = (
-            request_id,
-            datetime.now(UTC).isoformat(),
-            user,
-            role,
-            client,
-            method,
-            route,
-            feature,
-            model,
-            int(stream),
-            hashlib.sha256(body).hexdigest(),
-            len(body),
-            body,
+        params = request_row(
+            request_id, body, body, user, role, client, method, route, feature, model, stream,
             policy,
-        )
+        )  # fmt: skip
         await self._append("request", request_id, params)
         return request_id
 
@@ -281,24 +269,10 @@ class PostgresAuditStore:
         error: str | None = None,
     ) -> None:
         """Record how the request ended; `response_body` is every byte the client was sent."""
-        usage = usage or TokenUsage()
-        params = (
-            request_id,
-            datetime.now(UTC).isoformat(),
-            status,
-            len(response_body),
-            sha256,
-            response_body,
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            usage.total_tokens,
-            finish_reason,
-            float(latency_ms),
-            None if ttfb_ms is None else float(ttfb_ms),
-            aborted_by,
-            int(completed),
-            error,
-        )
+        params = outcome_row(
+            request_id, response_body, response_body, status, sha256, usage, finish_reason,
+            latency_ms, ttfb_ms, aborted_by, completed, error,
+        )  # fmt: skip
         await self._append("outcome", request_id, params)
 
     async def _append(self, kind: str, record_id: str, params: tuple[object, ...]) -> None:

@@ -158,6 +158,54 @@ def _cutoff(before: datetime) -> str:
     return before.astimezone(UTC).isoformat()
 
 
+def request_row(
+    request_id: str,
+    body: bytes,
+    stored_body: bytes,
+    user: str,
+    role: str,
+    client: str | None,
+    method: str,
+    route: str,
+    feature: str,
+    model: str | None,
+    stream: bool,
+    policy: str | None,
+) -> tuple[object, ...]:
+    """A `requests` row in column order; `stored_body` is the payload as the store keeps it."""
+    received_at = datetime.now(UTC).isoformat()
+    digest = hashlib.sha256(body).hexdigest()
+    return (
+        request_id, received_at, user, role, client, method, route, feature, model, int(stream),
+        digest, len(body), stored_body, policy,
+    )  # fmt: skip
+
+
+def outcome_row(
+    request_id: str,
+    response_body: bytes,
+    stored_body: bytes,
+    status: int | None,
+    sha256: str,
+    usage: TokenUsage | None,
+    finish_reason: str | None,
+    latency_ms: float,
+    ttfb_ms: float | None,
+    aborted_by: AbortedBy | None,
+    completed: bool,
+    error: str | None,
+) -> tuple[object, ...]:
+    """An `outcomes` row in column order; `stored_body` is the payload as the store keeps it."""
+    usage = usage or TokenUsage()
+    finished_at = datetime.now(UTC).isoformat()
+    ttfb = None if ttfb_ms is None else float(ttfb_ms)
+    return (
+        request_id, finished_at, status, len(response_body), sha256, stored_body,
+        usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, finish_reason,
+        float(latency_ms), ttfb, aborted_by, int(completed), error,
+    )  # fmt: skip
+
+
 class AuditStoreUnavailable(Exception):
     """The audit store cannot record; nothing may go upstream."""
 
@@ -533,22 +581,10 @@ class AuditStore:
         """
         request_id = uuid.uuid4().hex
         sealed = seal("request", request_id, body)
-        row = (
-            request_id,
-            datetime.now(UTC).isoformat(),
-            user,
-            role,
-            client,
-            method,
-            route,
-            feature,
-            model,
-            int(stream),
-            hashlib.sha256(body).hexdigest(),
-            len(body),
-            sealed.stored,
-            policy,
-        )
+        row = request_row(
+            request_id, body, sealed.stored, user, role, client, method, route, feature, model,
+            stream, policy,
+        )  # fmt: skip
         await self._append("request", request_id, _INSERT_REQUEST, row, sealed.key)
         return request_id
 
@@ -568,25 +604,11 @@ class AuditStore:
         error: str | None = None,
     ) -> None:
         """Record how the request ended; `response_body` is every byte the client was sent."""
-        usage = usage or TokenUsage()
         sealed = seal("outcome", request_id, response_body)
-        row = (
-            request_id,
-            datetime.now(UTC).isoformat(),
-            status,
-            len(response_body),
-            sha256,
-            sealed.stored,
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            usage.total_tokens,
-            finish_reason,
-            float(latency_ms),
-            None if ttfb_ms is None else float(ttfb_ms),
-            aborted_by,
-            int(completed),
-            error,
-        )
+        row = outcome_row(
+            request_id, response_body, sealed.stored, status, sha256, usage, finish_reason,
+            latency_ms, ttfb_ms, aborted_by, completed, error,
+        )  # fmt: skip
         await self._append("outcome", request_id, _INSERT_OUTCOME, row, sealed.key)
 
     def requests(self) -> list[RequestRecord]:

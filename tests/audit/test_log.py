@@ -18,11 +18,15 @@ from audit_proxy.store import AuditStore, AuditStoreUnavailable, TokenUsage
 ANSWER = b'{"choices":[{"text":"return 1","finish_reason":"stop"}]}'
 
 
-def record_pair(store: AuditStore, prompt: bytes = b'{"prompt":"x"}') -> str:
-    return asyncio.run(record_pair_async(store, prompt))
+def record_pair(
+    store: AuditStore, prompt: bytes = b'{"prompt":"x"}', answer: bytes = ANSWER
+) -> str:
+    return asyncio.run(record_pair_async(store, prompt, answer))
 
 
-async def record_pair_async(store: AuditStore, prompt: bytes = b'{"prompt":"x"}') -> str:
+async def record_pair_async(
+    store: AuditStore, prompt: bytes = b'{"prompt":"x"}', answer: bytes = ANSWER
+) -> str:
     request_id = await store.record_request(
         user="alice",
         role="user",
@@ -36,8 +40,8 @@ async def record_pair_async(store: AuditStore, prompt: bytes = b'{"prompt":"x"}'
     await store.record_outcome(
         request_id,
         status=200,
-        response_body=ANSWER,
-        sha256=hashlib.sha256(ANSWER).hexdigest(),
+        response_body=answer,
+        sha256=hashlib.sha256(answer).hexdigest(),
         usage=TokenUsage(prompt_tokens=1, completion_tokens=2, total_tokens=3),
         finish_reason="stop",
         latency_ms=1.5,

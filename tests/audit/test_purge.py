@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import hashlib
 import json
 import os
 import sqlite3
@@ -19,8 +17,9 @@ import httpx
 import pytest
 
 from audit_proxy.checkpoints import Signer
-from audit_proxy.store import AuditStore, AuditStoreUnavailable, TokenUsage
+from audit_proxy.store import AuditStore, AuditStoreUnavailable
 from bastion.audit_commands import purge_cutoff
+from tests.audit.test_log import record_pair
 from tests.proxy.conftest import REPO, start_proxy, stop_proxy
 from tests.proxy.fake_upstream import FakeUpstream
 
@@ -29,33 +28,7 @@ CANARY = b"canary-7f3a91-do-not-keep"
 
 def record(store: AuditStore, prompt: bytes, answer: bytes = b'{"text":"ok"}') -> str:
     """One request and its outcome."""
-
-    async def both() -> str:
-        request_id = await store.record_request(
-            user="alice",
-            role="user",
-            method="POST",
-            route="/v1/completions",
-            feature="completion",
-            model="tiny",
-            stream=False,
-            body=prompt,
-        )
-        await store.record_outcome(
-            request_id,
-            status=200,
-            response_body=answer,
-            sha256=hashlib.sha256(answer).hexdigest(),
-            usage=TokenUsage(total_tokens=3),
-            finish_reason="stop",
-            latency_ms=1.0,
-            ttfb_ms=None,
-            aborted_by=None,
-            completed=True,
-        )
-        return request_id
-
-    return asyncio.run(both())
+    return record_pair(store, prompt, answer)
 
 
 def on_disk(data_dir: Path) -> bytes:
