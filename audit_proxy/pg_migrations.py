@@ -82,7 +82,22 @@ CREATE TABLE log_identity (
 );
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2)
+# One row per sealed payload (`audit_proxy.payload_crypto`), written in its record's transaction;
+# the same meaning as the SQLite store's table. A purge sets `key` to NULL and stamps
+# `shredded_at`. A record with no row here was written before v3: its payload column holds the
+# plaintext, until a purge overwrites it and adds a shredded row.
+_V3 = """
+CREATE TABLE payload_keys (
+    kind TEXT NOT NULL CHECK (kind IN ('request', 'outcome')),
+    record_id TEXT NOT NULL,
+    key BYTEA,
+    shredded_at TEXT,
+    PRIMARY KEY (kind, record_id),
+    CHECK ((key IS NULL) = (shredded_at IS NOT NULL))
+);
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3)
 LATEST: Final = len(MIGRATIONS)
 
 

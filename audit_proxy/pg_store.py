@@ -20,6 +20,11 @@ How replicas share one log:
   data dir); the database remembers the log's key, and a replica with another key refuses to
   start.
 - The schema is migrated at start (`audit_proxy.pg_migrations`), under an advisory lock.
+
+Payloads are sealed as in the SQLite store: each under its own key in `payload_keys`, written in
+the same transaction as its record and leaf, so `purge_payloads` can crypto-shred old payloads
+while every leaf stays provable. Rows written before schema v3 keep their plaintext payload (no
+key row) and read as they are.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ import queue
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,14 +52,24 @@ from audit_proxy.checkpoints import (
     Signer,
 )
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
+from audit_proxy.payload_crypto import seal
 from audit_proxy.pg_migrations import APPEND_LOCK, SchemaError, migrate, schema_version
+
+# The SQLite store's readers of a row with its key row: one place decides what a key row means.
 from audit_proxy.store import (
     LEAF_SOURCES,
+    PURGE_BATCH,
     AbortedBy,
     AuditStoreUnavailable,
     OutcomeRecord,
+    PurgeResult,
     RequestRecord,
+    StoredPayload,
     TokenUsage,
+    _cutoff,
+    _opened,
+    _outcome,
+    _request,
     outcome_row,
     request_row,
 )
@@ -84,17 +100,20 @@ _INSERT_OUTCOME = (
 _INSERT_LEAF = (
     "INSERT INTO leaves (seq, kind, record_id, leaf_hash, canonical) VALUES (%s,%s,%s,%s,%s)"
 )
+_INSERT_PAYLOAD_KEY = "INSERT INTO payload_keys (kind, record_id, key) VALUES (%s,%s,%s)"
+# Every read of a payload also reads its key row: {keys} is (has a key row, key), {join} finds it.
 _SELECT_REQUESTS = (
-    'SELECT seq, id, received_at, "user", role, client, method, route, feature, model,'
-    " stream, body_sha256, body_size, body, policy FROM requests"
+    'SELECT r.seq, r.id, r.received_at, r."user", r.role, r.client, r.method, r.route,'
+    " r.feature, r.model, r.stream, r.body_sha256, r.body_size, r.body, r.policy{keys}"
+    " FROM requests r{join}"
 )
 _SELECT_OUTCOMES = (
     "SELECT o.request_id, o.finished_at, o.status, o.bytes_out, o.sha256, o.response_body,"
     " o.prompt_tokens, o.completion_tokens, o.total_tokens, o.finish_reason, o.latency_ms,"
-    " o.ttfb_ms, o.aborted_by, o.completed, o.error FROM outcomes o"
+    " o.ttfb_ms, o.aborted_by, o.completed, o.error{keys} FROM outcomes o{join}"
 )
-_REQUEST_FIELDS = tuple(RequestRecord.model_fields)
-_OUTCOME_FIELDS = tuple(OutcomeRecord.model_fields)
+# `received_at` is ISO 8601 text in UTC: compared COLLATE "C", byte order is time order
+# whatever the database's collation.
 
 
 def redact_url(url: str) -> str:
@@ -116,8 +135,9 @@ class _Record:
     kind: str
     record_id: str
     params: tuple[object, ...]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[None]
+    payload_key: bytes = field(repr=False)
+    loop: asyncio.AbstractEventLoop = field(repr=False)
+    future: asyncio.Future[None] = field(repr=False)
 
 
 @dataclass(slots=True)
@@ -153,6 +173,16 @@ def _settle_all(items: Sequence[tuple[_Record, BaseException | None]]) -> None:
         # A closed loop raises RuntimeError: nobody is waiting there any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_settle, results)
+
+
+def _key_columns(kind: str, alias: str, key: str, sealed: bool) -> dict[str, str]:
+    """The {keys} and {join} of a payload read; before schema v3 there are no key rows."""
+    if not sealed:
+        return {"keys": ", FALSE, NULL::bytea", "join": ""}
+    return {
+        "keys": ", k.record_id IS NOT NULL, k.key",
+        "join": f" LEFT JOIN payload_keys k ON k.kind = '{kind}' AND k.record_id = {alias}.{key}",
+    }
 
 
 def _leaf_bytes(kind: str, stored: dict[str, object], seq: int) -> bytes:
@@ -195,6 +225,8 @@ class PostgresAuditStore:
         self._close_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._reader: Conn | None = None
+        # Whether `payload_keys` exists (schema v3+); once true, true for good.
+        self._sealed = migrate_schema
         self._writer: Conn | None = self._connect()
         try:
             if migrate_schema:
@@ -246,11 +278,12 @@ class PostgresAuditStore:
     ) -> str:
         """Durably record a request before it is forwarded; returns its id."""
         request_id = uuid.uuid4().hex
+        sealed = seal("request", request_id, body)
         params = request_row(
-            request_id, body, body, user, role, client, method, route, feature, model, stream,
-            policy,
+            request_id, body, sealed.stored, user, role, client, method, route, feature, model,
+            stream, policy,
         )  # fmt: skip
-        await self._append("request", request_id, params)
+        await self._append("request", request_id, params, sealed.key)
         return request_id
 
     async def record_outcome(
@@ -269,19 +302,22 @@ class PostgresAuditStore:
         error: str | None = None,
     ) -> None:
         """Record how the request ended; `response_body` is every byte the client was sent."""
+        sealed = seal("outcome", request_id, response_body)
         params = outcome_row(
-            request_id, response_body, response_body, status, sha256, usage, finish_reason,
+            request_id, response_body, sealed.stored, status, sha256, usage, finish_reason,
             latency_ms, ttfb_ms, aborted_by, completed, error,
         )  # fmt: skip
-        await self._append("outcome", request_id, params)
+        await self._append("outcome", request_id, params, sealed.key)
 
-    async def _append(self, kind: str, record_id: str, params: tuple[object, ...]) -> None:
+    async def _append(
+        self, kind: str, record_id: str, params: tuple[object, ...], payload_key: bytes
+    ) -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._close_lock:
             if self._closed or not self._thread.is_alive():
                 raise AuditStoreUnavailable(f"the audit store {self.where} is closed")
-            self._queue.put(_Record(kind, record_id, params, loop, future))
+            self._queue.put(_Record(kind, record_id, params, payload_key, loop, future))
         # A cancelled caller only stops waiting: the record is still committed.
         await future
 
@@ -381,9 +417,9 @@ class PostgresAuditStore:
     def _commit(self, conn: Conn, group: list[_Record]) -> int:
         """One transaction: the rows, then, under the append lock, their leaves; the next seq.
 
-        Pipelined: the rows go in one round trip, the lock and MAX(seq) in a second, the leaves
-        and COMMIT in a third. The lock is taken after the rows are in (nobody sees them before
-        COMMIT anyway), so it is held only for the leaves and the commit.
+        Pipelined: the rows go in one round trip, their key rows, the lock and MAX(seq) in a
+        second, the leaves and COMMIT in a third. The lock is taken after the rows are in
+        (nobody sees them before COMMIT anyway), so it is held only for the leaves and the commit.
         """
         with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
             stored: list[tuple[_Record, dict[str, object]]] = []
@@ -399,6 +435,10 @@ class PostgresAuditStore:
                         raise AuditStoreUnavailable(f"no row back for {item.kind} {item.record_id}")
                     stored.append((item, dict(zip(names, row, strict=True))))
                     cur.nextset()
+            cur.executemany(
+                _INSERT_PAYLOAD_KEY,
+                [(item.kind, item.record_id, item.payload_key) for item, _ in stored],
+            )
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
             # A statement of its own: its snapshot is taken once the lock is granted.
             cur.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves")
@@ -542,23 +582,37 @@ class PostgresAuditStore:
 
     # -- reads (export, verify, prove, tail) ------------------------------------------------------
 
+    def _has_payload_keys(self) -> bool:
+        """Whether the schema has `payload_keys` yet (v3): a reader may open an older one."""
+        if not self._sealed:
+            ((found,),) = self._read("SELECT to_regclass('payload_keys') IS NOT NULL")
+            self._sealed = bool(found)
+        return self._sealed
+
+    def _select_requests(self) -> str:
+        return _SELECT_REQUESTS.format(
+            **_key_columns("request", "r", "id", self._has_payload_keys())
+        )
+
+    def _select_outcomes(self) -> str:
+        return _SELECT_OUTCOMES.format(
+            **_key_columns("outcome", "o", "request_id", self._has_payload_keys())
+        )
+
     def requests(self) -> list[RequestRecord]:
-        """Every request record, oldest first."""
-        rows = self._read(_SELECT_REQUESTS + " ORDER BY seq")
-        return [
-            RequestRecord.model_validate(dict(zip(_REQUEST_FIELDS, r, strict=True))) for r in rows
-        ]
+        """Every request record, oldest first; a shredded payload reads as None."""
+        return [_request(row) for row in self._read(self._select_requests() + " ORDER BY r.seq")]
 
     def outcomes(self) -> list[OutcomeRecord]:
         """Every outcome record, in the order of their requests."""
         rows = self._read(
-            _SELECT_OUTCOMES + " JOIN requests r ON r.id = o.request_id ORDER BY r.seq"
+            self._select_outcomes() + " JOIN requests r ON r.id = o.request_id ORDER BY r.seq"
         )
         return [_outcome(row) for row in rows]
 
     def outcome(self, request_id: str) -> OutcomeRecord | None:
         """The outcome of one request, or None while it is still running (or was lost)."""
-        rows = self._read(_SELECT_OUTCOMES + " WHERE o.request_id = %s", (request_id,))
+        rows = self._read(self._select_outcomes() + " WHERE o.request_id = %s", (request_id,))
         return _outcome(rows[0]) if rows else None
 
     def leaves(self, limit: int | None = None) -> list[Leaf]:
@@ -584,12 +638,111 @@ class PostgresAuditStore:
         return [_bytes(row[0]) for row in rows]
 
     def payload(self, kind: str, record_id: str) -> bytes | None:
-        """The payload a leaf binds by hash, or None where it is gone."""
+        """The payload a leaf binds by hash, or None where it is gone (shredded)."""
+        return self.stored_payload(kind, record_id).data
+
+    def stored_payload(self, kind: str, record_id: str) -> StoredPayload:
+        """The payload a leaf binds by hash, and whether it was shredded."""
         table, key, payload = LEAF_SOURCES[kind]
-        query = f"SELECT {payload} FROM {table} WHERE {key} = %s"  # noqa: S608 (LEAF_SOURCES)
+        parts = _key_columns(kind, "t", key, self._has_payload_keys())
+        # Names from LEAF_SOURCES only.
+        query = (
+            f"SELECT t.{payload}{parts['keys']} FROM {table} t{parts['join']}"  # noqa: S608
+            f" WHERE t.{key} = %s"
+        )
         rows = self._read(query, (record_id,))
-        value = rows[0][0] if rows else None
-        return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else None
+        if not rows:
+            return StoredPayload(None, False)
+        stored, has_key_row, payload_key = rows[0]
+        return _opened(
+            kind, record_id, _maybe_bytes(stored), has_key_row, _maybe_bytes(payload_key)
+        )
+
+    def count_unshredded(self, before: datetime) -> int:
+        """How many payloads of records received before `before` are still readable."""
+        cutoff = _cutoff(before)
+        sealed = self._has_payload_keys()
+        total = 0
+        for kind, (table, key, _) in LEAF_SOURCES.items():
+            query = (
+                f"SELECT COUNT(*) FROM {table} t"  # noqa: S608 (names from LEAF_SOURCES)
+                f' WHERE t.{key} IN (SELECT id FROM requests WHERE received_at COLLATE "C" < %s)'
+            )
+            params: tuple[object, ...] = (cutoff,)
+            if sealed:
+                query += (
+                    " AND NOT EXISTS (SELECT 1 FROM payload_keys k WHERE k.kind = %s"  # noqa: S608
+                    f" AND k.record_id = t.{key} AND k.key IS NULL)"
+                )
+                params = (cutoff, kind)
+            ((count,),) = self._read(query, params)
+            total += _int(count)
+        return total
+
+    def purge_payloads(self, before: datetime) -> PurgeResult:
+        """Crypto-shred the payloads of every record received before `before`; then VACUUM.
+
+        An outcome goes with its request. A sealed payload loses its key (`key` set to NULL); a
+        plaintext one (written before schema v3) is overwritten with empty bytes and gets a
+        shredded key row. Each batch of `PURGE_BATCH` requests is one short transaction on a
+        connection of its own. The schema is first brought to the latest version.
+
+        What is gone, and what is not: once a batch commits, no query can read those keys or
+        plaintexts again, except a transaction whose snapshot is older than the batch (it still
+        sees the old row versions). The VACUUM that follows removes the dead row versions once
+        no such snapshot remains; `PurgeResult.wal_truncated` is False when it could not (some
+        were "dead but not yet removable"; on PostgreSQL before 15 the statistics behind this
+        check arrive late, so it may miss some). Unlike SQLite's `secure_delete`, PostgreSQL
+        never promises to overwrite the bytes on disk: a pruned page keeps the old bytes in its
+        free space until new rows reuse it, and the WAL (with any archive, base backup or
+        standby) keeps the keys as they were written until it is recycled or expires. The
+        guarantee is the database's, not the disk's; retention of WAL archives and backups
+        must be no longer than that of the payloads.
+
+        No VACUUM FULL: it holds an ACCESS EXCLUSIVE lock on `payload_keys` for its whole run,
+        which stops every replica's appends (each writes a key row), so requests would wait
+        and, past the statement timeout, fail closed with 503; and it would not make the
+        guarantee stronger, since it writes a new file and only unlinks the old one, whose
+        blocks the file system frees without overwriting.
+
+        Safe while replicas write: batches take row locks only on the key rows they null and
+        the plaintext rows they overwrite. Replicas only insert rows for new records and never
+        wait on those locks (an outcome's foreign-key check takes KEY SHARE on its request,
+        which an update of the payload column does not block); plain VACUUM blocks no writer.
+        An outcome of an old request committed after its batch keeps its key; `purge` again
+        (or `count_unshredded`) finds it. Raises `AuditStoreUnavailable`.
+        """
+        cutoff = _cutoff(before)
+        shredded_at = datetime.now(UTC).isoformat()
+        conn = self._connect()
+        try:
+            migrate(conn)
+            self._sealed = True
+            shredded = overwritten = 0
+            after = -1
+            while True:
+                rows = conn.execute(
+                    'SELECT seq FROM requests WHERE seq > %s AND received_at COLLATE "C" < %s'
+                    " ORDER BY seq LIMIT %s",
+                    (after, cutoff, PURGE_BATCH),
+                ).fetchall()
+                if not rows:
+                    break
+                first, after = _int(rows[0][0]), _int(rows[-1][0])
+                with conn.transaction():
+                    keys, plaintexts = _shred_batch(conn, (first, after, cutoff), shredded_at)
+                shredded += keys + plaintexts
+                overwritten += plaintexts
+            # Overwritten plaintexts left dead row versions in the record tables too.
+            tables = ("payload_keys", "requests", "outcomes") if overwritten else ("payload_keys",)
+            reclaimed = _vacuum(conn, tables)
+        except SchemaError as exc:
+            raise AuditStoreUnavailable(str(exc)) from exc
+        except psycopg.Error as exc:
+            raise self._unavailable("cannot purge", exc) from exc
+        finally:
+            conn.close()
+        return PurgeResult(shredded, reclaimed)
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every signed checkpoint, smallest first."""
@@ -619,5 +772,54 @@ def _leaf_row(row: tuple[object, ...]) -> Leaf:
     return _int(seq), str(kind), str(record_id), _bytes(digest), _bytes(canonical)
 
 
-def _outcome(row: tuple[object, ...]) -> OutcomeRecord:
-    return OutcomeRecord.model_validate(dict(zip(_OUTCOME_FIELDS, row, strict=True)))
+def _maybe_bytes(value: object) -> object:
+    """BYTEA as `bytes` (psycopg may hand back a memoryview); anything else as it is."""
+    return bytes(value) if isinstance(value, bytearray | memoryview) else value
+
+
+def _shred_batch(conn: Conn, scope: tuple[int, int, str], shredded_at: str) -> tuple[int, int]:
+    """In a transaction: shred the payloads of the requests in `scope` (first seq, last seq,
+    cutoff) and of their outcomes; returns (keys destroyed, plaintexts overwritten)."""
+    in_scope = (
+        'IN (SELECT id FROM requests WHERE seq BETWEEN %s AND %s AND received_at COLLATE "C" < %s)'
+    )
+    keys = plaintexts = 0
+    for kind, (table, key, payload) in LEAF_SOURCES.items():
+        # Payloads written before v3, in clear: overwrite them, record them as shredded. A
+        # concurrent purge that got there first makes the insert a no-op (names: LEAF_SOURCES).
+        cursor = conn.execute(
+            (
+                f"WITH overwritten AS (UPDATE {table} t SET {payload} = ''::bytea"  # noqa: S608
+                f" WHERE t.{key} {in_scope} AND NOT EXISTS (SELECT 1 FROM payload_keys k"
+                f" WHERE k.kind = %s AND k.record_id = t.{key}) RETURNING t.{key} AS record_id)"
+                " INSERT INTO payload_keys (kind, record_id, key, shredded_at)"
+                " SELECT %s, record_id, NULL, %s FROM overwritten ON CONFLICT DO NOTHING"
+            ).encode(),
+            (*scope, kind, kind, shredded_at),
+        )
+        plaintexts += max(cursor.rowcount, 0)
+        cursor = conn.execute(
+            (
+                "UPDATE payload_keys SET key = NULL, shredded_at = %s"  # noqa: S608
+                f" WHERE kind = %s AND key IS NOT NULL AND record_id {in_scope}"
+            ).encode(),
+            (shredded_at, kind, *scope),
+        )
+        keys += max(cursor.rowcount, 0)
+    return keys, plaintexts
+
+
+def _vacuum(conn: Conn, tables: Sequence[str]) -> bool:
+    """VACUUM `tables` (autocommit `conn`); False when dead row versions were left behind."""
+    if conn.info.server_version >= 150000:
+        # Send our updates' pending dead-row counts now: sent after VACUUM has set the count,
+        # they would read as rows it left behind.
+        conn.execute("SELECT pg_stat_force_next_flush()")
+    # VACUUM blocks no writer, and on a big table it may run for minutes.
+    conn.execute("SET statement_timeout = 0")
+    dead = 0
+    for table in tables:
+        conn.execute(f"VACUUM {table}".encode())
+        ((left,),) = conn.execute("SELECT pg_stat_get_dead_tuples(%s::regclass)", (table,))
+        dead += _int(left)
+    return dead == 0

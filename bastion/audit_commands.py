@@ -15,6 +15,8 @@ from audit_proxy.config import ConfigError, load_config
 
 if TYPE_CHECKING:
     from audit_proxy.export import AuditDatabase
+    from audit_proxy.pg_store import PostgresAuditStore
+    from audit_proxy.store import AuditStore
 
 PROG = "bastion audit"
 
@@ -88,7 +90,7 @@ def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     for parser in (export, prove, tail, public_key, purge):
         parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
         parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where the stores live")
-    for parser in (export, prove, tail):
+    for parser in (export, prove, tail, purge):
         parser.add_argument(
             "--store-url",
             metavar="URL",
@@ -277,20 +279,29 @@ def purge_command(args: argparse.Namespace) -> int:
 
     cutoff: datetime = args.before
     when = cutoff.isoformat()
+    store: AuditStore | PostgresAuditStore
     try:
-        config = load_config(args.config, {"data_dir": args.data_dir})
+        config = load_config(args.config, {"data_dir": args.data_dir, "store_url": args.store_url})
         if config.store_url is not None:
-            print(
-                f"{PROG} purge: purging a PostgreSQL audit store is not supported yet; "
-                "remove store_url from the config to purge the SQLite store",
-                file=sys.stderr,
+            from audit_proxy.pg_store import PostgresAuditStore
+
+            password = config.store_password.get_secret_value() if config.store_password else None
+            # Refuses a database without an audit log; the purge brings its schema up to date.
+            store = PostgresAuditStore(config.store_url, password, migrate_schema=False)
+            left_behind = (
+                "a transaction older than the purge kept VACUUM from removing the old row "
+                f"versions that hold them in {store.where}, and until it ends it can read them"
             )
-            return 1
-        path = config.data_dir / AUDIT_DB
-        if not path.exists():
-            print(f"{PROG} purge: no audit store in {config.data_dir}", file=sys.stderr)
-            return 1
-        store = AuditStore(path)
+        else:
+            path = config.data_dir / AUDIT_DB
+            if not path.exists():
+                print(f"{PROG} purge: no audit store in {config.data_dir}", file=sys.stderr)
+                return 1
+            store = AuditStore(path)
+            left_behind = (
+                f"a reader kept the write-ahead log {path}-wal from being truncated, "
+                "so older copies of them may remain there"
+            )
     except (ConfigError, AuditStoreUnavailable, OSError) as exc:
         print(f"{PROG} purge: {exc}", file=sys.stderr)
         return 1
@@ -320,8 +331,7 @@ def purge_command(args: argparse.Namespace) -> int:
     print(f"shredded {result.shredded} payloads of records received before {when}")
     if not result.wal_truncated:
         print(
-            f"{PROG} purge: the keys are destroyed, but a reader kept the write-ahead log "
-            f"{path}-wal from being truncated, so older copies of them may remain there; "
+            f"{PROG} purge: the keys are destroyed, but {left_behind}; "
             "run the purge again when the readers are done",
             file=sys.stderr,
         )
