@@ -126,11 +126,9 @@ def export_log(
 def _payload(
     store: AuditStore | PostgresAuditStore, kind: str, record_id: str
 ) -> tuple[bytes | None, bool]:
-    """A record's payload, and whether it was shredded (only the SQLite store shreds)."""
-    if isinstance(store, AuditStore):
-        stored = store.stored_payload(kind, record_id)
-        return stored.data, stored.shredded
-    return store.payload(kind, record_id), False
+    """A record's payload, and whether it was shredded."""
+    stored = store.stored_payload(kind, record_id)
+    return stored.data, stored.shredded
 
 
 def _checkpoint_of_size(checkpoints: list[Checkpoint], size: int) -> Checkpoint:

@@ -66,11 +66,11 @@ from audit_proxy.store import (
     RequestRecord,
     StoredPayload,
     TokenUsage,
-    _cutoff,
-    _opened,
-    _outcome,
-    _request,
+    open_payload,
+    outcome_from_row,
     outcome_row,
+    purge_cutoff_text,
+    request_from_row,
     request_row,
 )
 
@@ -601,19 +601,21 @@ class PostgresAuditStore:
 
     def requests(self) -> list[RequestRecord]:
         """Every request record, oldest first; a shredded payload reads as None."""
-        return [_request(row) for row in self._read(self._select_requests() + " ORDER BY r.seq")]
+        return [
+            request_from_row(row) for row in self._read(self._select_requests() + " ORDER BY r.seq")
+        ]
 
     def outcomes(self) -> list[OutcomeRecord]:
         """Every outcome record, in the order of their requests."""
         rows = self._read(
             self._select_outcomes() + " JOIN requests r ON r.id = o.request_id ORDER BY r.seq"
         )
-        return [_outcome(row) for row in rows]
+        return [outcome_from_row(row) for row in rows]
 
     def outcome(self, request_id: str) -> OutcomeRecord | None:
         """The outcome of one request, or None while it is still running (or was lost)."""
         rows = self._read(self._select_outcomes() + " WHERE o.request_id = %s", (request_id,))
-        return _outcome(rows[0]) if rows else None
+        return outcome_from_row(rows[0]) if rows else None
 
     def leaves(self, limit: int | None = None) -> list[Leaf]:
         """(seq, kind, record id, leaf hash, canonical bytes) of the first `limit` leaves."""
@@ -654,13 +656,13 @@ class PostgresAuditStore:
         if not rows:
             return StoredPayload(None, False)
         stored, has_key_row, payload_key = rows[0]
-        return _opened(
+        return open_payload(
             kind, record_id, _maybe_bytes(stored), has_key_row, _maybe_bytes(payload_key)
         )
 
     def count_unshredded(self, before: datetime) -> int:
         """How many payloads of records received before `before` are still readable."""
-        cutoff = _cutoff(before)
+        cutoff = purge_cutoff_text(before)
         sealed = self._has_payload_keys()
         total = 0
         for kind, (table, key, _) in LEAF_SOURCES.items():
@@ -712,7 +714,7 @@ class PostgresAuditStore:
         An outcome of an old request committed after its batch keeps its key; `purge` again
         (or `count_unshredded`) finds it. Raises `AuditStoreUnavailable`.
         """
-        cutoff = _cutoff(before)
+        cutoff = purge_cutoff_text(before)
         shredded_at = datetime.now(UTC).isoformat()
         conn = self._connect()
         try:

@@ -151,7 +151,7 @@ PURGE_BATCH = 200
 PURGE_WAL_TRUNCATE_TRIES = 50
 
 
-def _cutoff(before: datetime) -> str:
+def purge_cutoff_text(before: datetime) -> str:
     """`before` as `received_at` is written (UTC isoformat), so text order is time order."""
     if before.tzinfo is None:
         raise ValueError("the purge cutoff needs a time zone")
@@ -283,7 +283,7 @@ class StoredPayload:
     shredded: bool
 
 
-def _opened(
+def open_payload(
     kind: str, record_id: str, stored: object, has_key_row: object, key: object
 ) -> StoredPayload:
     """The plaintext of a stored payload, given its key row (see `_PAYLOAD_KEYS_SCHEMA`)."""
@@ -299,17 +299,19 @@ def _opened(
         raise AuditStoreUnavailable(f"cannot read the audit store: {exc}") from None
 
 
-def _request(row: tuple[object, ...]) -> RequestRecord:
+def request_from_row(row: tuple[object, ...]) -> RequestRecord:
     *fields, has_key_row, key = row
     record = dict(zip(_REQUEST_FIELDS, fields, strict=True))
-    record["body"] = _opened("request", str(record["id"]), record["body"], has_key_row, key).data
+    record["body"] = open_payload(
+        "request", str(record["id"]), record["body"], has_key_row, key
+    ).data
     return RequestRecord.model_validate(record)
 
 
-def _outcome(row: tuple[object, ...]) -> OutcomeRecord:
+def outcome_from_row(row: tuple[object, ...]) -> OutcomeRecord:
     *fields, has_key_row, key = row
     record = dict(zip(_OUTCOME_FIELDS, fields, strict=True))
-    opened = _opened(
+    opened = open_payload(
         "outcome", str(record["request_id"]), record["response_body"], has_key_row, key
     )
     record["response_body"] = opened.data
@@ -613,19 +615,19 @@ class AuditStore:
 
     def requests(self) -> list[RequestRecord]:
         """Every request record, oldest first."""
-        return [_request(row) for row in self._read(_SELECT_REQUESTS + " ORDER BY r.seq")]
+        return [request_from_row(row) for row in self._read(_SELECT_REQUESTS + " ORDER BY r.seq")]
 
     def outcomes(self) -> list[OutcomeRecord]:
         """Every outcome record, in the order of their requests."""
         rows = self._read(
             _SELECT_OUTCOMES + " JOIN requests r ON r.id = o.request_id ORDER BY r.seq"
         )
-        return [_outcome(row) for row in rows]
+        return [outcome_from_row(row) for row in rows]
 
     def outcome(self, request_id: str) -> OutcomeRecord | None:
         """The outcome of one request, or None while it is still running (or was lost)."""
         rows = self._read(_SELECT_OUTCOMES + " WHERE o.request_id = ?", (request_id,))
-        return _outcome(rows[0]) if rows else None
+        return outcome_from_row(rows[0]) if rows else None
 
     async def _append(
         self, kind: str, record_id: str, sql: str, params: tuple[object, ...], payload_key: bytes
@@ -860,11 +862,11 @@ class AuditStore:
         if not rows:
             return StoredPayload(None, False)
         stored, has_key_row, payload_key = rows[0]
-        return _opened(kind, record_id, stored, has_key_row, payload_key)
+        return open_payload(kind, record_id, stored, has_key_row, payload_key)
 
     def count_unshredded(self, before: datetime) -> int:
         """How many payloads of records received before `before` are still readable."""
-        cutoff = _cutoff(before)
+        cutoff = purge_cutoff_text(before)
         total = 0
         for kind, (table, key, _) in LEAF_SOURCES.items():
             query = (
@@ -888,7 +890,7 @@ class AuditStore:
         proxy's writer waits for like any other; the WAL truncation is tried without waiting
         (waiting would hold the proxy's writes back) until no reader holds the WAL.
         """
-        cutoff = _cutoff(before)
+        cutoff = purge_cutoff_text(before)
         shredded_at = datetime.now(UTC).isoformat()
         with self._lock:
             self._conn.execute("PRAGMA secure_delete = ON")

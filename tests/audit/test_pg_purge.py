@@ -232,6 +232,7 @@ def test_after_purge_the_export_verifies_and_a_shredded_record_proves(
     assert exported.returncode == 0, exported.stderr
     leaves = [e for e in map(json.loads, out.read_text().splitlines()) if e["type"] == "leaf"]
     assert [e["payload"] is None for e in leaves] == [True] * 8 + [False] * 4
+    assert [bool(e.get("payload_shredded")) for e in leaves] == [True] * 8 + [False] * 4
     checked = bastion("audit", "verify", str(out), password=cluster.password)
     assert checked.returncode == 0, checked.stdout
     assert checked.stdout.startswith("OK: 12 records")
