@@ -117,8 +117,14 @@ class SemanticIndex:
         with self._loading:
             if self._encoder is not None and self._vectors is not None:
                 return
+            import faiss
+
             from .embeddings import EncoderConfig, load_encoder
             from .vectors import CorruptVectors, VectorIndex, VectorModelMismatch
+
+            # One query is far too small for a thread team: with OpenMP's default (all cores) an
+            # exact search at 10k vectors took 34 ms instead of 0.6 ms on two busy cores.
+            faiss.omp_set_num_threads(1)
 
             encoder = self._encoder or load_encoder(self._config or EncoderConfig())
             try:
