@@ -183,12 +183,6 @@ class SemanticIndex:
         report.seconds = time.perf_counter() - began
         return report
 
-    def forget(self, ids: list[int]) -> None:
-        """Drop the vectors of chunks that were just deleted (a file removed or re-chunked)."""
-        if self._vectors is not None and ids:
-            self._vectors.remove(ids)
-            self._dirty = True
-
     def search(self, text: str, k: int) -> list[int]:
         """Chunk ids nearest to `text`, best first; [] until the vectors are ready."""
         if not self.ready or not text.strip():
