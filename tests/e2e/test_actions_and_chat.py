@@ -67,7 +67,9 @@ def workspace(tmp_path: Path) -> Path:
 
 
 async def open_geometry(lsp: LspSession, stack: Stack, workspace: Path) -> str:
-    await lsp.start(lsp.settings(stack), workspace=workspace)
+    # Embeddings off: whether vector hits join the chat context would depend on how far the
+    # background embedding got, so the prompt (and a greedy answer's length) would vary.
+    await lsp.start(lsp.settings(stack, embeddingsEnabled=False), workspace=workspace)
     uri = (workspace / "geometry.py").as_uri()
     lsp.open(uri, GEOMETRY)
     return uri
