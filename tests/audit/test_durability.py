@@ -8,7 +8,6 @@ fails closed.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import subprocess
 import sys
@@ -22,37 +21,18 @@ from audit_proxy.checkpoints import Signer
 from audit_proxy.config import ConfigError, load_config
 from audit_proxy.store import AuditStore, AuditStoreUnavailable, Durability
 
-from .test_log import record_pair
+from .records import record_outcome, record_pair, record_request
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 async def record(store: AuditStore, n: int) -> str:
-    return await store.record_request(
-        user="alice",
-        role="user",
-        method="POST",
-        route="/v1/completions",
-        feature="completion",
-        model="tiny",
-        stream=False,
-        body=json.dumps({"prompt": f"def f{n}():"}).encode(),
-    )
+    return await record_request(store, json.dumps({"prompt": f"def f{n}():"}).encode())
 
 
 async def finish(store: AuditStore, request_id: str) -> None:
-    answer = b'{"choices":[]}'
-    await store.record_outcome(
-        request_id,
-        status=200,
-        response_body=answer,
-        sha256=hashlib.sha256(answer).hexdigest(),
-        usage=None,
-        finish_reason="stop",
-        latency_ms=1.0,
-        ttfb_ms=0.5,
-        aborted_by=None,
-        completed=True,
+    await record_outcome(
+        store, request_id, b'{"choices":[]}', usage=None, latency_ms=1.0, ttfb_ms=0.5
     )
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
 import sqlite3
 import stat
@@ -13,43 +11,9 @@ import pytest
 
 from audit_proxy import merkle, verify
 from audit_proxy.checkpoints import KEY_FILE, Signer
-from audit_proxy.store import AuditStore, AuditStoreUnavailable, TokenUsage
+from audit_proxy.store import AuditStore, AuditStoreUnavailable
 
-ANSWER = b'{"choices":[{"text":"return 1","finish_reason":"stop"}]}'
-
-
-def record_pair(
-    store: AuditStore, prompt: bytes = b'{"prompt":"x"}', answer: bytes = ANSWER
-) -> str:
-    return asyncio.run(record_pair_async(store, prompt, answer))
-
-
-async def record_pair_async(
-    store: AuditStore, prompt: bytes = b'{"prompt":"x"}', answer: bytes = ANSWER
-) -> str:
-    request_id = await store.record_request(
-        user="alice",
-        role="user",
-        method="POST",
-        route="/v1/completions",
-        feature="completion",
-        model="tiny",
-        stream=False,
-        body=prompt,
-    )
-    await store.record_outcome(
-        request_id,
-        status=200,
-        response_body=answer,
-        sha256=hashlib.sha256(answer).hexdigest(),
-        usage=TokenUsage(prompt_tokens=1, completion_tokens=2, total_tokens=3),
-        finish_reason="stop",
-        latency_ms=1.5,
-        ttfb_ms=1.0,
-        aborted_by=None,
-        completed=True,
-    )
-    return request_id
+from .records import record_pair
 
 
 def test_signing_key_is_made_once_owner_only(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ keeps VACUUM from reclaiming keys is reported, and replicas write on while a pur
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import os
@@ -28,9 +27,10 @@ from audit_proxy.checkpoints import Signer
 from audit_proxy.export import AuditDatabase, export_log
 from audit_proxy.pg_migrations import LATEST, schema_version
 from audit_proxy.pg_store import PostgresAuditStore
-from audit_proxy.store import AuditStoreUnavailable, TokenUsage
+from audit_proxy.store import AuditStoreUnavailable
 
 from .pg_fixture import REPO, PgCluster, remove_cluster, start_cluster
+from .records import record_pair_async
 
 CANARY = b"canary-5c2e77-do-not-keep"
 ANSWER = b'{"text":"ok"}'
@@ -50,29 +50,7 @@ def db_url(cluster: PgCluster) -> str:
 
 async def record_async(store: PostgresAuditStore, prompt: bytes, answer: bytes = ANSWER) -> str:
     """One request and its outcome, as the audit layer writes them."""
-    request_id = await store.record_request(
-        user="alice",
-        role="user",
-        method="POST",
-        route="/v1/completions",
-        feature="completion",
-        model="tiny",
-        stream=False,
-        body=prompt,
-    )
-    await store.record_outcome(
-        request_id,
-        status=200,
-        response_body=answer,
-        sha256=hashlib.sha256(answer).hexdigest(),
-        usage=TokenUsage(prompt_tokens=1, completion_tokens=2, total_tokens=3),
-        finish_reason="stop",
-        latency_ms=1.5,
-        ttfb_ms=1.0,
-        aborted_by=None,
-        completed=True,
-    )
-    return request_id
+    return await record_pair_async(store, prompt, answer)
 
 
 def record(store: PostgresAuditStore, prompt: bytes, answer: bytes = ANSWER) -> str:

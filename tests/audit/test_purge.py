@@ -19,7 +19,7 @@ import pytest
 from audit_proxy.checkpoints import Signer
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
 from bastion.audit_commands import purge_cutoff
-from tests.audit.test_log import record_pair
+from tests.audit.records import record_pair
 from tests.proxy.conftest import REPO, start_proxy, stop_proxy
 from tests.proxy.fake_upstream import FakeUpstream
 

@@ -7,7 +7,6 @@ with SIGKILL mid-load, schema migrations, and the database going away (fail clos
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import os
@@ -36,6 +35,7 @@ from tests.proxy.conftest import REPO, Proxy, start_proxy, stop_proxy
 from tests.proxy.fake_upstream import FakeUpstream
 
 from .pg_fixture import PgCluster, remove_cluster, start_cluster
+from .records import record_outcome, record_request
 
 PASSWORD_ENV = "BASTION_STORE_PASSWORD"
 ANSWER = b'{"choices": []}'
@@ -64,30 +64,10 @@ def _record_pairs(store: PostgresAuditStore | AuditStore, count: int) -> list[st
     """`count` concurrent request + outcome pairs, as the audit layer writes them."""
 
     async def pair(i: int) -> str:
-        request_id = await store.record_request(
-            user="alice",
-            role="user",
-            method="POST",
-            route="/v1/completions",
-            feature="completion",
-            model="tiny",
-            stream=i % 2 == 0,
-            body=json.dumps({"prompt": f"def f{i}():"}).encode(),
-            client="127.0.0.1:5000",
-            policy=None,
-        )
-        await store.record_outcome(
-            request_id,
-            status=200,
-            response_body=ANSWER,
-            sha256=hashlib.sha256(ANSWER).hexdigest(),
-            usage=None,
-            finish_reason="stop",
-            latency_ms=3.25,
-            ttfb_ms=1.5,
-            aborted_by=None,
-            completed=True,
-        )
+        body = json.dumps({"prompt": f"def f{i}():"}).encode()
+        request_id = await record_request(store, body, stream=i % 2 == 0, client="127.0.0.1:5000")
+        # 3.25, not 3: a whole-number float is stored differently by the two databases.
+        await record_outcome(store, request_id, ANSWER, usage=None, latency_ms=3.25, ttfb_ms=1.5)
         return request_id
 
     async def run() -> list[str]:

@@ -17,7 +17,7 @@ from audit_proxy.merkle import canonical_json, leaf_hash
 from audit_proxy.store import AuditStore
 from bastion import audit_commands
 
-from .test_log import record_pair
+from .records import record_pair
 
 Entries = list[dict[str, Any]]
 
