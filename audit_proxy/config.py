@@ -138,7 +138,7 @@ def load_config(
     source = str(path) if path is not None else "command line"
     values: dict[str, Any] = {}
     if path is not None:
-        values = _read_toml(path)
+        values = read_toml(path, "config", "pass an existing file to --config or leave it out")
     if "upstream_api_key_file" in values:
         key_file = values.pop("upstream_api_key_file")
         if "upstream_api_key" in values:
@@ -158,18 +158,19 @@ def load_config(
         raise ConfigError(_explain(source, exc)) from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(
+    path: Path, kind: str, if_missing: str, error: type[Exception] = ConfigError
+) -> dict[str, Any]:
+    """A TOML file's table; `error` names the file and what to do when it cannot be read."""
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: config file not found; pass an existing file to --config or leave it out."
-        ) from None
+        raise error(f"{path}: {kind} file not found; {if_missing}.") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}.") from None
+        raise error(f"{path}: cannot read the {kind} file: {exc.strerror}.") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax.") from None
+        raise error(f"{path}: not valid TOML ({exc}); fix the syntax.") from None
 
 
 def _read_key_file(source: str, key_file: object) -> str:

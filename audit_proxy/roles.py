@@ -34,14 +34,13 @@ role may use every feature and model, and `admin` may also use the admin routes.
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from audit_proxy.config import ConfigError
+from audit_proxy.config import ConfigError, read_toml
 from audit_proxy.keys import ROLE_NAME, KeyInfo, Principal
 
 Feature = Literal["completion", "chat", "action", "tokenize", "other"]
@@ -208,17 +207,7 @@ BUILTIN_ROLES = Roles(
 
 def load_roles(path: Path) -> Roles:
     """Read and check a roles file; raises `RolesError` naming the file and the key path."""
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise RolesError(
-            f"{path}: roles file not found; create it or point roles_file at an existing file"
-        ) from None
-    except OSError as exc:
-        raise RolesError(f"{path}: cannot read the roles file: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RolesError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    raw = read_toml(path, "roles", "create it or point roles_file at an existing file", RolesError)
     return parse_roles(raw, str(path))
 
 

@@ -25,7 +25,6 @@ rule placed first exempts what it matches from every later rule.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from audit_proxy.config import ConfigError
+from audit_proxy.config import ConfigError, read_toml
 from audit_proxy.policy import injection, pii, secrets
 
 Span = tuple[int, int]
@@ -237,17 +236,7 @@ DEFAULT_POLICY = Policy(
 
 def load_policy(path: Path) -> Policy:
     """Read and validate a policy TOML file; raises `PolicyError` naming the file and key."""
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise PolicyError(
-            f"{path}: policy file not found; fix policy_file in the config."
-        ) from None
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read the policy file: {exc.strerror}.") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{path}: not valid TOML ({exc}); fix the syntax.") from None
+    raw = read_toml(path, "policy", "fix policy_file in the config", PolicyError)
     try:
         return Policy.model_validate(raw)
     except ValidationError as exc:
