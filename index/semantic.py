@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VECTORS_DIR = "vectors"
+# Chunks read from the store and embedded per step (at least a few encoder batches: a GPU's
+# batches are large).
 EMBED_BATCH = 64
 # Query vectors of the last few query texts: keystrokes within a line reuse one.
 QUERY_CACHE = 8
@@ -161,11 +163,12 @@ class SemanticIndex:
         missing = sorted(wanted - have)
         report.total = len(missing)
         saved_at = time.monotonic()
-        for start in range(0, len(missing), EMBED_BATCH):
+        step = max(EMBED_BATCH, 4 * encoder.batch_size)
+        for start in range(0, len(missing), step):
             if stop is not None and stop.is_set():
                 report.stopped = True
                 break
-            batch = missing[start : start + EMBED_BATCH]
+            batch = missing[start : start + step]
             chunks = source.chunks(batch)
             # A chunk may be replaced while its batch was being read: embed what is still there.
             ids = [chunk_id for chunk_id in batch if chunk_id in chunks]
@@ -175,7 +178,7 @@ class SemanticIndex:
                 report.embedded += len(ids)
                 self._dirty = True
             if progress is not None:
-                progress(min(start + EMBED_BATCH, len(missing)), len(missing))
+                progress(min(start + step, len(missing)), len(missing))
             if time.monotonic() - saved_at > SAVE_EVERY_S:
                 self.save()
                 saved_at = time.monotonic()

@@ -168,6 +168,14 @@ def _temp_file(directory: Path, name: str) -> Path:
     return Path(temp)
 
 
+def _describe(index: Any) -> str:
+    """The FAISS classes of `index`, wrappers first: "IndexIDMap2(GpuIndexFlatIP)"."""
+    inner = getattr(index, "index", None)
+    if inner is None:
+        return type(index).__name__
+    return f"{type(index).__name__}({_describe(faiss.downcast_index(inner))})"
+
+
 class _GpuCopy:
     """A GPU copy of the CPU index, refreshed lazily after changes settle."""
 
@@ -212,6 +220,7 @@ class VectorIndex:
         self._gpu = _GpuCopy() if use_gpu and gpu_ready else None
         self._gpu_stale = True
         self._changed_at = 0.0
+        self.searched_by = ""  # the FAISS class that answered the last search
 
     # ----- reading
 
@@ -256,7 +265,9 @@ class VectorIndex:
             if not self._ids:
                 return []
             fetch = min(len(self._ids), k + len(excluded))
-            scores, labels = self._searcher(fetch).search(queries, fetch)
+            searcher = self._searcher(fetch)
+            self.searched_by = _describe(searcher)
+            scores, labels = searcher.search(queries, fetch)
         best: dict[int, float] = {}
         for score, label in zip(scores.ravel().tolist(), labels.ravel().tolist(), strict=True):
             if label >= 0 and label not in excluded and score > best.get(label, -math.inf):

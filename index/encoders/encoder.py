@@ -44,7 +44,7 @@ class Encoder:
         self._worker = worker
         self._batch_runner = batch_runner
         self._query_runner = query_runner
-        self._batch_size = batch_size
+        self.batch_size = batch_size
         self.dim = int(
             self._query_runner.run(tokenizer.encode_query("def warm_up(): pass")).shape[1]
         )
@@ -58,7 +58,7 @@ class Encoder:
 
         def task() -> NDArray[np.float32]:
             return embed_texts(
-                self._tokenizer, self._batch_runner, texts, self._batch_size, self.dim
+                self._tokenizer, self._batch_runner, texts, self.batch_size, self.dim
             )
 
         return self._worker.call(task)

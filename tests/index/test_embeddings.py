@@ -239,3 +239,30 @@ def test_onnx_refuses_a_model_with_modules_it_cannot_run(tmp_path: Path) -> None
 def test_onnx_on_cuda_is_rejected_by_the_config() -> None:
     with pytest.raises(ValidationError, match="runs on the CPU"):
         EncoderConfig(backend="onnx", device="cuda")
+
+
+def test_batch_size_follows_the_device_unless_set() -> None:
+    assert EncoderConfig().batch_size_on("cpu") == 16
+    assert EncoderConfig().batch_size_on("cuda") == 256
+    assert EncoderConfig(batch_size=48).batch_size_on("cuda") == 48
+
+
+def test_an_fp16_checkpoint_runs_in_fp32_on_the_cpu(
+    tmp_path: Path, sample: list[str], torch_reference: NDArray[np.float32]
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "minilm-fp16"
+    shutil.copytree(bundled_model_path(), model)
+    weights = load_file(model / "model.safetensors")
+    save_file(
+        {name: w.half() if w.is_floating_point() else w for name, w in weights.items()},
+        model / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    config = EncoderConfig(model_path=model, backend="torch", device="cpu")
+    with load_encoder(config) as encoder:
+        runner_model = encoder._batch_runner.model  # type: ignore[attr-defined]
+        assert next(runner_model.parameters()).dtype.is_floating_point
+        assert str(next(runner_model.parameters()).dtype) == "torch.float32"
+        assert _cosines(encoder.encode(sample), torch_reference).min() > 0.999
