@@ -295,6 +295,9 @@ def context(
     a line reuse one query vector) and their nearest chunks join the fusion."""
     lines = text.splitlines() or [""]
     line = max(0, min(line, len(lines) - 1))
+    semantic_query = vector_query(lines, line)
+    if vectors is not None:
+        vectors.prefetch(semantic_query)  # embeds while symbols and BM25 are looked up
     current_line = lines[line][:col]
     before = [*lines[max(0, line - QUERY_LINES + 1) : line], current_line]
     qualifier, callee = cursor_call(current_line)
@@ -325,7 +328,7 @@ def context(
     query = tokenize("\n".join(before))
     lexical = index.lexical_spans(query, k * 8 + 20, exclude_path=path)
     lists.append(("lexical", 1.0, lexical))
-    semantic = _vector_hits(index, vectors, vector_query(lines, line), k * 2, path)
+    semantic = _vector_hits(index, vectors, semantic_query, k * 2, path)
     if semantic:
         lists.append(("vector", 1.0, semantic))
     return _dedupe(index, _fuse(lists), k)

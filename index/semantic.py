@@ -21,6 +21,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -93,6 +94,9 @@ class SemanticIndex:
         self._loading = threading.Lock()
         self._dirty = False
         self._queries: dict[str, NDArray[np.float32]] = {}
+        self._pending: dict[str, Future[NDArray[np.float32]]] = {}
+        self._queries_lock = threading.Lock()
+        self._query_thread: ThreadPoolExecutor | None = None
         self.warnings: list[str] = []
 
     @property
@@ -198,15 +202,44 @@ class SemanticIndex:
         if self.ready and text.strip():
             self._query_vector(text)
 
+    def prefetch(self, text: str) -> None:
+        """Start embedding `text` on the query thread; a later `search(text)` waits for it.
+
+        The completion path calls this first, so the query embedding (the ONNX session releases
+        the GIL) overlaps symbol and lexical search instead of following them."""
+        if not self.ready or not text.strip():
+            return
+        with self._queries_lock:
+            if text in self._queries or text in self._pending:
+                return
+            if self._query_thread is None:
+                self._query_thread = ThreadPoolExecutor(1, thread_name_prefix="bastion-query")
+            self._pending[text] = self._query_thread.submit(self._embed_query, text)
+
     def _query_vector(self, text: str) -> NDArray[np.float32]:
-        cached = self._queries.get(text)
-        if cached is None:
-            assert self._encoder is not None
-            cached = self._encoder.encode_query(text)
+        with self._queries_lock:
+            cached = self._queries.get(text)
+            pending = self._pending.get(text)
+        if cached is not None:
+            return cached
+        if pending is not None:
+            return pending.result()
+        return self._embed_query(text)
+
+    def _embed_query(self, text: str) -> NDArray[np.float32]:
+        assert self._encoder is not None
+        try:
+            vector = self._encoder.encode_query(text)
+        except BaseException:
+            with self._queries_lock:
+                self._pending.pop(text, None)
+            raise
+        with self._queries_lock:
             if len(self._queries) >= QUERY_CACHE:
                 self._queries.pop(next(iter(self._queries)))
-            self._queries[text] = cached
-        return cached
+            self._queries[text] = vector
+            self._pending.pop(text, None)
+        return vector
 
     def save(self) -> None:
         if self._vectors is not None and self._dirty:
@@ -216,6 +249,9 @@ class SemanticIndex:
     def close(self) -> None:
         """Write unsaved vectors and stop the worker of the encoder it built."""
         self.save()
+        if self._query_thread is not None:
+            self._query_thread.shutdown(wait=True)
+            self._query_thread = None
         if self._encoder is not None and self._owns_encoder:
             self._encoder.close()
             self._encoder = None

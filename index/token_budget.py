@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 _PUNCTUATION = re.compile(r"[^A-Za-z0-9\s]")
 # Word-pieces of code identifiers average a little over three characters.
 _PIECE = re.compile(r"[A-Za-z0-9]{3}|[A-Za-z0-9]+")
@@ -74,4 +76,40 @@ class EstimatedCounter:
     special_tokens = 2
 
     def __call__(self, lines: list[str]) -> list[int]:
-        return [len(_PUNCTUATION.findall(line)) + len(_PIECE.findall(line)) for line in lines]
+        if len(lines) < _VECTORISED_FROM:
+            return [len(_PUNCTUATION.findall(line)) + len(_PIECE.findall(line)) for line in lines]
+        return _estimate_lines(lines)
+
+
+# Below this many lines the two regular expressions per line cost less than numpy's set-up.
+_VECTORISED_FROM = 32
+_PUNCT, _ALNUM, _SPACE = 0, 1, 2
+_ASCII_CLASS = np.array(
+    [
+        _ALNUM if chr(c).isascii() and chr(c).isalnum() else _SPACE if chr(c).isspace() else _PUNCT
+        for c in range(128)
+    ],
+    dtype=np.uint8,
+)
+# What `\s` matches beyond ASCII in a str pattern, so both paths agree character for character.
+_WIDE_SPACES = np.array([c for c in range(128, 0x3001) if chr(c).isspace()], dtype=np.uint32)
+
+
+def _estimate_lines(lines: list[str]) -> list[int]:
+    """The same estimate as the regular expressions, for a whole file at once: each punctuation
+    character is a token, each run of ASCII letters and digits ceil(len / 3)."""
+    points = np.frombuffer("\n".join(lines).encode("utf-32-le"), dtype=np.uint32)
+    wide = points >= 128
+    kind = _ASCII_CLASS[np.where(wide, 0, points)]
+    if wide.any():
+        kind[wide & np.isin(points, _WIDE_SPACES)] = _SPACE
+    row = np.cumsum(points == 10)  # the line each character is on (a newline ends its own)
+    row -= points == 10
+    alnum = kind == _ALNUM
+    counts = np.bincount(row[kind == _PUNCT], minlength=len(lines))
+    if alnum.any():
+        starts = np.flatnonzero(alnum & ~np.concatenate(([False], alnum[:-1])))
+        ends = np.flatnonzero(alnum & ~np.concatenate((alnum[1:], [False])))
+        pieces = (ends - starts + 3) // 3
+        counts += np.bincount(row[starts], weights=pieces, minlength=len(lines)).astype(np.int64)
+    return [int(n) for n in counts.tolist()]

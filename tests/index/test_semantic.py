@@ -119,3 +119,28 @@ def test_ranking_fuses_vector_hits_only_when_given(tmp_path: Path, with_vectors:
         assert "vector" in found[paths.index("units/temperature.py")].sources
         assert [s.path for s in near if "vector" in s.sources][:1] == ["units/temperature.py"]
     semantic.close()
+
+
+def test_a_prefetched_query_is_embedded_once_off_the_callers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    workspace, semantic = _workspace(tmp_path)
+    semantic.sync(workspace)
+    encoder = semantic.encoder
+    threads: list[str] = []
+    real_encode_query = encoder.encode_query
+
+    def recorded(text: str):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        return real_encode_query(text)
+
+    monkeypatch.setattr(encoder, "encode_query", recorded)
+    semantic.prefetch(QUESTION)
+    semantic.prefetch(QUESTION)  # already under way: not embedded twice
+
+    assert _paths(semantic.search(QUESTION, 1), workspace) == ["units/temperature.py"]
+    assert _paths(semantic.search(QUESTION, 1), workspace) == ["units/temperature.py"]
+    assert len(threads) == 1 and threads[0].startswith("bastion-query")
+    semantic.close()

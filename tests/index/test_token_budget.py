@@ -68,3 +68,28 @@ def test_counters_survive_pickling_into_worker_processes() -> None:
     assert copy.special_tokens == 2
     estimate = pickle.loads(pickle.dumps(EstimatedCounter()))  # noqa: S301
     assert estimate(["get_encoding_from_headers(r)"]) >= _minilm()(["get_encoding_from_headers(r)"])
+
+
+def test_whole_file_estimate_matches_the_per_line_estimate_exactly() -> None:
+    import random
+    import sysconfig
+    from pathlib import Path
+
+    from index.token_budget import _PIECE, _PUNCTUATION
+
+    counter = EstimatedCounter()
+
+    def by_regex(lines: list[str]) -> list[int]:
+        return [len(_PUNCTUATION.findall(x)) + len(_PIECE.findall(x)) for x in lines]
+
+    stdlib = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:40]
+    rng = random.Random(3)
+    samples = [p.read_text(encoding="utf-8", errors="replace").splitlines() for p in stdlib]
+    alphabet = "ab_Z9 \t.é\u00a0\u2003\u3000(){}x\r\x0c"
+    samples += [
+        ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(64)]
+        for _ in range(50)
+    ]
+    for lines in samples:
+        if len(lines) >= 32:  # the whole-file path
+            assert counter(lines) == by_regex(lines)
