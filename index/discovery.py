@@ -177,20 +177,39 @@ def path_skip_reason(relpath: str, size: int) -> str | None:
 
 def content_skip_reason(data: bytes) -> str | None:
     """Why a file is skipped from its content, or None; secrets are named by rule, never quoted."""
+    return decode_or_skip(data)[1]
+
+
+def decode_or_skip(data: bytes) -> tuple[str, str | None]:
+    """A file's text, and why it is skipped (or None): decoded once for the check and the use."""
     if b"\0" in data[:8192]:
-        return "binary"
+        return "", "binary"
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return "binary (not UTF-8)"
+        return "", "binary (not UTF-8)"
     if rule := secret_content(text):
-        return f"secret content ({rule})"
-    lines = text.splitlines()
-    if lines and len(text) > 5 * MAX_LINE_CHARS:
-        longest = max(map(len, lines))
-        if longest > 10 * MAX_LINE_CHARS or len(text) / len(lines) > MAX_LINE_CHARS:
-            return "minified (very long lines)"
-    return None
+        return "", f"secret content ({rule})"
+    if len(text) > 5 * MAX_LINE_CHARS and _looks_minified(text):
+        return "", "minified (very long lines)"
+    return text, None
+
+
+def _looks_minified(text: str) -> bool:
+    """Lines over 1,000 characters on average, or any over 10,000, without splitting the text."""
+    newline = "\n" if "\n" in text else "\r"
+    if len(text) / (text.count(newline) + 1) > MAX_LINE_CHARS:
+        return True
+    # A line of 10,000 characters covers a whole 5,000-character block aligned to 5,000: only
+    # blocks without a newline can be inside one.
+    block = 5 * MAX_LINE_CHARS
+    for start in range(0, len(text), block):
+        if text.find(newline, start, start + block) < 0:
+            line_start = text.rfind(newline, 0, start) + 1
+            line_end = text.find(newline, start)
+            if (line_end if line_end >= 0 else len(text)) - line_start > 10 * MAX_LINE_CHARS:
+                return True
+    return False
 
 
 def discover(roots: list[Path]) -> Discovery:

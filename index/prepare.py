@@ -13,15 +13,16 @@ import logging
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 from .chunker import ChunkLimits, chunk_file
-from .discovery import content_skip_reason
+from .discovery import decode_or_skip
 from .lexical import document_tokens
 from .store import FileRecord, FileRows
 
@@ -32,6 +33,8 @@ PARALLEL_MIN_FILES = 200
 # Files per task: big enough to amortise the pickling round trip, small enough to balance.
 BATCH_FILES = 24
 MAX_WORKERS = 8
+# Batches queued per worker: enough that workers never idle while the writer is busy.
+IN_FLIGHT_PER_WORKER = 8
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,9 @@ def file_record(
     root: int, relpath: str, data: bytes, digest: str, mtime_ns: int, limits: ChunkLimits
 ) -> FileRecord | str:
     """A fresh record for one file's content, or the reason it is skipped."""
-    if reason := content_skip_reason(data):
+    text, reason = decode_or_skip(data)
+    if reason is not None:
         return reason
-    text = data.decode("utf-8")
     try:
         chunked = chunk_file(relpath, text, limits)
     except (ValueError, RecursionError) as exc:  # a grammar that chokes: fall back to text
@@ -100,8 +103,11 @@ def prepare(job: FileJob, limits: ChunkLimits) -> PreparedFile:
     return PreparedFile(job.key, digest, job.mtime_ns, FileRows.of(record, tokens))
 
 
-def _prepare_batch(jobs: list[FileJob], limits: ChunkLimits) -> list[PreparedFile]:
-    return [prepare(job, limits) for job in jobs]
+Preparer = Callable[[FileJob, Any], PreparedFile]
+
+
+def _prepare_batch(jobs: list[FileJob], limits: Any, preparer: Preparer) -> list[PreparedFile]:
+    return [preparer(job, limits) for job in jobs]
 
 
 def default_workers() -> int:
@@ -113,11 +119,16 @@ def default_workers() -> int:
     return max(1, min(cpus, MAX_WORKERS))
 
 
-def prepare_all(jobs: list[FileJob], limits: ChunkLimits, workers: int) -> Iterator[PreparedFile]:
-    """Every job's result, in job order; in worker processes when there are enough jobs."""
+def prepare_all(
+    jobs: list[FileJob], limits: Any, workers: int, preparer: Preparer = prepare
+) -> Iterator[PreparedFile]:
+    """Every job's result, in job order; in worker processes when there are enough jobs.
+
+    `preparer` (a module-level function, to cross into the workers) turns one job into rows;
+    by default the full chunker with `limits`."""
     if workers <= 1 or len(jobs) < PARALLEL_MIN_FILES:
         for job in jobs:
-            yield prepare(job, limits)
+            yield preparer(job, limits)
         return
     batches = iter([jobs[i : i + BATCH_FILES] for i in range(0, len(jobs), BATCH_FILES)])
     yielded = 0
@@ -125,13 +136,14 @@ def prepare_all(jobs: list[FileJob], limits: ChunkLimits, workers: int) -> Itera
     try:
         # A bounded window of batches in flight keeps memory flat when writing is the slower half.
         pending: deque[Future[list[PreparedFile]]] = deque(
-            pool.submit(_prepare_batch, batch, limits) for batch in islice(batches, workers * 3)
+            pool.submit(_prepare_batch, batch, limits, preparer)
+            for batch in islice(batches, workers * IN_FLIGHT_PER_WORKER)
         )
         while pending:
             done = pending.popleft().result()
             following = next(batches, None)
             if following is not None:
-                pending.append(pool.submit(_prepare_batch, following, limits))
+                pending.append(pool.submit(_prepare_batch, following, limits, preparer))
             for prepared in done:
                 yielded += 1
                 yield prepared
@@ -140,6 +152,6 @@ def prepare_all(jobs: list[FileJob], limits: ChunkLimits, workers: int) -> Itera
         # re-runs itself under "spawn"): finish in this process rather than fail the build.
         log.warning("index workers failed (%s); continuing in one process", exc)
         for job in jobs[yielded:]:
-            yield prepare(job, limits)
+            yield preparer(job, limits)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -189,6 +189,8 @@ def _private_dir(path: Path) -> None:
 class IndexStore:
     """The database of one workspace; every write happens inside `commit()` boundaries."""
 
+    schema = _SCHEMA
+
     def __init__(self, directory: Path, roots: list[str]) -> None:
         _private_dir(directory)
         self.path = directory / INDEX_FILE
@@ -233,7 +235,7 @@ class IndexStore:
             self._next_id = int(meta.get("next_chunk_id", "1"))
             return
         db.execute("PRAGMA journal_mode = DELETE")
-        db.executescript(_SCHEMA)
+        db.executescript(self.schema)
         db.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
             [("format", FORMAT), ("roots", "\0".join(roots)), ("next_chunk_id", "1")],

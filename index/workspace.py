@@ -16,16 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chunker import ChunkLimits, Symbol
+from .chunker import ChunkLimits
 from .discovery import discover, display_path, path_skip_reason
 from .lexical import document_tokens
 from .merkle_tree import DirectoryTree
 from .prepare import FileJob, default_workers, file_record, prepare_all
+from .queries import StoreQueries
 from .store import (
     INDEX_FILE,
     ChunkChanges,
     CorruptIndex,
-    DefinitionSpan,
     FileRows,
     IndexStore,
     StoredChunk,
@@ -61,7 +61,7 @@ class IndexReport:
     removed_chunks: list[int] = field(default_factory=list)
 
 
-class WorkspaceIndex:
+class WorkspaceIndex(StoreQueries):
     """One workspace (one or more roots) and its persisted index."""
 
     def __init__(
@@ -286,51 +286,6 @@ class WorkspaceIndex:
                 continue
             return root_index, relpath, display_path(self.roots, root, relpath)
         return None
-
-    # -- queries -----------------------------------------------------------------------------
-
-    def paths(self) -> set[str]:
-        """The stored paths of every indexed file."""
-        return set(self.store.paths())
-
-    def skipped(self) -> dict[str, str]:
-        """Files left out at the last refresh, with reasons."""
-        return self.store.skipped()
-
-    def definitions(self, name: str) -> list[tuple[ChunkRef, Symbol]]:
-        """Every definition of `name` with its chunk."""
-        return self.store.definitions(name)
-
-    def definition_spans(self, name: str, limit: int = -1) -> list[DefinitionSpan]:
-        """Definitions of `name` (all, or the first `limit`) with their chunks' places."""
-        return self.store.definition_spans(name, limit)
-
-    def definition_spans_many(
-        self, names: list[str], limit: int
-    ) -> dict[str, list[DefinitionSpan]]:
-        """The first `limit` definitions of each of `names`, in one query."""
-        return self.store.definition_spans_many(names, limit)
-
-    def chunks(self, ids: list[int]) -> dict[int, ChunkRef]:
-        """Chunks by id."""
-        return self.store.chunks(ids)
-
-    def lexical(self, tokens: list[str], k: int, exclude_path: str | None = None) -> list[ChunkRef]:
-        """The `k` best chunks by BM25 over code-aware tokens, best first."""
-        return [ref for ref, _ in self.store.lexical(tokens, k, exclude_path)]
-
-    def lexical_spans(
-        self, tokens: list[str], k: int, exclude_path: str | None = None
-    ) -> list[ChunkRef]:
-        """Like `lexical`, but the chunks' text is left empty: cheaper when most are dropped."""
-        return [ref for ref, _ in self.store.lexical(tokens, k, exclude_path, with_text=False)]
-
-    def file_path(self, path: str) -> Path | None:
-        """The file on disk for a stored (display) path."""
-        location = self.store.file_location(path)
-        if location is None:
-            return None
-        return self.roots[location[0]] / location[1]
 
     def key_for(self, path: Path) -> str | None:
         """The stored (display) path of a file on disk, or None outside the roots."""
