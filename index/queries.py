@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .chunker import Symbol
+from .discovery import display_path
 from .store import DefinitionSpan, IndexStore, StoredChunk
 
 
@@ -64,3 +65,18 @@ class StoreQueries:
         if location is None:
             return None
         return self.roots[location[0]] / location[1]
+
+    def key_for(self, path: Path) -> str | None:
+        """The stored (display) path of a file on disk, or None outside the roots."""
+        located = self._locate(path)
+        return located[2] if located else None
+
+    def _locate(self, path: Path) -> tuple[int, str, str] | None:
+        path = path.resolve()
+        for root_index, root in enumerate(self.roots):
+            try:
+                relpath = path.relative_to(root).as_posix()
+            except ValueError:
+                continue
+            return root_index, relpath, display_path(self.roots, root, relpath)
+        return None

@@ -265,15 +265,20 @@ class QuickIndex(StoreQueries):
         return self._store
 
     @classmethod
-    def build(cls, roots: list[Path], cache_dir: Path, workers: int) -> QuickIndex:
-        """Discover, read and cut every file of `roots` into a fresh quick index."""
+    def build(
+        cls, roots: list[Path], cache_dir: Path, workers: int, min_files: int = 0
+    ) -> QuickIndex | None:
+        """Discover, read and cut every file of `roots` into a fresh quick index; None when
+        there are fewer than `min_files` (the full build is about as quick then)."""
         began = time.perf_counter()
         roots = [root.resolve() for root in roots]
+        found = discover(roots)
+        if len(found.candidates) < min_files:
+            return None
         directory = cache_dir / QUICK_DIR
         shutil.rmtree(directory, ignore_errors=True)
         store = QuickStore(directory, [str(root) for root in roots])
         quick = cls(roots, directory, store)
-        found = discover(roots)
         jobs = [
             FileJob(
                 display_path(roots, c.root, c.relpath),

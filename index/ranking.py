@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .chunker import Symbol
+from .queries import StoreQueries
 from .store import DefinitionSpan
 from .tokens import identifiers, tokenize
-from .workspace import ChunkRef, WorkspaceIndex
+from .workspace import ChunkRef
 
 if TYPE_CHECKING:
     from .semantic import SemanticIndex
@@ -160,7 +161,7 @@ def _own_region(path: str, start: int, end: int, current: str | None, line: int)
 
 
 def _scored_definitions(
-    index: WorkspaceIndex,
+    index: StoreQueries,
     name: str,
     qualifier: str | None,
     hints: set[str],
@@ -199,7 +200,7 @@ def _best_spans(
 
 
 def _nearby_definitions(
-    index: WorkspaceIndex, names: list[str], import_lines: list[str], current: str, line: int
+    index: StoreQueries, names: list[str], import_lines: list[str], current: str, line: int
 ) -> list[ChunkRef]:
     """The best definition of each name near the cursor (names with more than 3 are noise),
     looked up in one query for all the names."""
@@ -226,7 +227,7 @@ def _fuse(lists: Iterable[tuple[str, float, list[ChunkRef]]]) -> list[_Fused]:
     return sorted(fused.values(), key=lambda entry: (-entry.score, entry.ref.id))
 
 
-def _dedupe(index: WorkspaceIndex, entries: list[_Fused], k: int) -> list[Snippet]:
+def _dedupe(index: StoreQueries, entries: list[_Fused], k: int) -> list[Snippet]:
     out: list[Snippet] = []
     kept: list[_Fused] = []
     for entry in entries:
@@ -269,7 +270,7 @@ def vector_query(lines: list[str], line: int) -> str:
 
 
 def _vector_hits(
-    index: WorkspaceIndex, vectors: SemanticIndex | None, query: str, k: int, path: str | None
+    index: StoreQueries, vectors: SemanticIndex | None, query: str, k: int, path: str | None
 ) -> list[ChunkRef]:
     """Chunks nearest to `query` by embedding, outside `path` (the file being edited)."""
     if vectors is None:
@@ -281,7 +282,7 @@ def _vector_hits(
 
 
 def context(
-    index: WorkspaceIndex,
+    index: StoreQueries,
     path: str,
     text: str,
     line: int,
@@ -335,7 +336,7 @@ def context(
 
 
 def search(
-    index: WorkspaceIndex, query: str, k: int, vectors: SemanticIndex | None = None
+    index: StoreQueries, query: str, k: int, vectors: SemanticIndex | None = None
 ) -> list[Snippet]:
     """Definitions named in the query, BM25 over the chunks and, with `vectors`, the nearest
     chunks by embedding, fused."""

@@ -117,6 +117,10 @@ class WorkspaceIndex(StoreQueries):
         """One hash over every indexed file's path and content."""
         return self.tree().root_hash
 
+    def is_empty(self) -> bool:
+        """Nothing indexed yet: the next refresh is a first, cold build."""
+        return self.store.counts()[0] == 0
+
     def chunk_ids(self) -> set[int]:
         """Every stored chunk id; ids are never reused, so a follower can diff these sets."""
         return self.store.chunk_ids()
@@ -276,18 +280,3 @@ class WorkspaceIndex(StoreQueries):
             raise
         self._announce(store.commit())
         return removed
-
-    def _locate(self, path: Path) -> tuple[int, str, str] | None:
-        path = path.resolve()
-        for root_index, root in enumerate(self.roots):
-            try:
-                relpath = path.relative_to(root).as_posix()
-            except ValueError:
-                continue
-            return root_index, relpath, display_path(self.roots, root, relpath)
-        return None
-
-    def key_for(self, path: Path) -> str | None:
-        """The stored (display) path of a file on disk, or None outside the roots."""
-        located = self._locate(path)
-        return located[2] if located else None

@@ -1,7 +1,9 @@
 """The workspace index inside the language server: built in the background, asked on each request.
 
-Until the first build is done, requests get no snippets rather than waiting; a saved file is
-re-indexed alone. Once the symbols and the lexical index answer, the chunks are embedded in the
+A cold build of a large workspace first makes the quick index (`index.quick`: every file, regex
+definitions, BM25 over identifiers; seconds), which answers until the full index is committed
+and is then deleted. Before either is ready, requests get no snippets rather than waiting; a
+saved file is re-indexed alone. Once the full index answers, its chunks are embedded in the
 background (the encoder is loaded then, not at start), with its own work-done progress; vector
 results join the ranking as they arrive.
 """
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # An edited (unsaved) file is re-indexed once typing has paused this long.
 CHANGE_QUIET_S = 1.5
+# Below this many files a cold full build takes about as long as the quick stage would.
+QUICK_MIN_FILES = 2000
 COMPLETION_K = 3
 CHAT_K = 4
 SNIPPET_MAX_LINES = 40
@@ -52,6 +56,7 @@ class IndexService:
         self._on_percent = on_percent
         self._on_embedding_percent = on_embedding_percent
         self._index: index.WorkspaceIndex | None = None
+        self._quick: index.QuickIndex | None = None
         self._semantic: SemanticIndex | None = None
         self._ready = False
         self._building = asyncio.Lock()
@@ -80,10 +85,13 @@ class IndexService:
             workspace = self._index or index.WorkspaceIndex(roots)
             reporter = await IndexProgress.begin(progress, self._on_percent)
             try:
+                if self._index is None and await asyncio.to_thread(workspace.is_empty):
+                    await self._build_quick(workspace)
                 report = await asyncio.to_thread(workspace.refresh, reporter.on_step)
             finally:
                 reporter.end()
             self._index, self._ready = workspace, True
+            await self._drop_quick()
             if embeddings is not None and self._semantic is None:
                 self._semantic = SemanticIndex(workspace.cache_dir, embeddings)
         self._log_line(
@@ -94,6 +102,28 @@ class IndexService:
         for warning in report.warnings:
             self._log_line(f"workspace index: {warning}")
         self.embed_in_background(progress)
+
+    async def _build_quick(self, workspace: index.WorkspaceIndex) -> None:
+        build = index.QuickIndex.build
+        roots, cache, workers = workspace.roots, workspace.cache_dir, workspace.workers
+        quick = await asyncio.to_thread(build, roots, cache, workers, QUICK_MIN_FILES)
+        if quick is not None:
+            self._quick = quick
+            self._log_line(
+                f"workspace index: quick first stage, {quick.files} files searchable in "
+                f"{quick.seconds:.1f} s; the full index follows"
+            )
+
+    async def _drop_quick(self) -> None:
+        # Requests run on the event loop, so none is inside the quick index past this line.
+        quick, self._quick = self._quick, None
+        if quick is not None:
+            await asyncio.to_thread(quick.discard)
+
+    def _searchable(self) -> index.StoreQueries | None:
+        if self._index is not None and self._ready:
+            return self._index
+        return self._quick
 
     def embed_in_background(self, progress: Progress | None = None) -> None:
         """Start embedding what has no vector yet; if a run is going, run once more after it."""
@@ -132,8 +162,9 @@ class IndexService:
             self.embed_in_background(None)
 
     async def close(self) -> None:
-        """Stop embedding, save the vectors, close the encoder."""
+        """Stop embedding, save the vectors, close the encoder; drop a quick index left over."""
         self._stop.set()
+        await self._drop_quick()
         for pending in self._pending_changes.values():
             pending.cancel()
         self._pending_changes.clear()
@@ -144,22 +175,24 @@ class IndexService:
 
     def for_completion(self, path: str, text: str, line: int, column: int) -> list[Snippet]:
         """Snippets for an inline completion at `path`:`line`:`column` (fast path, small k)."""
-        if self._index is None or not self._ready:
+        searchable = self._searchable()
+        if searchable is None:
             return []
-        key = self._index.key_for(Path(path)) or path
-        found = index.context(
-            self._index, key, text, line, column, COMPLETION_K, vectors=self._semantic
-        )
+        key = searchable.key_for(Path(path)) or path
+        vectors = self._semantic if searchable is self._index else None
+        found = index.context(searchable, key, text, line, column, COMPLETION_K, vectors=vectors)
         return [_as_prompt_snippet(s) for s in found]
 
     def for_chat(self, query: str) -> list[Snippet]:
         """Snippets for a chat question, with absolute paths the editor can open."""
-        if self._index is None or not self._ready:
+        searchable = self._searchable()
+        if searchable is None:
             return []
-        hits = index.search(self._index, query, CHAT_K, vectors=self._semantic)
+        vectors = self._semantic if searchable is self._index else None
+        hits = index.search(searchable, query, CHAT_K, vectors=vectors)
         found = [_as_prompt_snippet(s) for s in hits]
         return [
-            Snippet(str(self._index.file_path(s.path) or s.path), s.start_line, s.end_line, s.text)
+            Snippet(str(searchable.file_path(s.path) or s.path), s.start_line, s.end_line, s.text)
             for s in found
         ]
 
