@@ -125,11 +125,15 @@ def test_gitignore_and_multi_root_paths_are_those_of_the_full_index(tmp_path: Pa
     quick = _quick([front, back], cache)
     full = WorkspaceIndex([front, back], cache_dir=tmp_path / "full-cache")
     full.refresh()
-    assert set(quick.store.paths()) == full.paths() == {
-        "front/.gitignore",
-        "front/app.ts",
-        "back/api.py",
-    }
+    assert (
+        set(quick.store.paths())
+        == full.paths()
+        == {
+            "front/.gitignore",
+            "front/app.ts",
+            "back/api.py",
+        }
+    )
     assert {ref.path for ref, _ in quick.definitions("boot")} == {"front/app.ts", "back/api.py"}
     assert quick.key_for(back / "api.py") == "back/api.py"
     assert quick.file_path("back/api.py") == (back / "api.py").resolve()
