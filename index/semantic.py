@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from .store import StoredChunk
+from .store import ChunkChanges, StoredChunk
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,6 +55,12 @@ class ChunkSource(Protocol):
     def chunk_ids(self) -> set[int]: ...
 
     def chunks(self, ids: list[int]) -> dict[int, StoredChunk]: ...
+
+
+class AnnouncingSource(ChunkSource, Protocol):
+    """A chunk source that also announces each commit's added and removed chunk ids."""
+
+    chunk_listeners: list[Callable[[ChunkChanges], None]]
 
 
 def embedding_text(stored: StoredChunk) -> str:
@@ -97,6 +103,12 @@ class SemanticIndex:
         self._pending: dict[str, Future[NDArray[np.float32]]] = {}
         self._queries_lock = threading.Lock()
         self._query_thread: ThreadPoolExecutor | None = None
+        # Once a full diff has put the vectors in step, syncs apply only the announced changes.
+        self._following = False
+        self._in_step = False
+        self._changes_lock = threading.Lock()
+        self._heard_added: set[int] = set()
+        self._heard_removed: set[int] = set()
         self.warnings: list[str] = []
 
     @property
@@ -145,6 +157,31 @@ class SemanticIndex:
                 vectors = VectorIndex(encoder.name, encoder.dim)
             self._encoder, self._vectors = encoder, vectors
 
+    def follow(self, source: AnnouncingSource) -> None:
+        """Hear `source`'s commits: after one full diff, a sync touches only what changed
+        (a full diff reads every chunk id: ~100 ms of CPU at 135k chunks, after every save)."""
+        source.chunk_listeners.append(self._heard)
+        self._following = True
+
+    def _heard(self, changes: ChunkChanges) -> None:
+        with self._changes_lock:
+            self._heard_added.difference_update(changes.removed)
+            self._heard_added.update(changes.added)
+            self._heard_removed.update(changes.removed)
+
+    def _changes(self, source: ChunkSource, vectors: VectorIndex) -> tuple[list[int], list[int]]:
+        """The chunk ids to embed and the vector ids to drop, sorted."""
+        with self._changes_lock:
+            added, self._heard_added = self._heard_added, set()
+            removed, self._heard_removed = self._heard_removed, set()
+        if self._following and self._in_step:
+            missing = sorted(i for i in added if not vectors.contains(i))
+            return missing, sorted(i for i in removed if vectors.contains(i))
+        # Changes heard from now on are applied by the next sync; this diff covers the rest.
+        wanted = source.chunk_ids()
+        have = vectors.ids()
+        return sorted(wanted - have), sorted(have - wanted)
+
     def sync(
         self,
         source: ChunkSource,
@@ -158,13 +195,12 @@ class SemanticIndex:
         vectors, encoder = self._vectors, self._encoder
         report = SyncReport(warnings=self.warnings)
         self.warnings = []
-        wanted = source.chunk_ids()
-        have = vectors.ids()
-        stale = have - wanted
+        missing, stale = self._changes(source, vectors)
+        # Until this sync has run to the end, the next one diffs everything again.
+        self._in_step = False
         if stale:
-            report.removed = vectors.remove(sorted(stale))
+            report.removed = vectors.remove(stale)
             self._dirty = True
-        missing = sorted(wanted - have)
         report.total = len(missing)
         saved_at = time.monotonic()
         step = max(EMBED_BATCH, 4 * encoder.batch_size)
@@ -187,6 +223,7 @@ class SemanticIndex:
                 self.save()
                 saved_at = time.monotonic()
         self.save()
+        self._in_step = not report.stopped
         report.seconds = time.perf_counter() - began
         return report
 

@@ -94,6 +94,7 @@ class IndexService:
             await self._drop_quick()
             if embeddings is not None and self._semantic is None:
                 self._semantic = SemanticIndex(workspace.cache_dir, embeddings)
+                self._semantic.follow(workspace)
         self._log_line(
             f"workspace index: {report.files} files, {report.chunks} chunks "
             f"({report.indexed} indexed, {report.unchanged} unchanged, "

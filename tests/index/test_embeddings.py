@@ -147,7 +147,7 @@ def test_query_keeps_only_its_last_tokens(encoder: Encoder) -> None:
     tail = "\n".join(f"    total += price_of(item_{i})" for i in range(12))
     one = encoder.encode_query("import os\n" * 200 + tail)
     other = encoder.encode_query("class Unrelated:\n    pass\n" * 200 + tail)
-    assert encoder.query_max_tokens == 64
+    assert encoder.query_max_tokens == 24
     assert float(one @ other) > 0.9999
     assert encoder.count_tokens("import os\n" * 200 + tail) > encoder.max_tokens
 

@@ -144,3 +144,32 @@ def test_a_prefetched_query_is_embedded_once_off_the_callers_thread(
     assert _paths(semantic.search(QUESTION, 1), workspace) == ["units/temperature.py"]
     assert len(threads) == 1 and threads[0].startswith("bastion-query")
     semantic.close()
+
+
+def test_a_follower_syncs_edits_without_reading_every_chunk_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace, semantic = _workspace(tmp_path)
+    semantic.follow(workspace)
+    full_diffs: list[int] = []
+    real_chunk_ids = workspace.chunk_ids
+
+    def counted() -> set[int]:
+        full_diffs.append(1)
+        return real_chunk_ids()
+
+    monkeypatch.setattr(workspace, "chunk_ids", counted)
+    assert semantic.sync(workspace).embedded == len(real_chunk_ids())
+    assert len(full_diffs) == 1
+
+    root = tmp_path / "repo"
+    (root / "util/order.py").write_text("def newest_first(items):\n    return items[::-1]\n")
+    (root / "net/mail.py").unlink()
+    workspace.refresh()
+    report = semantic.sync(workspace)
+
+    assert len(full_diffs) == 1  # the changes were heard, not diffed
+    assert report.embedded == 1 and report.removed >= 1
+    assert semantic.vectors.ids() == real_chunk_ids()
+    assert "net/mail.py" not in _paths(semantic.search("send an email over smtp", 3), workspace)
+    semantic.close()
