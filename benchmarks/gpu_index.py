@@ -61,17 +61,6 @@ def percentile(values: list[float], fraction: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3)
 
 
-def timed_searches(index: Any, queries: np.ndarray) -> tuple[list[float], list[list[int]]]:
-    latencies: list[float] = []
-    found: list[list[int]] = []
-    for query in queries:
-        began = time.perf_counter()
-        hits = index.search(query, 10)
-        latencies.append((time.perf_counter() - began) * 1000)
-        found.append([chunk for chunk, _ in hits])
-    return latencies, found
-
-
 def recall(truth: np.ndarray, found: list[list[int]]) -> float:
     hits = sum(len(set(row.tolist()) & set(got)) for row, got in zip(truth, found, strict=True))
     return round(hits / truth.size, 4)
@@ -79,7 +68,7 @@ def recall(truth: np.ndarray, found: list[list[int]]) -> float:
 
 def vectors_part() -> None:
     import faiss
-    from vector_index import DIM, clustered
+    from vector_index import DIM, clustered, timed_searches
 
     from index.vectors import GPU_REFRESH_QUIET_S, VectorIndex
 

@@ -72,6 +72,18 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def timed_searches(index: VectorIndex, queries: np.ndarray) -> tuple[list[float], list[list[int]]]:
+    """Single-query k=10 searches: each one's milliseconds and the ids it found."""
+    latencies: list[float] = []
+    found: list[list[int]] = []
+    for query in queries:
+        started = time.perf_counter()
+        results = index.search(query, 10)
+        latencies.append((time.perf_counter() - started) * 1000)
+        found.append([chunk for chunk, _ in results])
+    return latencies, found
+
+
 def measure(
     label: str, threshold: int, vectors: np.ndarray, queries: np.ndarray
 ) -> tuple[Result, list[list[int]]]:
@@ -82,13 +94,7 @@ def measure(
     for start in range(0, count, ADD_BATCH):
         index.add(ids[start : start + ADD_BATCH], vectors[start : start + ADD_BATCH])
     add_s = time.perf_counter() - started
-    latencies: list[float] = []
-    found: list[list[int]] = []
-    for query in queries:
-        started = time.perf_counter()
-        results = index.search(query, 10)
-        latencies.append((time.perf_counter() - started) * 1000)
-        found.append([chunk for chunk, _ in results])
+    latencies, found = timed_searches(index, queries)
     with tempfile.TemporaryDirectory(prefix="bastion-vectors-") as tmp:
         cache = Path(tmp) / "cache"
         started = time.perf_counter()

@@ -70,12 +70,16 @@ def _quick(roots: list[Path], cache: Path) -> QuickIndex:
     return quick
 
 
-def test_definitions_of_seven_languages_are_found_with_their_text(
-    tmp_path: Path, index_cache: Path
-) -> None:
+@pytest.fixture
+def sources(tmp_path: Path, index_cache: Path) -> QuickIndex:
+    """The quick index of a repository holding SOURCES."""
     root = tmp_path / "repo"
     write(root, SOURCES)
-    quick = _quick([root], index_cache)
+    return _quick([root], index_cache)
+
+
+def test_definitions_of_seven_languages_are_found_with_their_text(sources: QuickIndex) -> None:
+    quick = sources
     for name, (path, kind, line) in EXPECTED.items():
         found = quick.definitions(name)
         assert [(ref.path, symbol.kind, symbol.line) for ref, symbol in found] == [
@@ -90,11 +94,9 @@ def test_definitions_of_seven_languages_are_found_with_their_text(
 
 
 def test_lexical_search_and_completion_context_answer_from_the_quick_index(
-    tmp_path: Path, index_cache: Path
+    sources: QuickIndex,
 ) -> None:
-    root = tmp_path / "repo"
-    write(root, SOURCES)
-    quick = _quick([root], index_cache)
+    quick = sources
     searchable: StoreQueries = quick
     hits = search(searchable, "parse_header", 5)
     assert {hit.path for hit in hits} >= {"c/parse.c", "notes/readme.txt"}
@@ -140,11 +142,9 @@ def test_gitignore_and_multi_root_paths_are_those_of_the_full_index(tmp_path: Pa
 
 
 def test_the_quick_index_is_private_and_discarded_without_a_trace(
-    tmp_path: Path, index_cache: Path
+    sources: QuickIndex, index_cache: Path
 ) -> None:
-    root = tmp_path / "repo"
-    write(root, SOURCES)
-    quick = _quick([root], index_cache)
+    quick = sources
     directory = index_cache / QUICK_DIR
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     for file in directory.iterdir():

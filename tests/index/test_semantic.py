@@ -5,6 +5,7 @@ Real encoder (the bundled MiniLM through ONNX Runtime), real FAISS, real files.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -121,22 +122,25 @@ def test_ranking_fuses_vector_hits_only_when_given(tmp_path: Path, with_vectors:
     semantic.close()
 
 
+def _record_calls(owner: object, name: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that call `owner.name` from now on (the real method runs)."""
+    threads: list[str] = []
+    real = getattr(owner, name)
+
+    def recorded(*args: object) -> object:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, recorded)
+    return threads
+
+
 def test_a_prefetched_query_is_embedded_once_off_the_callers_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
     workspace, semantic = _workspace(tmp_path)
     semantic.sync(workspace)
-    encoder = semantic.encoder
-    threads: list[str] = []
-    real_encode_query = encoder.encode_query
-
-    def recorded(text: str):  # type: ignore[no-untyped-def]
-        threads.append(threading.current_thread().name)
-        return real_encode_query(text)
-
-    monkeypatch.setattr(encoder, "encode_query", recorded)
+    threads = _record_calls(semantic.encoder, "encode_query", monkeypatch)
     semantic.prefetch(QUESTION)
     semantic.prefetch(QUESTION)  # already under way: not embedded twice
 
@@ -151,14 +155,8 @@ def test_a_follower_syncs_edits_without_reading_every_chunk_id(
 ) -> None:
     workspace, semantic = _workspace(tmp_path)
     semantic.follow(workspace)
-    full_diffs: list[int] = []
     real_chunk_ids = workspace.chunk_ids
-
-    def counted() -> set[int]:
-        full_diffs.append(1)
-        return real_chunk_ids()
-
-    monkeypatch.setattr(workspace, "chunk_ids", counted)
+    full_diffs = _record_calls(workspace, "chunk_ids", monkeypatch)
     assert semantic.sync(workspace).embedded == len(real_chunk_ids())
     assert len(full_diffs) == 1
 
