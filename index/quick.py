@@ -340,6 +340,11 @@ class QuickIndex(StoreQueries):
             out.append(dataclasses.replace(ref, chunk=chunk))
         return out
 
+    @staticmethod
+    def remove_leftover(cache_dir: Path) -> None:
+        """Delete a quick index that a session ending mid-build left in `cache_dir`."""
+        shutil.rmtree(cache_dir / QUICK_DIR, ignore_errors=True)
+
     def discard(self) -> None:
         """Close and delete the quick index (the full one has taken over)."""
         if self._store is not None:

@@ -87,6 +87,8 @@ class IndexService:
             try:
                 if self._index is None and await asyncio.to_thread(workspace.is_empty):
                     await self._build_quick(workspace)
+                else:  # one left behind by a session that did not end cleanly
+                    index.QuickIndex.remove_leftover(workspace.cache_dir)
                 report = await asyncio.to_thread(workspace.refresh, reporter.on_step)
             finally:
                 reporter.end()
@@ -107,7 +109,14 @@ class IndexService:
     async def _build_quick(self, workspace: index.WorkspaceIndex) -> None:
         build = index.QuickIndex.build
         roots, cache, workers = workspace.roots, workspace.cache_dir, workspace.workers
-        quick = await asyncio.to_thread(build, roots, cache, workers, QUICK_MIN_FILES)
+        try:
+            quick = await asyncio.to_thread(build, roots, cache, workers, QUICK_MIN_FILES)
+        except Exception as error:  # the full build still runs; only the early answers are lost
+            log.exception("quick first stage failed")
+            self._log_line(
+                f"workspace index: quick first stage failed ({error}); waiting for the full index"
+            )
+            return
         if quick is not None:
             self._quick = quick
             self._log_line(

@@ -70,13 +70,31 @@ async def test_the_quick_index_answers_during_a_cold_build_then_is_deleted(
     await service.close()
 
 
-async def test_a_warm_start_builds_no_quick_index(tree: Path) -> None:
+async def test_a_warm_start_builds_no_quick_index_and_clears_a_leftover(tree: Path) -> None:
     first = IndexService(lambda line: None)
     await first.start([tree])
     await first.close()
+    leftover = WorkspaceIndex([tree]).cache_dir / QUICK_DIR
+    leftover.mkdir()
+    (leftover / "index.sqlite3").write_bytes(b"left by a session killed mid-build")
     lines: list[str] = []
     second = IndexService(lines.append)
     await second.start([tree])
     assert not any("quick first stage" in line for line in lines)
-    assert not list(tree.parent.joinpath("cache").rglob(QUICK_DIR))
+    assert not leftover.exists()
     await second.close()
+
+
+async def test_a_failing_quick_stage_still_leaves_the_full_index(tree: Path) -> None:
+    # A file where the quick index's directory should be: its build fails for real.
+    blocker = WorkspaceIndex([tree]).cache_dir / QUICK_DIR
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a directory")
+    lines: list[str] = []
+    service = IndexService(lines.append)
+    await service.start([tree])
+    assert any("quick first stage failed" in line for line in lines)
+    assert service.ready
+    found = service.for_completion(str(tree / "main.py"), EDITED, 2, 22)
+    assert [s.path for s in found][:1] == ["lib/parsing.py"]
+    await service.close()
