@@ -47,6 +47,10 @@ class StoreQueries:
         """Chunks by id."""
         return self.store.chunks(ids)
 
+    def chunk_spans(self, ids: list[int]) -> dict[int, StoredChunk]:
+        """Chunks by id with their text left empty: cheaper when most are dropped."""
+        return self.store.chunks(ids, with_text=False)
+
     def lexical(
         self, tokens: list[str], k: int, exclude_path: str | None = None
     ) -> list[StoredChunk]:

@@ -7,7 +7,8 @@ full index will hold (same discovery, same secret and binary checks):
 - chunks are cut at definition lines found by one regular expression per language (line windows
   for other text), not by a parser;
 - definitions come from the same expressions (name and kind; no qualified names);
-- BM25 runs over the chunks' distinct identifiers, whole and split at `_` (no camelCase parts).
+- BM25 runs over the chunks' raw text through FTS5's own tokenizer: whole identifiers and words,
+  no camelCase or snake_case parts.
 
 It lives in the workspace's cache directory (`quick/`, 0700/0600) and is deleted once the full
 index is committed. `QuickIndex` answers the same queries as `WorkspaceIndex`, so ranking takes
@@ -67,8 +68,6 @@ _C = (
     + r"[A-Za-z_][\w:<>,*& \t]*?[ \t*&]"
     r"(?P<method>[A-Za-z_][\w:~]*)[ \t]*\([^;\n]*" + _EOL + ")"
 )
-# Each alternative's leading "^" becomes "\n" and the text is searched with a newline in front:
-# about a third faster than re.MULTILINE's "^", which is tried at every position.
 _SOURCES = {
     "python": _PYTHON,
     "javascript": _JS,
@@ -80,6 +79,8 @@ _SOURCES = {
     "c": _C,
     "cpp": _C,
 }
+# Each alternative's leading "^" becomes "\n" and the text is searched with a newline in front:
+# about a third faster than re.MULTILINE's "^", which is tried at every position.
 _PATTERNS: dict[str, re.Pattern[str]] = {
     name: re.compile(re.sub(r"(^|\|)\^", r"\1\\n", pattern)) for name, pattern in _SOURCES.items()
 }
@@ -211,7 +212,7 @@ def _offset_after_lines(text: str, offset: int, lines: int) -> int:
 
 
 def prepare_quick(job: FileJob, _limits: object) -> PreparedFile:
-    """Read, hash, check and cut one file for the quick index (runs in the worker pool)."""
+    """Read, check and cut one file for the quick index (runs in the worker pool)."""
     try:
         data = Path(job.path).read_bytes()
     except OSError as exc:
@@ -334,9 +335,11 @@ class QuickIndex(StoreQueries):
                     text = disk.read_text(encoding="utf-8") if disk is not None else ""
                 except (OSError, UnicodeDecodeError):
                     text = ""
-                lines_of[ref.path] = text.splitlines()
+                # Lines as the build counted them: at "\n" only (form feeds stay inside a line).
+                lines_of[ref.path] = text.split("\n")
             lines = lines_of[ref.path][ref.chunk.start_line : ref.chunk.end_line + 1]
-            chunk = dataclasses.replace(ref.chunk, text="\n".join(lines))
+            text = "\n".join(line.removesuffix("\r") for line in lines)
+            chunk = dataclasses.replace(ref.chunk, text=text)
             out.append(dataclasses.replace(ref, chunk=chunk))
         return out
 

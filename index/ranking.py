@@ -272,7 +272,7 @@ def _dedupe(index: StoreQueries, entries: list[_Fused], k: int) -> list[Snippet]
         )
         if len(out) >= k:
             break
-    # Lexical hits come without text (most are dropped here); read the kept ones' text now.
+    # Lexical and vector hits come without text (most are dropped here); read the kept ones' now.
     missing = [entry.ref.id for entry in kept if not entry.ref.chunk.text]
     if missing:
         texts = index.chunks(missing)
@@ -294,7 +294,7 @@ def _vector_hits(
     if vectors is None:
         return []
     ids = vectors.search(query, k + VECTOR_EXTRA)
-    found = index.chunks(ids)
+    found = index.chunk_spans(ids)
     refs = [found[chunk_id] for chunk_id in ids if chunk_id in found]
     return [ref for ref in refs if ref.path != path][:k]
 

@@ -437,14 +437,15 @@ class IndexStore:
                 out.setdefault(r[4], []).append(span)
         return out
 
-    def chunks(self, ids: list[int]) -> dict[int, StoredChunk]:
-        """Chunks by id."""
+    def chunks(self, ids: list[int], with_text: bool = True) -> dict[int, StoredChunk]:
+        """Chunks by id; without `with_text` their text is left empty (read the kept ones later)."""
         out: dict[int, StoredChunk] = {}
+        text = "text" if with_text else "''"
         for start in range(0, len(ids), 500):
             batch = ids[start : start + 500]
             marks = ",".join("?" * len(batch))
             query = (
-                "SELECT id, path, start_line, end_line, kind, name, text"  # noqa: S608
+                f"SELECT id, path, start_line, end_line, kind, name, {text}"  # noqa: S608
                 f" FROM chunks WHERE id IN ({marks})"
             )
             for r in self._db.execute(query, batch):

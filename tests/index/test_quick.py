@@ -180,3 +180,14 @@ def test_long_definitions_continue_in_windows_and_keep_their_lines(tmp_path: Pat
 def test_definitions_in_strings_and_comments_mid_line_are_ignored() -> None:
     text = "x = 'def not_this(): pass'\n# class NorThis\nvalue = 1  # def nope\n"
     assert quick_definitions("python", text) == []
+
+
+def test_crlf_and_form_feed_files_keep_their_definition_lines(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    text = "import os\r\n\x0c\r\ndef first():\r\n    return 1\r\n\r\n\x0c\r\ndef second():\r\n    pass\r\n"
+    write(root, {"paged.py": text.encode()})
+    quick = _quick([root], tmp_path / "cache")
+    for name, line in (("first", 2), ("second", 6)):
+        [(ref, symbol)] = quick.definitions(name)
+        assert symbol.line == ref.chunk.start_line == line
+        assert ref.chunk.text.splitlines()[0] == f"def {name}():"
