@@ -34,5 +34,5 @@ cublas13=$(find /opt /usr/local /usr/lib -name 'libcublas.so.13' 2>/dev/null | h
 export LD_LIBRARY_PATH="/tmp/cublas12:/tmp/cudart12/nvidia/cuda_runtime/lib:$(dirname "$cublas13")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONPATH="$site:$(pwd)" PYTHONUNBUFFERED=1 CUDA_CACHE_PATH=/tmp/cuda-cache
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-python3 "$here/../gpu_index.py"
+python3 "${BENCH_SCRIPT:-$here/../gpu_index.py}"
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader || true
