@@ -1,7 +1,7 @@
 """The workspace index inside the language server: built in the background, asked on each request.
 
 A cold build of a large workspace first makes the quick index (`index.quick`: every file, regex
-definitions, BM25 over identifiers; seconds), which answers until the full index is committed
+definitions, BM25 over the raw text; seconds), which answers until the full index is committed
 and is then deleted. Before either is ready, requests get no snippets rather than waiting; a
 saved file is re-indexed alone. Once the full index answers, its chunks are embedded in the
 background (the encoder is loaded then, not at start), with its own work-done progress; vector
