@@ -184,7 +184,10 @@ def test_definitions_in_strings_and_comments_mid_line_are_ignored() -> None:
 
 def test_crlf_and_form_feed_files_keep_their_definition_lines(tmp_path: Path) -> None:
     root = tmp_path / "repo"
-    text = "import os\r\n\x0c\r\ndef first():\r\n    return 1\r\n\r\n\x0c\r\ndef second():\r\n    pass\r\n"
+    text = (
+        "import os\r\n\x0c\r\ndef first():\r\n    return 1\r\n\r\n\x0c\r\n"
+        "def second():\r\n    pass\r\n"
+    )
     write(root, {"paged.py": text.encode()})
     quick = _quick([root], tmp_path / "cache")
     for name, line in (("first", 2), ("second", 6)):
