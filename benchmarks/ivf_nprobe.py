@@ -1,10 +1,11 @@
-"""How many IVF lists a completion query should scan: recall and latency on real embeddings.
+"""How many IVF lists a completion query should scan, and what HNSW would give instead.
 
 Reads chunk embeddings and completion-query embeddings made by `benchmarks/gpu/real_vectors.py`
 (fp16 `.npy` parts: real code chunks, and the 8-lines-above-the-cursor queries of the completion
 path) and builds `VectorIndex` over them as the language server does (IVF + SQ8 above 20k
 vectors, about sqrt(n) lists). For each nprobe: recall@10 against exact search, and single-query
-search p50/p99 on one thread (as the language server asks).
+search p50/p99 on one thread (as the language server asks). Beside it, FAISS's HNSW with 8-bit
+scalar quantisation (M=32) at several efSearch values, the candidate to replace IVF.
 
     .venv/bin/python benchmarks/ivf_nprobe.py DIR   # DIR holds vectors-*.npy and queries.npy
 
@@ -23,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -32,6 +34,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from index.vectors import NPROBE, VectorIndex
 
 NPROBES = (8, 16, 32, 48, 64, 96)
+EF_SEARCH = (32, 64, 128)
+
+
+def timed(search: Any, queries: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Recall@10 against `truth` and single-query latency of `search(query) -> ids`."""
+    latencies = []
+    hits = 0
+    for query, want in zip(queries, truth, strict=True):
+        began = time.perf_counter()
+        found = search(query)
+        latencies.append((time.perf_counter() - began) * 1000)
+        hits += len(set(want.tolist()) & set(found))
+    ordered = sorted(latencies)
+    return {
+        "recall_at_10": round(hits / truth.size, 4),
+        "search_p50_ms": round(statistics.median(ordered), 3),
+        "search_p99_ms": round(ordered[int(0.99 * len(ordered))], 3),
+    }
 
 
 def main() -> None:
@@ -52,24 +72,35 @@ def main() -> None:
         index = VectorIndex("real", vectors.shape[1], nprobe=nprobe, use_gpu=False)
         for start in range(0, len(ids), 20_000):
             index.add(ids[start : start + 20_000], vectors[start : start + 20_000])
-        latencies = []
-        hits = 0
-        for query, want in zip(queries, truth, strict=True):
-            began = time.perf_counter()
-            found = index.search(query, 10)
-            latencies.append((time.perf_counter() - began) * 1000)
-            hits += len(set(want.tolist()) & {chunk for chunk, _ in found})
-        ordered = sorted(latencies)
-        result = {
-            "nprobe": nprobe,
-            "kind": index.kind,
-            "recall_at_10": round(hits / truth.size, 4),
-            "search_p50_ms": round(statistics.median(ordered), 3),
-            "search_p99_ms": round(ordered[int(0.99 * len(ordered))], 3),
-        }
+
+        def ivf_search(query: np.ndarray, index: VectorIndex = index) -> list[int]:
+            return [chunk for chunk, _ in index.search(query, 10)]
+
+        result = {"nprobe": nprobe, "kind": index.kind, **timed(ivf_search, queries, truth)}
         print(json.dumps({"bench": "ivf_nprobe", **result}), flush=True)
         summary[str(nprobe)] = result
         lines.append(f"{nprobe}: recall {result['recall_at_10']} p50 {result['search_p50_ms']} ms")
+    # faiss's stubs type the quantizer argument as an object; the wheel takes the enum.
+    untyped_faiss: Any = faiss
+    hnsw: Any = untyped_faiss.IndexHNSWSQ(
+        vectors.shape[1], faiss.ScalarQuantizer.QT_8bit, 32, faiss.METRIC_INNER_PRODUCT
+    )
+    hnsw.train(vectors[:20_000])
+    began = time.perf_counter()
+    hnsw.add(vectors)
+    build_s = round(time.perf_counter() - began, 1)
+    for ef in EF_SEARCH:
+        hnsw.hnsw.efSearch = ef
+
+        def hnsw_search(query: np.ndarray) -> list[int]:
+            return [int(i) for i in hnsw.search(query[None, :], 10)[1][0]]
+
+        result = {"hnsw_sq8_ef": ef, "build_s": build_s, **timed(hnsw_search, queries, truth)}
+        print(json.dumps({"bench": "ivf_nprobe", **result}), flush=True)
+        summary[f"hnsw_ef{ef}"] = result
+        lines.append(
+            f"hnsw ef {ef}: recall {result['recall_at_10']} p50 {result['search_p50_ms']} ms"
+        )
     print(f"ivf_nprobe on {len(vectors)} real vectors (default {NPROBE}): " + "; ".join(lines))
     print(json.dumps({"bench": "ivf_nprobe", "summary": True, **summary}))
 
