@@ -52,9 +52,11 @@ async def test_inline_completion_comes_from_the_model_through_the_proxy(
 
     assert result is not None and result.items, "the model gave no completion"
     assert result.items[0].insert_text.strip()
-    records = stack.completion_records()
-    assert records, "the proxy recorded no completion request"
-    last = records[-1]
+    assert stack.completion_records(), "the proxy recorded no completion request"
+    # The server stops reading once it has its line; the proxy records that outcome when it sees
+    # the stream closed, which can be just after the editor has its answer.
+    await wait_until(lambda: stack.completion_records()[-1]["outcome_of"] is not None)
+    last = stack.completion_records()[-1]
     assert last["user"].startswith(getpass.getuser())
     assert last["feature"] == "completion"
     assert last["status"] == 200
