@@ -175,13 +175,9 @@ def path_skip_reason(relpath: str, size: int) -> str | None:
     return None
 
 
-def content_skip_reason(data: bytes) -> str | None:
-    """Why a file is skipped from its content, or None; secrets are named by rule, never quoted."""
-    return decode_or_skip(data)[1]
-
-
 def decode_or_skip(data: bytes) -> tuple[str, str | None]:
-    """A file's text, and why it is skipped (or None): decoded once for the check and the use."""
+    """A file's text, and why it is skipped from its content (or None): decoded once for the
+    check and the use. Secrets are named by rule, never quoted."""
     if b"\0" in data[:8192]:
         return "", "binary"
     try:

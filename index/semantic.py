@@ -234,16 +234,12 @@ class SemanticIndex:
         assert self._vectors is not None
         return [chunk_id for chunk_id, _ in self._vectors.search(self._query_vector(text), k)]
 
-    def warm(self, text: str) -> None:
-        """Embed a query ahead of time (between keystrokes), so `search` finds it cached."""
-        if self.ready and text.strip():
-            self._query_vector(text)
-
     def prefetch(self, text: str) -> None:
         """Start embedding `text` on the query thread; a later `search(text)` waits for it.
 
-        The completion path calls this first, so the query embedding (the ONNX session releases
-        the GIL) overlaps symbol and lexical search instead of following them."""
+        Edits call this between keystrokes and the completion path as it begins, so the query
+        embedding (the ONNX session releases the GIL) runs ahead of, or beside, symbol and
+        lexical search instead of after them."""
         if not self.ready or not text.strip():
             return
         with self._queries_lock:

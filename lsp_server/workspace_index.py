@@ -65,7 +65,6 @@ class IndexService:
         self._stop = threading.Event()
         self._pending_changes: dict[Path, asyncio.TimerHandle] = {}
         self._updates: set[asyncio.Task[None]] = set()
-        self._warmed = ""
 
     @property
     def ready(self) -> bool:
@@ -130,10 +129,11 @@ class IndexService:
         if quick is not None:
             await asyncio.to_thread(quick.discard)
 
-    def _searchable(self) -> index.StoreQueries | None:
+    def _searchable(self) -> tuple[index.StoreQueries | None, SemanticIndex | None]:
+        """The index that answers now, and the vectors that join it (only the full index's)."""
         if self._index is not None and self._ready:
-            return self._index
-        return self._quick
+            return self._index, self._semantic
+        return self._quick, None
 
     def embed_in_background(self, progress: Progress | None = None) -> None:
         """Start embedding what has no vector yet; if a run is going, run once more after it."""
@@ -185,20 +185,18 @@ class IndexService:
 
     def for_completion(self, path: str, text: str, line: int, column: int) -> list[Snippet]:
         """Snippets for an inline completion at `path`:`line`:`column` (fast path, small k)."""
-        searchable = self._searchable()
+        searchable, vectors = self._searchable()
         if searchable is None:
             return []
         key = searchable.key_for(Path(path)) or path
-        vectors = self._semantic if searchable is self._index else None
         found = index.context(searchable, key, text, line, column, COMPLETION_K, vectors=vectors)
         return [_as_prompt_snippet(s) for s in found]
 
     def for_chat(self, query: str) -> list[Snippet]:
         """Snippets for a chat question, with absolute paths the editor can open."""
-        searchable = self._searchable()
+        searchable, vectors = self._searchable()
         if searchable is None:
             return []
-        vectors = self._semantic if searchable is self._index else None
         hits = index.search(searchable, query, CHAT_K, vectors=vectors)
         found = [_as_prompt_snippet(s) for s in hits]
         return [
@@ -219,7 +217,7 @@ class IndexService:
         if self._index is None or not self._ready:
             return
         loop = asyncio.get_running_loop()
-        self._warm_query(loop, current_text, line)
+        self._warm_query(current_text, line)
         pending = self._pending_changes.pop(path, None)
         if pending is not None:
             pending.cancel()
@@ -234,21 +232,13 @@ class IndexService:
 
         self._pending_changes[path] = loop.call_later(CHANGE_QUIET_S, fire)
 
-    def _warm_query(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        current_text: Callable[[], str | None],
-        line: int | None,
-    ) -> None:
-        semantic, text = self._semantic, current_text()
-        if semantic is None or not semantic.ready or text is None or line is None:
+    def _warm_query(self, current_text: Callable[[], str | None], line: int | None) -> None:
+        semantic = self._semantic
+        if semantic is None or not semantic.ready or line is None:
             return
-        query = index.vector_query(text.splitlines(), line)
-        if query != self._warmed:
-            self._warmed = query
-            warming = loop.create_task(asyncio.to_thread(semantic.warm, query))
-            self._updates.add(warming)
-            warming.add_done_callback(self._updates.discard)
+        text = current_text()
+        if text is not None:
+            semantic.prefetch(index.vector_query(text.splitlines(), line))
 
     async def file_closed(self, path: Path) -> None:
         """Closed, perhaps without saving: the index goes back to what is on disk."""
