@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from .chunker import Symbol
 from .queries import StoreQueries
 from .store import DefinitionSpan
-from .tokens import identifiers, tokenize
+from .tokens import identifiers, lines_with_words, tokenize
 from .workspace import ChunkRef
 
 if TYPE_CHECKING:
@@ -98,28 +98,13 @@ def cursor_call(prefix_line: str) -> tuple[str | None, str | None]:
 def _import_lines(text: str) -> list[str]:
     """The lines (and multi-line import blocks, joined) that hold an import-like keyword.
 
-    Found once per request: every name near the cursor looks its hints up in these lines. Plain
-    string search finds the keywords (a third of the time of a regex over the whole file).
+    Found once per request: every name near the cursor looks its hints up in these lines.
     """
     lines = [" ".join(block.split()) for block in _IMPORT_BLOCK.findall(text)]
-    starts: set[int] = set()
-    for word in _IMPORT_KEYWORDS:
-        found = text.find(word)
-        while found >= 0:
-            if _is_word(text, found, found + len(word)):
-                starts.add(text.rfind("\n", 0, found) + 1)
-            found = text.find(word, found + 1)
-    for start in sorted(starts):
+    for start in lines_with_words(text, _IMPORT_KEYWORDS):
         end = text.find("\n", start)
         lines.append(text[start : end if end >= 0 else len(text)])
     return lines
-
-
-def _is_word(text: str, start: int, end: int) -> bool:
-    """`text[start:end]` is not part of a longer identifier (what `\\b` means around it)."""
-    before = text[start - 1] if start > 0 else " "
-    after = text[end] if end < len(text) else " "
-    return not (before.isalnum() or before == "_" or after.isalnum() or after == "_")
 
 
 def _module_hints(import_lines: list[str], name: str) -> set[str]:
