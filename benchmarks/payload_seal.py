@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from audit_proxy import store as store_module  # noqa: E402
 from audit_proxy.payload_crypto import SealedPayload, seal, unseal  # noqa: E402
 from audit_proxy.store import AuditStore  # noqa: E402
+from tests.audit.records import record_request  # noqa: E402
 
 _PASS_THROUGH_KEY = bytes(32)
 
@@ -64,16 +65,7 @@ def store_write_us(payload: bytes, rounds: int, sealed: bool) -> float:
             async def write() -> float:
                 start = time.perf_counter()
                 for _ in range(rounds):
-                    await store.record_request(
-                        user="alice",
-                        role="user",
-                        method="POST",
-                        route="/v1/completions",
-                        feature="completion",
-                        model="m",
-                        stream=False,
-                        body=payload,
-                    )
+                    await record_request(store, payload)
                 return (time.perf_counter() - start) / rounds * 1e6
 
             try:
@@ -92,16 +84,7 @@ def purge_rate(records: int) -> dict[str, float]:
 
         async def fill() -> None:
             for _ in range(records):
-                await store.record_request(
-                    user="a",
-                    role="user",
-                    method="POST",
-                    route="/v1/completions",
-                    feature="completion",
-                    model=None,
-                    stream=False,
-                    body=payload,
-                )
+                await record_request(store, payload)
 
         asyncio.run(fill())
         start = time.perf_counter()

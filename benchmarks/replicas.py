@@ -50,6 +50,7 @@ from psycopg.rows import TupleRow  # noqa: E402
 from audit_proxy.pg_migrations import APPEND_LOCK  # noqa: E402
 from audit_proxy.pg_store import PostgresAuditStore  # noqa: E402
 from audit_proxy.store import AuditStore  # noqa: E402
+from tests.audit.records import record_request  # noqa: E402
 
 BODY = json.dumps({"model": "tiny", "prompt": "def add(a, b):", "max_tokens": 16}).encode()
 DIGEST = hashlib.sha256(BODY).hexdigest()
@@ -89,16 +90,7 @@ async def _timed(store: Store, total: int, concurrency: int) -> list[float]:
     async def worker() -> None:
         for _ in range(per_worker):
             started = time.perf_counter()
-            await store.record_request(
-                user="bench",
-                role="user",
-                method="POST",
-                route="/v1/completions",
-                feature="completion",
-                model="tiny",
-                stream=False,
-                body=BODY,
-            )
+            await record_request(store, BODY)
             latencies.append((time.perf_counter() - started) * 1000)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))

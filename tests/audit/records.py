@@ -1,9 +1,11 @@
-"""Writing audit records the way the audit layer does, for tests of either store."""
+"""Writing audit records the way the audit layer does, for tests and benchmarks of either store."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
+from datetime import UTC, datetime
 
 from audit_proxy.pg_store import PostgresAuditStore
 from audit_proxy.store import AuditStore, TokenUsage
@@ -64,3 +66,11 @@ async def record_pair_async(store: Store, prompt: bytes = PROMPT, answer: bytes 
 
 def record_pair(store: Store, prompt: bytes = PROMPT, answer: bytes = ANSWER) -> str:
     return asyncio.run(record_pair_async(store, prompt, answer))
+
+
+def a_moment_after_now() -> datetime:
+    """A cutoff between records written before and after it, whatever the clock's grain."""
+    time.sleep(0.002)
+    cutoff = datetime.now(UTC)
+    time.sleep(0.002)
+    return cutoff

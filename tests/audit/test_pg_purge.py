@@ -10,12 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,23 +24,12 @@ from audit_proxy.pg_migrations import LATEST, schema_version
 from audit_proxy.pg_store import PostgresAuditStore
 from audit_proxy.store import AuditStoreUnavailable
 
-from .pg_fixture import REPO, PgCluster, remove_cluster, start_cluster
-from .records import record_pair_async
+from .cli import bastion
+from .pg_fixture import PgCluster
+from .records import a_moment_after_now, record_pair_async
 
 CANARY = b"canary-5c2e77-do-not-keep"
 ANSWER = b'{"text":"ok"}'
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PgCluster]:
-    running = start_cluster()
-    yield running
-    remove_cluster(running)
-
-
-@pytest.fixture
-def db_url(cluster: PgCluster) -> str:
-    return cluster.new_database()
 
 
 async def record_async(store: PostgresAuditStore, prompt: bytes, answer: bytes = ANSWER) -> str:
@@ -83,29 +67,6 @@ def key_rows(db_url: str, password: str, record_id: str) -> dict[str, bytes | No
             "SELECT kind, key FROM payload_keys WHERE record_id = %s", (record_id,)
         ).fetchall()
     return {str(kind): None if key is None else bytes(key) for kind, key in rows}
-
-
-def bastion(
-    *args: str, password: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """The real CLI, in its own process, importing this checkout; the password from the env."""
-    return subprocess.run(
-        [sys.executable, "-m", "bastion.cli", *args],
-        env={**os.environ, "PYTHONPATH": str(REPO), "BASTION_STORE_PASSWORD": password},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def a_moment_after_now() -> datetime:
-    """A cutoff between records written before and after it, whatever the clock's grain."""
-    time.sleep(0.002)
-    cutoff = datetime.now(UTC)
-    time.sleep(0.002)
-    return cutoff
 
 
 def verified(data_dir: Path, url: str, password: str) -> verify.Report:

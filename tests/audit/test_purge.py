@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -19,8 +16,9 @@ import pytest
 from audit_proxy.checkpoints import Signer
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
 from bastion.audit_commands import purge_cutoff
-from tests.audit.records import record_pair
-from tests.proxy.conftest import REPO, start_proxy, stop_proxy
+from tests.audit.cli import bastion
+from tests.audit.records import a_moment_after_now, record_pair
+from tests.proxy.conftest import start_proxy, stop_proxy
 from tests.proxy.fake_upstream import FakeUpstream
 
 CANARY = b"canary-7f3a91-do-not-keep"
@@ -48,27 +46,6 @@ def key_of(data_dir: Path, kind: str, record_id: str) -> bytes:
         raw.close()
     assert isinstance(key, bytes) and len(key) == 32
     return key
-
-
-def bastion(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The real CLI, in its own process, importing this checkout."""
-    return subprocess.run(
-        [sys.executable, "-m", "bastion.cli", *args],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def a_moment_after_now() -> datetime:
-    """A cutoff between records written before and after it, whatever the clock's grain."""
-    time.sleep(0.002)
-    cutoff = datetime.now(UTC)
-    time.sleep(0.002)
-    return cutoff
 
 
 def test_payloads_are_sealed_on_disk_and_read_back_in_clear(tmp_path: Path) -> None:

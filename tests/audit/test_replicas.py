@@ -34,23 +34,11 @@ from audit_proxy.store import AuditStore, AuditStoreUnavailable
 from tests.proxy.conftest import REPO, Proxy, start_proxy, stop_proxy
 from tests.proxy.fake_upstream import FakeUpstream
 
-from .pg_fixture import PgCluster, remove_cluster, start_cluster
+from .pg_fixture import PgCluster
 from .records import record_outcome, record_request
 
 PASSWORD_ENV = "BASTION_STORE_PASSWORD"
 ANSWER = b'{"choices": []}'
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PgCluster]:
-    running = start_cluster()
-    yield running
-    remove_cluster(running)
-
-
-@pytest.fixture
-def db_url(cluster: PgCluster) -> str:
-    return cluster.new_database()
 
 
 @pytest.fixture(scope="module")
