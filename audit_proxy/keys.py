@@ -8,6 +8,7 @@ import re
 import secrets
 import sqlite3
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from audit_proxy.sqlite import open_private_db
 KEY_PREFIX = "bst_"
 # Role names: what `--role`, the roles file and the audit records accept.
 ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+# Keys remembered between changes to the key file; a flood of bad keys only empties it.
+_MAX_KNOWN = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -80,6 +83,9 @@ class KeyStore:
         except (sqlite3.Error, OSError) as exc:
             raise KeyStoreError(f"cannot open the key store {path}: {exc}") from exc
         self._lock = threading.Lock()
+        # Verified keys by hash: (owner, expiry as a Unix time) or None for a refused key.
+        self._known: dict[str, tuple[Principal, float | None] | None] = {}
+        self._known_version: int | None = None
 
     def close(self) -> None:
         with self._lock:
@@ -97,6 +103,7 @@ class KeyStore:
         now = datetime.now(UTC)
         try:
             with self._lock:
+                self._known.clear()
                 self._conn.execute(
                     "INSERT INTO keys (name, key_sha256, role, created_at, expires_at)"
                     " VALUES (?, ?, ?, ?, ?)",
@@ -110,25 +117,46 @@ class KeyStore:
         return key
 
     def verify(self, key: str) -> Principal | None:
-        """The key's owner, or None if the key is unknown, revoked or expired."""
+        """The key's owner, or None if the key is unknown, revoked or expired.
+
+        Answers come from memory while the key file is unchanged: SQLite's `data_version`
+        moves whenever another connection (`bastion keys revoke`, say) commits, and this
+        store's own writes clear the memory, so a revocation counts from the next request.
+        """
         if not key.startswith(KEY_PREFIX):
             return None
         digest = hash_key(key)
         with self._lock:
-            row = self._conn.execute(
-                "SELECT name, role, key_sha256, expires_at, revoked_at FROM keys"
-                " WHERE key_sha256 = ?",
-                (digest,),
-            ).fetchone()
+            (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+            if version != self._known_version:
+                self._known.clear()
+                self._known_version = version
+            known = self._known.get(digest)
+            if known is None:
+                known = self._look_up(digest)
+                if len(self._known) >= _MAX_KNOWN:
+                    self._known.clear()
+                self._known[digest] = known
+        if known is None:
+            return None
+        principal, expires_at = known
+        if expires_at is not None and expires_at <= time.time():
+            return None
+        return principal
+
+    def _look_up(self, digest: str) -> tuple[Principal, float | None] | None:
+        row = self._conn.execute(
+            "SELECT name, role, key_sha256, expires_at, revoked_at FROM keys WHERE key_sha256 = ?",
+            (digest,),
+        ).fetchone()
         if row is None:
             return None
         name, role, stored, expires_at, revoked_at = row
         # The lookup is by hash of a high-entropy secret; compare once more without early exit.
         if not hmac.compare_digest(stored, digest) or revoked_at is not None:
             return None
-        if expires_at is not None and datetime.fromisoformat(expires_at) <= datetime.now(UTC):
-            return None
-        return Principal(name=name, role=role)
+        expiry = datetime.fromisoformat(expires_at).timestamp() if expires_at else None
+        return Principal(name=name, role=role), expiry
 
     def list(self) -> list[KeyInfo]:
         """Every key ever issued, oldest first."""
@@ -145,6 +173,7 @@ class KeyStore:
     def revoke(self, name: str) -> None:
         """Revoke a key by name; the row stays for the audit trail."""
         with self._lock:
+            self._known.clear()
             cursor = self._conn.execute(
                 "UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                 (datetime.now(UTC).isoformat(), name),

@@ -1,35 +1,25 @@
-"""Running the proxy: uvicorn (uvloop + httptools) serving `ProxyApp`."""
+"""Running the proxy: `HttpServer` (uvloop + httptools) serving `ProxyApp`."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import ssl
 import stat
 from pathlib import Path
 
-import uvicorn
-
-from audit_proxy.app import ProxyApp, build_app
+from audit_proxy.app import build_app
 from audit_proxy.config import ConfigError, ProxyConfig
-from audit_proxy.forward import StreamAborted, upstream_tls_context
+from audit_proxy.forward import upstream_tls_context
+from audit_proxy.http_server import HttpServer, run
 
 log = logging.getLogger("bastion.proxy")
 
 
-class _HideCutStreams(logging.Filter):
-    """A cut stream is already logged as one line; uvicorn's traceback would only add noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], StreamAborted))
-
-
 def configure_logging(level: int = logging.INFO) -> None:
-    """One line per event on stderr; the access log is ours, not uvicorn's."""
+    """One line per event on stderr."""
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    logging.getLogger("uvicorn.error").addFilter(_HideCutStreams())
 
 
 def check_tls_files(config: ProxyConfig) -> None:
@@ -85,35 +75,33 @@ def _readable(setting: str, path: Path) -> None:
         ) from None
 
 
-def uvicorn_config(config: ProxyConfig) -> uvicorn.Config:
-    """The uvicorn settings the proxy runs with (also used by tests and the benchmark).
-
-    Raises `ConfigError` when a TLS file cannot be used.
-    """
-    check_tls_files(config)
-    fast = importlib.util.find_spec("uvloop") is not None
-    return uvicorn.Config(
-        build_app(config),
-        host=config.host,
-        port=config.port,
-        loop="uvloop" if fast else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        timeout_keep_alive=30,
-        # Open streams get this long to finish on shutdown; then they are cut (and recorded).
-        timeout_graceful_shutdown=10,
-        ssl_certfile=str(config.tls_certfile) if config.tls_certfile else None,
-        ssl_keyfile=str(config.tls_keyfile) if config.tls_keyfile else None,
-    )
+def tls_context(config: ProxyConfig) -> ssl.SSLContext | None:
+    """The listener's TLS context, or None for plain HTTP."""
+    if config.tls_certfile is None or config.tls_keyfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(config.tls_certfile), str(config.tls_keyfile))
+    return context
 
 
 def serve(config: ProxyConfig) -> None:
-    """Serve until interrupted; raises `AuditStoreUnavailable` if the audit store cannot open."""
+    """Serve until SIGINT/SIGTERM.
+
+    Raises `ConfigError` when a TLS file cannot be used, `AuditStoreUnavailable` if the audit
+    store cannot open, and OSError when the address cannot be bound.
+    """
     configure_logging()
-    uv_config = uvicorn_config(config)
+    check_tls_files(config)
+    app = build_app(config)
+    server = HttpServer(
+        app,
+        config.host,
+        config.port,
+        tls_context(config),
+        keep_alive_s=30,
+        # Open streams get this long to finish on shutdown; then they are cut (and recorded).
+        graceful_s=10,
+    )
     log.info(
         "bastion proxy on %s://%s:%d -> %s (service key %s); audit store %s",
         "https" if config.tls_certfile else "http",
@@ -123,8 +111,7 @@ def serve(config: ProxyConfig) -> None:
         "set" if config.upstream_api_key else "NOT set",
         config.audit_db,
     )
-    app = uv_config.app
-    if isinstance(app, ProxyApp) and app.store.signer is not None:
+    if app.store.signer is not None:
         # Auditors pin this key: `bastion audit public-key`, `bastion audit verify --public-key`.
         log.info("audit log %s, signed by the key in %s", app.store.signer.log_id, config.data_dir)
-    uvicorn.Server(uv_config).run()
+    run(server, lambda: log.info("listening on %s:%d", config.host, config.port))

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -61,6 +62,24 @@ def test_key_lifecycle(tmp_path: Path) -> None:
         keys.revoke("nobody")
     with pytest.raises(ValueError, match="role"):
         keys.create("frank", role="Root!")
+
+
+def test_remembered_keys_follow_the_key_file(tmp_path: Path) -> None:
+    """A verified key is answered from memory until anyone changes the file, or it expires."""
+    proxy_side = KeyStore(tmp_path / "keys.sqlite3")
+    admin_side = KeyStore(tmp_path / "keys.sqlite3")  # as `bastion keys` opens it
+    key = admin_side.create("bob")
+    brief = admin_side.create("eve", expires_at=datetime.now(UTC) + timedelta(seconds=0.5))
+    unknown_yet = "bst_" + "x" * 43
+    assert proxy_side.verify(key) == Principal(name="bob", role="user")
+    assert proxy_side.verify(brief) == Principal(name="eve", role="user")
+    assert proxy_side.verify(unknown_yet) is None
+    admin_side.revoke("bob")
+    assert proxy_side.verify(key) is None
+    time.sleep(0.6)
+    assert proxy_side.verify(brief) is None
+    fresh = admin_side.create("carol")
+    assert proxy_side.verify(fresh) == Principal(name="carol", role="user")
 
 
 def bastion(*args: str) -> subprocess.CompletedProcess[str]:
