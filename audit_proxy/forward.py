@@ -14,12 +14,20 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 from pydantic import SecretStr
 
 from audit_proxy.asgi import ClientDisconnected, Receive, Scope, Send, header, read_body, send_error
 from audit_proxy.metrics import METRICS
 from audit_proxy.store import AbortedBy
+from audit_proxy.upstream_client import (
+    UpstreamConnectTimeout,
+    UpstreamDisconnected,
+    UpstreamPool,
+    UpstreamReadTimeout,
+    UpstreamResponse,
+    UpstreamTLSError,
+    UpstreamUnreachable,
+)
 
 log = logging.getLogger("bastion.proxy")
 
@@ -50,6 +58,7 @@ class RelayReport:
     aborted_by: AbortedBy | None = None
     upstream_status: int | None = None
     error: str | None = None
+    started: bool = False  # the response to the client has begun
 
 
 class StreamAborted(Exception):
@@ -64,7 +73,7 @@ class _Watch:
 
 
 class Upstream:
-    """The model server: a pooled aiohttp session and the ASGI endpoint that relays to it."""
+    """The model server: a pool of keep-alive connections, and the ASGI endpoint relaying to it."""
 
     def __init__(
         self,
@@ -77,35 +86,28 @@ class Upstream:
     ) -> None:
         self.url = url
         self._ca_file = ca_file
-        self._api_key = api_key
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout_s, sock_read=read_timeout_s
-        )
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._service_key = (
+            b"Bearer " + api_key.get_secret_value().encode("latin-1") if api_key else None
+        )
+        self._pool: UpstreamPool | None = None
 
     async def start(self) -> None:
         """Open the connection pool; needs the running event loop."""
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            ttl_dns_cache=300,
-            keepalive_timeout=30,
-            ssl=upstream_tls_context(self._ca_file),
-        )
-        # No decompression: the bytes the client gets, and that are hashed, are the server's.
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
+        self._pool = UpstreamPool(
+            self.url,
+            upstream_tls_context(self._ca_file),
+            self._connect_timeout_s,
+            self._read_timeout_s,
+            self._max_connections,
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         report: RelayReport = scope.setdefault(RELAY_REPORT, RelayReport())
@@ -134,95 +136,49 @@ class Upstream:
     async def _relay(
         self, scope: Scope, body: bytes, send: Send, report: RelayReport, watch: _Watch
     ) -> None:
-        if self._session is None:
+        if self._pool is None:
             raise RuntimeError("Upstream.start() was not awaited")
-        target = self.url + scope["path"]
+        target = scope["path"]
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        headers = {
-            "Content-Type": (header(scope, b"content-type") or b"application/json").decode(),
-            "Accept": (header(scope, b"accept") or b"*/*").decode(),
-            "Accept-Encoding": "identity",
-        }
+        headers = [
+            (b"content-type", header(scope, b"content-type") or b"application/json"),
+            (b"accept", header(scope, b"accept") or b"*/*"),
+            (b"accept-encoding", b"identity"),
+        ]
         request_id = scope.get(REQUEST_ID)
         if request_id:
-            headers["X-Request-Id"] = request_id
-        if self._api_key is not None:
-            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
-        started = False
+            headers.append((b"x-request-id", request_id.encode("ascii")))
+        if self._service_key is not None:
+            headers.append((b"authorization", self._service_key))
         try:
-            async with self._session.request(
-                scope["method"], target, data=body or None, headers=headers
-            ) as resp:
-                report.upstream_status = resp.status
-                if resp.status in (401, 403):
-                    report.error = f"upstream answered {resp.status} to the service key"
-                    METRICS.upstream_errors.inc("upstream_auth_failed")
-                    await send_error(
-                        send,
-                        502,
-                        f"the model server {self.url} rejected the proxy's service key "
-                        f"(HTTP {resp.status}); the proxy's operator must set upstream_api_key "
-                        "(or BASTION_UPSTREAM_API_KEY) to the key the model server expects",
-                        "upstream_error",
-                        "upstream_auth_failed",
-                    )
-                    watch.done = True
-                    return
-                response_headers = [
-                    (name.lower(), value)
-                    for name, value in resp.raw_headers
-                    if name.lower() not in _DROPPED_RESPONSE_HEADERS
-                ]
-                length = resp.content_length
-                if length is not None and length <= SIZED_BODY_LIMIT:
-                    # A sized answer is complete upstream already: relay it in one write.
-                    payload = await resp.read()
-                    started = True
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": resp.status,
-                            "headers": response_headers,
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": payload, "more_body": False})
-                    watch.done = True
-                    return
-                started = True
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": resp.status,
-                        "headers": response_headers,
-                    }
-                )
-                async for chunk in resp.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                watch.done = True
-        except aiohttp.ConnectionTimeoutError:
+            resp = await self._pool.request(scope["method"], target, headers, body)
+            try:
+                await self._pass_on(resp, send, report, watch)
+            finally:
+                resp.release()
+        except UpstreamConnectTimeout:
             await self._fail(
                 send,
                 report,
-                started,
+                report.started,
                 "proxy",
                 504,
                 "upstream_timeout",
                 f"the model server {self.url} did not accept a connection within "
                 f"{self._connect_timeout_s:g} s",
             )
-        except aiohttp.SocketTimeoutError:
+        except UpstreamReadTimeout:
             await self._fail(
                 send,
                 report,
-                started,
+                report.started,
                 "proxy",
                 504,
                 "upstream_timeout",
                 f"the model server {self.url} sent nothing for {self._read_timeout_s:g} s",
             )
-        except aiohttp.ClientSSLError as exc:
+        except UpstreamTLSError as exc:
             hint = (
                 f"the certificate authority in upstream_ca_file ({self._ca_file}) does not "
                 "vouch for it"
@@ -233,34 +189,78 @@ class Upstream:
             await self._fail(
                 send,
                 report,
-                started,
+                report.started,
                 "upstream",
                 502,
                 "upstream_tls_failed",
-                f"TLS with the model server {self.url} failed ({_tls_reason(exc)}); {hint}",
+                f"TLS with the model server {self.url} failed ({exc.reason}); {hint}",
             )
-        except aiohttp.ClientConnectorError as exc:
-            reason = exc.os_error.strerror or str(exc.os_error)
+        except UpstreamUnreachable as exc:
             await self._fail(
                 send,
                 report,
-                started,
+                report.started,
                 "upstream",
                 502,
                 "upstream_unreachable",
-                f"cannot connect to the model server {self.url}: {reason}; "
+                f"cannot connect to the model server {self.url}: {exc.reason}; "
                 "check that it runs and that upstream_url points at it",
             )
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        except UpstreamDisconnected:
             await self._fail(
                 send,
                 report,
-                started,
+                report.started,
                 "upstream",
                 502,
                 "upstream_disconnected",
                 f"the model server {self.url} closed the connection before its answer was complete",
             )
+
+    async def _pass_on(
+        self, resp: UpstreamResponse, send: Send, report: RelayReport, watch: _Watch
+    ) -> None:
+        """Relay status, headers and body to the client (`report.started` once it has begun).
+
+        Raises `UpstreamError` when the answer cannot be read to its end.
+        """
+        report.upstream_status = resp.status
+        if resp.status in (401, 403):
+            report.error = f"upstream answered {resp.status} to the service key"
+            METRICS.upstream_errors.inc("upstream_auth_failed")
+            await send_error(
+                send,
+                502,
+                f"the model server {self.url} rejected the proxy's service key "
+                f"(HTTP {resp.status}); the proxy's operator must set upstream_api_key "
+                "(or BASTION_UPSTREAM_API_KEY) to the key the model server expects",
+                "upstream_error",
+                "upstream_auth_failed",
+            )
+            watch.done = True
+            return
+        response_headers = [
+            (name.lower(), value)
+            for name, value in resp.headers
+            if name.lower() not in _DROPPED_RESPONSE_HEADERS
+        ]
+        length = resp.content_length
+        if length is not None and length <= SIZED_BODY_LIMIT:
+            # A sized answer is complete upstream already: relay it in one write.
+            payload = await resp.read()
+            report.started = True
+            await send({"type": "http.response.start", "status": resp.status,
+                        "headers": response_headers})  # fmt: skip
+            await send({"type": "http.response.body", "body": payload, "more_body": False})
+            watch.done = True
+            return
+        report.started = True
+        await send({"type": "http.response.start", "status": resp.status,
+                    "headers": response_headers})  # fmt: skip
+        async for chunk in resp.chunks():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        watch.done = True
 
     async def _fail(
         self,
@@ -290,11 +290,6 @@ def upstream_tls_context(ca_file: Path | None) -> ssl.SSLContext:
     if ca_file is not None:
         context.load_verify_locations(cafile=str(ca_file))
     return context
-
-
-def _tls_reason(exc: aiohttp.ClientSSLError) -> str:
-    cause = getattr(exc, "certificate_error", None) or exc.os_error
-    return getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or "handshake"
 
 
 async def _watch_for_disconnect(receive: Receive, watch: _Watch) -> None:

@@ -22,6 +22,14 @@ Payloads (request and response bodies) are stored sealed, each under its own key
 Group commit: every record asked for in one event-loop iteration goes into one transaction, and
 in "fsync" mode every commit made while an fsync runs shares the next one. Leaves are appended in
 commit order, so the Merkle log's order is the order in which records were committed.
+
+Staged, then filed: a commit writes each record once, whole, as one row of `staged` (its leaf
+number, leaf and sealed payload, appended at the end of one table: a page or two per commit).
+Filing it into `requests`/`outcomes`, `leaves` and `payload_keys` (three tables and four
+indexes, most of them keyed by random ids) happens later, many records per transaction: on a
+timer in the writer, and before any read, checkpoint or purge, in whichever process reads. A
+crash between the two loses nothing: staged rows are filed when the store next opens. Measured:
+a committed request record took 263 us on the proxy's path when every commit filed its record.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import sqlite3
@@ -52,6 +61,7 @@ from audit_proxy.checkpoints import (
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
 from audit_proxy.payload_crypto import PayloadSealError, seal, unseal
 from audit_proxy.sqlite import BUSY_TIMEOUT_MS, open_private_db
+from audit_proxy.staging import StagedRecord, StagingFile, StagingLocked, read_staged
 
 AbortedBy = Literal["client", "upstream", "proxy"]
 Durability = Literal["process", "fsync"]
@@ -146,6 +156,11 @@ CREATE TABLE IF NOT EXISTS payload_keys (
 );
 """
 _INSERT_PAYLOAD_KEY = "INSERT INTO payload_keys (kind, record_id, key) VALUES (?,?,?)"
+
+# Filing starts this long after the first unfiled commit, or at once past FILE_BATCH records;
+# one transaction files at most FILE_BATCH, so requests wait behind at most one.
+FILE_AFTER_S = 0.05
+FILE_BATCH = 128
 # Payloads shredded per purge transaction: a running proxy waits for at most one batch.
 PURGE_BATCH = 200
 PURGE_WAL_TRUNCATE_TRIES = 50
@@ -353,19 +368,36 @@ class AuditRecorder(Protocol):
     ) -> None: ...
 
 
-_INSERT_REQUEST = (
-    "INSERT INTO requests (id, received_at, user, role, client, method, route, feature,"
-    " model, stream, body_sha256, body_size, body, policy)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *"
-)
-_INSERT_OUTCOME = (
-    "INSERT INTO outcomes (request_id, finished_at, status, bytes_out, sha256,"
-    " response_body, prompt_tokens, completion_tokens, total_tokens, finish_reason,"
-    " latency_ms, ttfb_ms, aborted_by, completed, error)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *"
-)
-# Each insert returns its row, from which the leaf is made. RETURNING gives values as bound, before
-# a REAL column turns an int into a float: REAL columns must be bound as float.
+REQUEST_COLUMNS = (
+    "id", "received_at", "user", "role", "client", "method", "route", "feature", "model",
+    "stream", "body_sha256", "body_size", "body", "policy",
+)  # fmt: skip
+OUTCOME_COLUMNS = (
+    "request_id", "finished_at", "status", "bytes_out", "sha256", "response_body",
+    "prompt_tokens", "completion_tokens", "total_tokens", "finish_reason", "latency_ms",
+    "ttfb_ms", "aborted_by", "completed", "error",
+)  # fmt: skip
+_COLUMNS = {"request": REQUEST_COLUMNS, "outcome": OUTCOME_COLUMNS}
+_FILE_RECORD = {
+    kind: f"INSERT INTO {LEAF_SOURCES[kind][0]} ({', '.join(columns)})"  # noqa: S608
+    f" VALUES ({','.join('?' * len(columns))})"
+    for kind, columns in _COLUMNS.items()
+}
+
+
+def leaf_of(kind: str, params: tuple[object, ...], seq: int) -> bytes:
+    """The canonical bytes of leaf `seq` for a record row (`params` in `_COLUMNS[kind]` order).
+
+    The payload is left out (the row binds it by SHA-256), and so is `requests.seq`, the table's
+    own counter. REAL columns must be given as float, as they read back.
+    """
+    _, _, payload = LEAF_SOURCES[kind]
+    record = {
+        name: value.hex() if isinstance(value, bytes) else value
+        for name, value in zip(_COLUMNS[kind], params, strict=True)
+        if name != payload
+    }
+    return canonical_json({"kind": kind, "record": record, "seq": seq})
 
 
 @dataclass(slots=True)
@@ -374,8 +406,7 @@ class _Pending:
 
     kind: str
     record_id: str
-    sql: str
-    params: tuple[object, ...]
+    params: tuple[object, ...] = field(repr=False)
     payload_key: bytes = field(repr=False)
     loop: asyncio.AbstractEventLoop = field(repr=False)
     future: asyncio.Future[None] = field(repr=False)
@@ -422,20 +453,19 @@ def _settle_everywhere(items: Sequence[tuple[_Pending, BaseException | None]]) -
             loop.call_soon_threadsafe(_settle, results)
 
 
-class _WalSyncer:
-    """Group fsync for "fsync" durability: one thread fsyncs the WAL for every commit so far.
+class _GroupSyncer:
+    """Group fsync for "fsync" durability: one thread fsyncs the staging file for every commit.
 
-    A commit in WAL mode is its frames appended to the -wal file; once that file is fsynced the
-    commit survives power loss. Commits made while an fsync runs share the next one. Checkpoints
-    need no help: with synchronous=NORMAL SQLite fsyncs the WAL before copying it into the
-    database and the database before the WAL is reused.
+    A commit is its frames appended to the staging file; once that file is fsynced the commit
+    survives power loss. Commits made while an fsync runs share the next one. Filing needs no
+    help: in "fsync" mode SQLite commits with synchronous=FULL, so a record is on disk in the
+    database before the staging file that held it is emptied.
     """
 
-    def __init__(self, db_path: Path) -> None:
-        wal = Path(f"{db_path}-wal")
-        self._fd = os.open(wal, os.O_RDONLY)
-        # The -wal file's directory entry must be durable too.
-        dir_fd = os.open(db_path.parent, os.O_RDONLY)
+    def __init__(self, staging_path: Path) -> None:
+        self._fd = os.open(staging_path, os.O_RDONLY)
+        # The staging file's directory entry must be durable too.
+        dir_fd = os.open(staging_path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
@@ -514,19 +544,31 @@ class AuditStore:
             _add_policy_column(self._conn)
             self._conn.executescript(_LOG_SCHEMA)
             self._conn.executescript(_PAYLOAD_KEYS_SCHEMA)
+            if durability == "fsync":
+                # Filing must be on disk before the staging file that held the records is emptied.
+                self._conn.execute("PRAGMA synchronous = FULL")
         except (sqlite3.Error, OSError) as exc:
             raise AuditStoreUnavailable(f"cannot open the audit store {path}: {exc}") from exc
         self._lock = threading.Lock()
+        self._filing: asyncio.TimerHandle | asyncio.Handle | None = None
+        # Requests this store recorded whose outcome it has not: an outcome must have one.
+        self._open_requests: set[str] = set()
+        self._filed_size = 0
+        self.staging_path = Path(f"{path}.staged")
+        self._staging: StagingFile | None = None  # opened (and locked) at the first write
+        self._staged: list[StagedRecord] = []  # this writer's records not yet filed
+        self.file_staged()
         self.signer = signer
         self._checkpoint_every = checkpoint_every
         self._frontier = self._load_frontier()
+        self._filed_size = self._frontier.size
         self._signed_size = self._last_signed_size()
         # Transactions committed by this store (group commit puts several records in one).
         self.commits = 0
         self._pending: list[_Pending] = []
         self._pending_lock = threading.Lock()
         self._closed = False
-        self._syncer: _WalSyncer | None = None
+        self._syncer: _GroupSyncer | None = None
         self._wal_checkpointer: threading.Thread | None = None
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -549,6 +591,15 @@ class AuditStore:
         with self._pending_lock:
             self._closed = True
         self._flush()
+        if self._filing is not None:
+            self._filing.cancel()
+        self.file_staged()
+        if self._staging is not None:
+            with self._lock:
+                if not self._staged:
+                    self._staging.empty()
+                self._staging.close()
+                self._staging = None
         self._stop.set()
         for thread in (self._ticker, self._wal_checkpointer):
             if thread is not None:
@@ -587,7 +638,7 @@ class AuditStore:
             request_id, body, sealed.stored, user, role, client, method, route, feature, model,
             stream, policy,
         )  # fmt: skip
-        await self._append("request", request_id, _INSERT_REQUEST, row, sealed.key)
+        await self._append("request", request_id, row, sealed.key)
         return request_id
 
     async def record_outcome(
@@ -611,7 +662,7 @@ class AuditStore:
             request_id, response_body, sealed.stored, status, sha256, usage, finish_reason,
             latency_ms, ttfb_ms, aborted_by, completed, error,
         )  # fmt: skip
-        await self._append("outcome", request_id, _INSERT_OUTCOME, row, sealed.key)
+        await self._append("outcome", request_id, row, sealed.key)
 
     def requests(self) -> list[RequestRecord]:
         """Every request record, oldest first."""
@@ -630,7 +681,7 @@ class AuditStore:
         return outcome_from_row(rows[0]) if rows else None
 
     async def _append(
-        self, kind: str, record_id: str, sql: str, params: tuple[object, ...], payload_key: bytes
+        self, kind: str, record_id: str, params: tuple[object, ...], payload_key: bytes
     ) -> None:
         """Add one record to the next group commit; return once it and its leaf are durable."""
         loop = asyncio.get_running_loop()
@@ -639,7 +690,7 @@ class AuditStore:
             if self._closed:
                 raise AuditStoreUnavailable(f"the audit store {self.path} is closed")
             first = not self._pending
-            self._pending.append(_Pending(kind, record_id, sql, params, payload_key, loop, future))
+            self._pending.append(_Pending(kind, record_id, params, payload_key, loop, future))
         if first:
             # Whatever else this loop iteration records joins the same transaction.
             loop.call_soon(self._flush)
@@ -679,17 +730,121 @@ class AuditStore:
             _settle_everywhere(failed)
         if self.durability == "fsync":
             try:
-                self._wal_syncer().after_next_fsync(committed)
+                self._group_syncer().after_next_fsync(committed)
             except OSError as exc:
                 error = AuditStoreUnavailable(f"the audit log {self.path} cannot be fsynced: {exc}")
                 _settle_everywhere([(item, error) for item in committed])
         else:
             _settle_everywhere([(item, None) for item in committed])
+        if committed:
+            self._schedule_filing()
         if due and self.signer is not None:
             try:
                 self.checkpoint()
             except AuditStoreUnavailable as exc:
                 log.error("checkpoint failed: %s", exc)
+
+    def _schedule_filing(self) -> None:
+        """On the writer's loop: file staged records soon (at once when many are waiting)."""
+        staged = self._frontier.size - self._filed_size
+        if self._filing is not None and staged < FILE_BATCH:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (closing): the next read or open files them
+        if self._filing is not None:
+            self._filing.cancel()
+        if staged >= FILE_BATCH:
+            self._filing = loop.call_soon(self._file_some)
+        else:
+            self._filing = loop.call_later(FILE_AFTER_S, self._file_some)
+
+    def _file_some(self) -> None:
+        """On the writer's loop: one filing batch. A busy database is tried again later: the
+        loop never waits for SQLite's lock (a purge or a reader's filing may hold it)."""
+        self._filing = None
+        try:
+            with self._lock:
+                self._conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    more = self._file_batch()
+                finally:
+                    self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:
+            busy = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+            if not busy:
+                log.error("staged audit records of %s cannot be filed yet: %s", self.path, exc)
+            with contextlib.suppress(RuntimeError):
+                retry_s = FILE_AFTER_S if busy else 1.0
+                self._filing = asyncio.get_running_loop().call_later(retry_s, self._file_some)
+            return
+        if more:
+            self._schedule_filing()
+
+    def file_staged(self) -> None:
+        """File every staged record now (any process may, under SQLite's write lock).
+
+        Every read files first; this is for those who read the tables with their own SQL.
+
+        A store that cannot (a read-only copy, a broken table) logs why and reads what is filed.
+        """
+        try:
+            with self._lock:
+                while self._file_batch():
+                    pass
+        except sqlite3.Error as exc:
+            log.warning("staged audit records of %s cannot be filed: %s", self.path, exc)
+
+    def _file_batch(self) -> bool:
+        """Under the lock: file up to FILE_BATCH staged records in one transaction.
+
+        The writer files from memory and empties its staging file once all is filed; any other
+        store files what it reads in the file. Filing skips what is filed already, so both may.
+        Returns whether staged records remain.
+        """
+        staged = self._staged if self._staging is not None else read_staged(self.staging_path)
+        if not staged:
+            return False
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            (filed,) = self._conn.execute(
+                "SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves"
+            ).fetchone()
+            unfiled = [record for record in staged if record.seq >= filed]
+            batch = unfiled[:FILE_BATCH]
+            for record in batch:
+                if record.seq != filed:
+                    raise sqlite3.IntegrityError(
+                        f"staged leaf {record.seq} does not follow leaf {filed - 1}"
+                    )
+                self._file_record(record)
+                filed += 1
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._filed_size = max(self._filed_size, filed)
+        if self._staging is None:
+            return len(unfiled) > len(batch)  # a reader files what it read
+        del self._staged[: sum(1 for record in self._staged if record.seq < filed)]
+        if not self._staged:
+            self._staging.empty()
+        return bool(self._staged)
+
+    def _file_record(self, record: StagedRecord) -> None:
+        """Inside the filing transaction: the record's row, its leaf and its payload key."""
+        row = json.loads(record.canonical)["record"]
+        _, _, payload_column = LEAF_SOURCES[record.kind]
+        row[payload_column] = record.payload
+        columns = _COLUMNS[record.kind]
+        self._conn.execute(_FILE_RECORD[record.kind], tuple(row.get(name) for name in columns))
+        self._conn.execute(
+            "INSERT INTO leaves (seq, kind, record_id, leaf_hash, canonical) VALUES (?,?,?,?,?)",
+            (record.seq, record.kind, record.record_id, record.leaf_hash, record.canonical),
+        )
+        self._conn.execute(_INSERT_PAYLOAD_KEY, (record.kind, record.record_id, record.payload_key))
 
     def _start_background_work(self) -> None:
         """At the first write: WAL checkpoints move to a thread of their own."""
@@ -701,10 +856,10 @@ class AuditStore:
         )
         self._wal_checkpointer.start()
 
-    def _wal_syncer(self) -> _WalSyncer:
-        """The fsync thread, started after the first commit (which makes sure the WAL exists)."""
+    def _group_syncer(self) -> _GroupSyncer:
+        """The fsync thread, started after the first commit (which makes the staging file)."""
         if self._syncer is None:
-            self._syncer = _WalSyncer(self.path)
+            self._syncer = _GroupSyncer(self.staging_path)
         return self._syncer
 
     def _checkpoint_wal(self) -> None:
@@ -723,51 +878,90 @@ class AuditStore:
         return AuditStoreUnavailable(f"the audit store {self.path} cannot write: {exc}")
 
     def _commit(self, group: Sequence[_Pending]) -> None:
-        """One transaction: every record with its leaf, in order; then extend the frontier."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            (seq,) = self._conn.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves").fetchone()
-            digests = []
-            for item in group:
-                cursor = self._conn.execute(item.sql, item.params)
-                names = [d[0] for d in cursor.description]
-                row = dict(zip(names, cursor.fetchone(), strict=True))
-                digests.append(self._append_leaf(item.kind, item.record_id, row, seq))
-                self._conn.execute(
-                    _INSERT_PAYLOAD_KEY, (item.kind, item.record_id, item.payload_key)
+        """Stage the group's records with their leaves, in order, in one write."""
+        if self._staging is None:
+            self._open_staging()
+        assert self._staging is not None
+        seq = self._frontier.size
+        records = []
+        for item in group:
+            if item.kind == "outcome":
+                self._check_outcome_allowed(item.record_id)
+            canonical = leaf_of(item.kind, item.params, seq)
+            _, _, payload_column = LEAF_SOURCES[item.kind]
+            payload = item.params[_COLUMNS[item.kind].index(payload_column)]
+            assert isinstance(payload, bytes)
+            records.append(
+                StagedRecord(
+                    seq,
+                    item.kind,
+                    item.record_id,
+                    leaf_hash(canonical),
+                    canonical,
+                    payload,
+                    item.payload_key,
                 )
-                seq += 1
-            self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
+            )
+            seq += 1
+        self._staging.append(records)
         self.commits += 1
-        for digest in digests:
-            self._frontier.append(digest)
+        self._staged.extend(records)
+        for record in records:
+            self._frontier.append(record.leaf_hash)
+            if record.kind == "request":
+                self._open_requests.add(record.record_id)
+            else:
+                self._open_requests.discard(record.record_id)
 
-    def _append_leaf(self, kind: str, record_id: str, row: dict[str, object], seq: int) -> bytes:
-        """Inside the record's transaction: its leaf `seq`, from the row as stored; its hash."""
-        _, _, payload = LEAF_SOURCES[kind]
-        # The payload is bound by its hash in the row; `seq` is the table's own counter.
-        row.pop(payload)
-        if kind == "request":
-            row.pop("seq", None)
-        record = {k: v.hex() if isinstance(v, bytes) else v for k, v in row.items()}
-        data = canonical_json({"kind": kind, "record": record, "seq": seq})
-        digest = leaf_hash(data)
-        self._conn.execute(
-            "INSERT INTO leaves (seq, kind, record_id, leaf_hash, canonical) VALUES (?,?,?,?,?)",
-            (seq, kind, record_id, digest, data),
-        )
-        return digest
+    def _open_staging(self) -> None:
+        """At the first write: lock the staging file, file what a dead writer left in it."""
+        try:
+            staging = StagingFile(self.staging_path)
+        except StagingLocked as exc:
+            raise AuditStoreUnavailable(str(exc)) from None
+        try:
+            while self._file_batch():  # reads the file: this store is not the writer yet
+                pass
+            (filed,) = self._conn.execute(
+                "SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves"
+            ).fetchone()
+            if any(record.seq >= filed for record in read_staged(self.staging_path)):
+                raise sqlite3.IntegrityError("records left in the staging file cannot be filed")
+            staging.empty()
+            # Other stores may have written before this one took the lock.
+            self._frontier = self._read_frontier()
+        except BaseException:
+            staging.close()
+            raise
+        self._staging = staging
+
+    def _check_outcome_allowed(self, request_id: str) -> None:
+        """The request is on the log and has no outcome yet."""
+        if request_id in self._open_requests:
+            return
+        staged = {(r.kind, r.record_id) for r in self._staged}
+        (known, ended) = self._conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM requests WHERE id = ?1),"
+            " EXISTS (SELECT 1 FROM outcomes WHERE request_id = ?1)",
+            (request_id,),
+        ).fetchone()
+        if not (known or ("request", request_id) in staged):
+            raise sqlite3.IntegrityError(f"no request {request_id} to give an outcome")
+        if ended or ("outcome", request_id) in staged:
+            raise sqlite3.IntegrityError(f"request {request_id} has its outcome already")
+
+    def _read_frontier(self) -> Frontier:
+        """The tree of every leaf: filed, then this writer's staged (under the lock)."""
+        frontier = Frontier()
+        for (digest,) in self._conn.execute("SELECT leaf_hash FROM leaves ORDER BY seq"):
+            frontier.append(digest)
+        for record in self._staged:
+            frontier.append(record.leaf_hash)
+        return frontier
 
     def _load_frontier(self) -> Frontier:
-        frontier = Frontier()
         with self._lock:
-            for (digest,) in self._conn.execute("SELECT leaf_hash FROM leaves ORDER BY seq"):
-                frontier.append(digest)
-        return frontier
+            return self._read_frontier()
 
     def _last_signed_size(self) -> int:
         with self._lock:
@@ -789,14 +983,13 @@ class AuditStore:
             raise AuditStoreUnavailable("this audit store has no signing key")
         try:
             with self._lock:
+                # A checkpoint covers filed leaves only, so an export never ends short of one.
+                while self._file_batch():
+                    pass
                 (count,) = self._conn.execute("SELECT COUNT(*) FROM leaves").fetchone()
                 if count != self._frontier.size:
                     # Another process appended to the same file: rebuild from the table.
-                    frontier = Frontier()
-                    rows = self._conn.execute("SELECT leaf_hash FROM leaves ORDER BY seq")
-                    for (digest,) in rows:
-                        frontier.append(digest)
-                    self._frontier = frontier
+                    self._frontier = self._read_frontier()
                 (signed,) = self._conn.execute(
                     "SELECT COALESCE(MAX(size), 0) FROM checkpoints"
                 ).fetchone()
@@ -892,6 +1085,8 @@ class AuditStore:
         """
         cutoff = purge_cutoff_text(before)
         shredded_at = datetime.now(UTC).isoformat()
+        self.file_staged()
+        self._empty_idle_staging()
         with self._lock:
             self._conn.execute("PRAGMA secure_delete = ON")
             self._conn.execute("PRAGMA busy_timeout = 5000")
@@ -909,6 +1104,27 @@ class AuditStore:
                 first, after = int(rows[0][0]), int(rows[-1][0])
                 shredded += self._shred_batch((first, after, cutoff), shredded_at)
         return PurgeResult(shredded, self._truncate_wal())
+
+    def _empty_idle_staging(self) -> None:
+        """With no live writer, empty the staging file: filed records' keys must not stay there.
+
+        A live writer empties it itself once it has filed (within FILE_AFTER_S).
+        """
+        if self._staging is not None:
+            return
+        try:
+            staging = StagingFile(self.staging_path)
+        except (StagingLocked, OSError):
+            return
+        try:
+            with self._lock:
+                (filed,) = self._conn.execute(
+                    "SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves"
+                ).fetchone()
+            if all(record.seq < filed for record in read_staged(self.staging_path)):
+                staging.empty()
+        finally:
+            staging.close()
 
     def _shred_batch(self, scope: tuple[int, int, str], shredded_at: str) -> int:
         """One transaction: shred the payloads of requests `scope` selects, and their outcomes."""
@@ -978,5 +1194,6 @@ class AuditStore:
         ]
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        self.file_staged()
         with self._lock:
             return self._conn.execute(sql, params).fetchall()

@@ -7,11 +7,10 @@ import sqlite3
 import stat
 from pathlib import Path
 
-import pytest
-
 from audit_proxy import merkle, verify
 from audit_proxy.checkpoints import KEY_FILE, Signer
-from audit_proxy.store import AuditStore, AuditStoreUnavailable
+from audit_proxy.staging import read_staged
+from audit_proxy.store import AuditStore
 
 from .records import record_pair
 
@@ -47,18 +46,41 @@ def test_each_record_is_a_leaf_without_its_payload(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_record_that_cannot_get_its_leaf_is_not_written(tmp_path: Path) -> None:
+def test_a_record_that_cannot_be_filed_stays_staged_until_it_can(tmp_path: Path) -> None:
     store = AuditStore(tmp_path / "audit.sqlite3")
-    # Sabotage the leaves table: the record's transaction must roll back as a whole.
+    first = record_pair(store)
+    store.file_staged()
+    # Sabotage the leaves table: filing fails as a whole, and the records wait in staging.
     raw = sqlite3.connect(tmp_path / "audit.sqlite3")
-    raw.execute("DROP TABLE leaves")
+    raw.execute("ALTER TABLE leaves RENAME TO leaves_kept")
     raw.execute("CREATE TABLE leaves (seq INTEGER PRIMARY KEY, kind TEXT CHECK (0))")
     raw.commit()
+    request_id = record_pair(store)  # committed: its frames are in the staging file
+    assert [r.id for r in store.requests()] == [first]  # no row without its leaf
+    assert len(store.outcomes()) == 1
+    assert [r.record_id for r in read_staged(store.staging_path)] == [request_id] * 2
+    raw.execute("DROP TABLE leaves")
+    raw.execute("ALTER TABLE leaves_kept RENAME TO leaves")
+    raw.commit()
     raw.close()
-    with pytest.raises(AuditStoreUnavailable):
-        record_pair(store)
-    assert store.requests() == []
+    assert [r.id for r in store.requests()] == [first, request_id]
+    assert [kind for _, kind, *_ in store.leaves()] == ["request", "outcome"] * 2
+    assert read_staged(store.staging_path) == []  # filed, so the staging file is emptied
     store.close()
+
+
+def test_records_a_killed_writer_staged_are_filed_by_the_next_store(tmp_path: Path) -> None:
+    writer = AuditStore(tmp_path / "audit.sqlite3")
+    request_id = record_pair(writer)
+    staged = read_staged(writer.staging_path)
+    assert [r.kind for r in staged] == ["request", "outcome"]
+    # As after kill -9: the records are only in the staging file (plus a torn last frame).
+    with open(writer.staging_path, "ab") as torn:
+        torn.write(staged[0].frame()[:20])
+    reader = AuditStore(tmp_path / "audit.sqlite3")
+    assert [r.id for r in reader.requests()] == [request_id]
+    assert len(reader.leaves()) == 2
+    reader.close()
 
 
 def test_checkpoints_every_n_records_and_at_close(tmp_path: Path) -> None:

@@ -25,8 +25,10 @@ CANARY = b"canary-7f3a91-do-not-keep"
 
 
 def record(store: AuditStore, prompt: bytes, answer: bytes = b'{"text":"ok"}') -> str:
-    """One request and its outcome."""
-    return record_pair(store, prompt, answer)
+    """One request and its outcome, filed into the tables the raw SQL below reads."""
+    request_id = record_pair(store, prompt, answer)
+    store.file_staged()
+    return request_id
 
 
 def on_disk(data_dir: Path) -> bytes:

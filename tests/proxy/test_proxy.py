@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from audit_proxy.store import OutcomeRecord
+from audit_proxy.store import FILE_AFTER_S, OutcomeRecord
 
 from .conftest import SERVICE_KEY, Proxy, start_proxy, stop_proxy
 from .fake_upstream import SLOW_PAUSE_S, FakeUpstream, free_port
@@ -103,28 +103,57 @@ def test_revoked_and_expired_keys_are_401(proxy: Proxy, upstream: FakeUpstream) 
 # --- fail closed -----------------------------------------------------------------------------
 
 
-def test_audit_store_locked_is_503_and_nothing_goes_upstream(
-    proxy: Proxy, upstream: FakeUpstream, user_key: str
+def test_audit_store_that_cannot_write_is_503_and_nothing_goes_upstream(
+    upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    # Root ignores file modes, so the store is made unwritable for real: another connection
-    # holds SQLite's write lock, and the proxy's insert times out.
-    blocker = sqlite3.connect(proxy.data_dir / "audit.sqlite3", isolation_level=None)
-    before = len(proxy.store().requests())
-    blocker.execute("BEGIN EXCLUSIVE")
+    proxy = start_proxy(upstream.url, tmp_path / "data", tmp_path / "proxy.log")
     try:
+        user_key = proxy.keys().create("alice")
+        # Root ignores file modes, so the store is made unwritable for real: a directory stands
+        # where the proxy's first record would create its staging file.
+        staging = proxy.data_dir / "audit.sqlite3.staged"
+        staging.mkdir()
         response = httpx.post(
             proxy.url + "/v1/completions", json=COMPLETION, headers=auth(user_key), timeout=10
         )
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "audit_store_unavailable"
+        assert upstream.received == []
+        staging.rmdir()
+        # Once the store can write again, so can the proxy.
+        response = httpx.post(
+            proxy.url + "/v1/completions", json=COMPLETION, headers=auth(user_key)
+        )
+        assert response.status_code == 200
+        assert len(proxy.store().requests()) == 1
+    finally:
+        stop_proxy(proxy)
+
+
+def test_a_locked_database_delays_filing_but_loses_nothing(
+    proxy: Proxy, upstream: FakeUpstream, user_key: str
+) -> None:
+    """Records are committed to the staging file; SQLite being busy only delays their filing."""
+    before = len(proxy.store().requests())
+    blocker = sqlite3.connect(proxy.data_dir / "audit.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            response = httpx.post(
+                proxy.url + "/v1/completions", json=COMPLETION, headers=auth(user_key), timeout=10
+            )
+            assert response.status_code == 200
+            # The proxy never waits on the database's lock (5 s) to answer.
+            assert time.monotonic() - started < 1
+            time.sleep(FILE_AFTER_S * 3)  # its filing comes due, and finds the lock taken
+        assert len(upstream.received) == 3
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    assert response.status_code == 503
-    assert response.json()["error"]["code"] == "audit_store_unavailable"
-    assert upstream.received == []
-    assert len(proxy.store().requests()) == before
-    # Once the store can write again, so can the proxy.
-    response = httpx.post(proxy.url + "/v1/completions", json=COMPLETION, headers=auth(user_key))
-    assert response.status_code == 200
+    requests = proxy.store().requests()
+    assert len(requests) == before + 3
+    assert all(proxy.store().outcome(r.id) is not None for r in requests[before:])
 
 
 # --- upstream: keys, errors, pass-through ----------------------------------------------------
