@@ -44,6 +44,8 @@ class StagedRecord:
     canonical: bytes
     payload: bytes = field(repr=False)
     payload_key: bytes = field(repr=False)
+    # The writer's record row as it was committed; None when read back from the file.
+    row: tuple[object, ...] | None = field(default=None, repr=False, compare=False)
 
     def frame(self) -> bytes:
         fields = (

@@ -385,6 +385,14 @@ _FILE_RECORD = {
 }
 
 
+def row_from_leaf(kind: str, canonical: bytes, payload: bytes) -> tuple[object, ...]:
+    """A record's row (in `_COLUMNS[kind]` order) from its leaf and its stored payload."""
+    record = json.loads(canonical)["record"]
+    _, _, payload_column = LEAF_SOURCES[kind]
+    record[payload_column] = payload
+    return tuple(record.get(name) for name in _COLUMNS[kind])
+
+
 def leaf_of(kind: str, params: tuple[object, ...], seq: int) -> bytes:
     """The canonical bytes of leaf `seq` for a record row (`params` in `_COLUMNS[kind]` order).
 
@@ -686,11 +694,12 @@ class AuditStore:
         """Add one record to the next group commit; return once it and its leaf are durable."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
+        item = _Pending(kind, record_id, params, payload_key, loop, future)
         with self._pending_lock:
             if self._closed:
                 raise AuditStoreUnavailable(f"the audit store {self.path} is closed")
             first = not self._pending
-            self._pending.append(_Pending(kind, record_id, params, payload_key, loop, future))
+            self._pending.append(item)
         if first:
             # Whatever else this loop iteration records joins the same transaction.
             loop.call_soon(self._flush)
@@ -698,32 +707,12 @@ class AuditStore:
         await future
 
     def _flush(self) -> None:
-        """Commit every pending record in one transaction (one per record where that fails)."""
+        """Commit every pending record in one write (one per record where that fails)."""
         with self._pending_lock:
             group, self._pending = self._pending, []
         if not group:
             return
-        if self._wal_checkpointer is None and not self._closed:
-            self._start_background_work()
-        errors: list[BaseException | None]
-        try:
-            with self._lock:
-                try:
-                    self._commit(group)
-                    errors = [None] * len(group)
-                except sqlite3.Error:
-                    # One bad record (say, a duplicate outcome) must not sink the others.
-                    errors = []
-                    for item in group:
-                        try:
-                            self._commit([item])
-                            errors.append(None)
-                        except sqlite3.Error as exc:
-                            errors.append(self._unavailable(exc))
-                due = self._frontier.size - self._signed_size >= self._checkpoint_every
-        except BaseException as exc:  # a caller must never wait forever
-            errors = [self._unavailable(exc) for _ in group]
-            due = False
+        errors = self._commit_group(group)
         committed = [item for item, error in zip(group, errors, strict=True) if error is None]
         failed = [(item, e) for item, e in zip(group, errors, strict=True) if e is not None]
         if failed:
@@ -736,9 +725,38 @@ class AuditStore:
                 _settle_everywhere([(item, error) for item in committed])
         else:
             _settle_everywhere([(item, None) for item in committed])
-        if committed:
-            self._schedule_filing()
-        if due and self.signer is not None:
+        self._after_commit(len(committed))
+
+    def _commit_group(self, group: Sequence[_Pending]) -> list[AuditStoreUnavailable | None]:
+        """Commit `group` in one write; where that fails, each record alone. The errors."""
+        if self._wal_checkpointer is None and not self._closed:
+            self._start_background_work()
+        try:
+            with self._lock:
+                try:
+                    self._commit(group)
+                    return [None] * len(group)
+                except sqlite3.Error:
+                    # One bad record (say, a duplicate outcome) must not sink the others.
+                    errors: list[AuditStoreUnavailable | None] = []
+                    for item in group:
+                        try:
+                            self._commit([item])
+                            errors.append(None)
+                        except sqlite3.Error as exc:
+                            errors.append(self._unavailable(exc))
+                    return errors
+        except BaseException as exc:  # a caller must never wait forever
+            return [self._unavailable(exc) for _ in group]
+
+    def _after_commit(self, committed: int) -> None:
+        """File soon, and sign a checkpoint when enough records came since the last."""
+        if not committed:
+            return
+        self._schedule_filing()
+        if self.signer is not None and (
+            self._frontier.size - self._signed_size >= self._checkpoint_every
+        ):
             try:
                 self.checkpoint()
             except AuditStoreUnavailable as exc:
@@ -813,13 +831,13 @@ class AuditStore:
             ).fetchone()
             unfiled = [record for record in staged if record.seq >= filed]
             batch = unfiled[:FILE_BATCH]
-            for record in batch:
-                if record.seq != filed:
+            for offset, record in enumerate(batch):
+                if record.seq != filed + offset:
                     raise sqlite3.IntegrityError(
-                        f"staged leaf {record.seq} does not follow leaf {filed - 1}"
+                        f"staged leaf {record.seq} does not follow leaf {filed + offset - 1}"
                     )
-                self._file_record(record)
-                filed += 1
+            self._file_records(batch)
+            filed += len(batch)
             self._conn.execute("COMMIT")
         except BaseException:
             if self._conn.in_transaction:
@@ -833,18 +851,27 @@ class AuditStore:
             self._staging.empty()
         return bool(self._staged)
 
-    def _file_record(self, record: StagedRecord) -> None:
-        """Inside the filing transaction: the record's row, its leaf and its payload key."""
-        row = json.loads(record.canonical)["record"]
-        _, _, payload_column = LEAF_SOURCES[record.kind]
-        row[payload_column] = record.payload
-        columns = _COLUMNS[record.kind]
-        self._conn.execute(_FILE_RECORD[record.kind], tuple(row.get(name) for name in columns))
-        self._conn.execute(
+    def _file_records(self, batch: Sequence[StagedRecord]) -> None:
+        """Inside the filing transaction: the records' rows, their leaves and payload keys.
+
+        Requests go in before outcomes (an outcome's request may be in the same batch);
+        each table gets its rows in leaf order.
+        """
+        for kind in ("request", "outcome"):
+            rows = [
+                r.row if r.row is not None else row_from_leaf(kind, r.canonical, r.payload)
+                for r in batch
+                if r.kind == kind
+            ]
+            if rows:
+                self._conn.executemany(_FILE_RECORD[kind], rows)
+        self._conn.executemany(
             "INSERT INTO leaves (seq, kind, record_id, leaf_hash, canonical) VALUES (?,?,?,?,?)",
-            (record.seq, record.kind, record.record_id, record.leaf_hash, record.canonical),
+            [(r.seq, r.kind, r.record_id, r.leaf_hash, r.canonical) for r in batch],
         )
-        self._conn.execute(_INSERT_PAYLOAD_KEY, (record.kind, record.record_id, record.payload_key))
+        self._conn.executemany(
+            _INSERT_PAYLOAD_KEY, [(r.kind, r.record_id, r.payload_key) for r in batch]
+        )
 
     def _start_background_work(self) -> None:
         """At the first write: WAL checkpoints move to a thread of their own."""
@@ -900,6 +927,7 @@ class AuditStore:
                     canonical,
                     payload,
                     item.payload_key,
+                    item.params,
                 )
             )
             seq += 1

@@ -1,8 +1,8 @@
 """Durability modes, group commit, and kill -9 of a real proxy under load (a short crash run).
 
-Power loss cannot be simulated here: for "fsync" the tests check that the WAL is fsynced before a
-record call returns, that concurrent records share commits and fsyncs, and that a failed fsync
-fails closed.
+Power loss cannot be simulated here: for "fsync" the tests check that the staging file is
+fsynced before a record call returns, that concurrent records share commits and fsyncs, and that
+a failed fsync fails closed.
 """
 
 from __future__ import annotations
