@@ -241,9 +241,11 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         for name, value in self._headers:
+            if name == b"content-length" and value.isdigit() and int(value) > MAX_REQUEST_BODY:
+                self._refuse(413, "request body too large", "request_too_large")
+                raise httptools.HttpParserError("request body too large")
             if name == b"expect" and value.lower() == b"100-continue":
                 self.write(_CONTINUE)
-                break
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)

@@ -13,6 +13,7 @@ A connection goes back to the pool only after a complete answer; an answer aband
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import time
 from collections import deque
@@ -382,7 +383,8 @@ class UpstreamPool:
             reason = getattr(exc, "verify_message", None) or exc.reason or "handshake"
             raise UpstreamTLSError(str(reason)) from None
         except OSError as exc:
-            raise UpstreamUnreachable(exc.strerror or str(exc)) from None
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise UpstreamUnreachable(reason) from None
         self._open.add(connection)
         connection.on_lost = self._open.discard
         return connection

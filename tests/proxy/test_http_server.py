@@ -1,0 +1,174 @@
+"""The proxy's HTTP/1.1 server, spoken to over a real socket, byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from audit_proxy.asgi import MAX_REQUEST_BODY, Message, Receive, Scope, Send
+from audit_proxy.forward import StreamAborted
+from audit_proxy.http_server import HttpServer
+
+from .fake_upstream import free_port
+
+
+class EchoApp:
+    """Answers with what it saw; a few paths misbehave on purpose."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.disconnected = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            self.events.append("shutdown")
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        message = await receive()
+        body = message["body"]
+        path = scope["path"]
+        if path == "/boom":
+            raise RuntimeError("app failure")
+        if path == "/cut":
+            await send(start(200))
+            await send({"type": "http.response.body", "body": b"half", "more_body": True})
+            raise StreamAborted("upstream went away")
+        if path == "/wait-for-client":
+            await send(start(200))
+            await send({"type": "http.response.body", "body": b"tick", "more_body": True})
+            if (await receive())["type"] == "http.disconnect":
+                self.disconnected.set()
+            return
+        if path == "/stream":
+            await send(start(200, [(b"content-type", b"text/event-stream")]))
+            for part in (b"one", b"two"):
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        answer = b"%s %s %s q=%s" % (
+            scope["method"].encode(),
+            path.encode(),
+            body,
+            scope["query_string"],
+        )
+        await send(start(200))
+        await send({"type": "http.response.body", "body": answer})
+
+
+def start(status: int, headers: list[tuple[bytes, bytes]] | None = None) -> Message:
+    return {"type": "http.response.start", "status": status, "headers": headers or []}
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[EchoApp, int]]:
+    app = EchoApp()
+    server = HttpServer(app, "127.0.0.1", free_port(), graceful_s=1)
+    task = asyncio.create_task(server.serve())
+    for _ in range(100):
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.close()
+            break
+        await asyncio.sleep(0.01)
+    yield app, server.port
+    server.stop()
+    await asyncio.wait_for(task, 5)
+
+
+async def exchange(port: int, raw: bytes) -> bytes:
+    """Send `raw`, and read until the server closes (or cuts) the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := await asyncio.wait_for(reader.read(65536), 5):
+            data += chunk
+    writer.close()
+    return data
+
+
+def post(path: str, body: bytes, *extra: bytes) -> bytes:
+    head = b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n" % (path.encode(), len(body))
+    return head + b"".join(extra) + b"\r\n" + body
+
+
+async def test_a_sized_answer_and_keep_alive_with_pipelining(served: tuple[EchoApp, int]) -> None:
+    _, port = served
+    raw = post("/a?x=1", b"first") + post("/b%20c", b"second", b"connection: close\r\n")
+    data = await exchange(port, raw)
+    first, second = data.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert b"content-length: 19\r\n" in first and first.endswith(b"POST /a first q=x=1")
+    assert b"connection: close\r\n" in second and second.endswith(b"POST /b c second q=")
+    assert b"date: " in first
+
+
+async def test_a_streamed_answer_is_chunked(served: tuple[EchoApp, int]) -> None:
+    _, port = served
+    data = await exchange(port, post("/stream", b"", b"connection: close\r\n"))
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head and b"content-length" not in head
+    assert body == b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"
+
+
+async def test_expect_100_continue_and_a_chunked_request_body(
+    served: tuple[EchoApp, int],
+) -> None:
+    _, port = served
+    raw = (
+        b"POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
+        b"expect: 100-continue\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    data = await exchange(port, raw)
+    assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+    assert data.endswith(b"POST /c hello q=")
+
+
+async def test_a_malformed_request_is_a_400_and_the_connection_closed(
+    served: tuple[EchoApp, int],
+) -> None:
+    _, port = served
+    data = await exchange(port, b"NOT HTTP\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 400 ") and b"connection: close" in data
+    assert b"malformed HTTP request" in data
+
+
+async def test_a_body_over_the_limit_is_a_413_before_it_is_sent(
+    served: tuple[EchoApp, int],
+) -> None:
+    _, port = served
+    raw = b"POST /big HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % (MAX_REQUEST_BODY + 1)
+    data = await exchange(port, raw)
+    assert data.startswith(b"HTTP/1.1 413 ") and b"request_too_large" in data
+
+
+async def test_an_app_error_is_a_500_and_a_cut_stream_cuts_the_connection(
+    served: tuple[EchoApp, int],
+) -> None:
+    _, port = served
+    data = await exchange(port, post("/boom", b""))
+    assert data.startswith(b"HTTP/1.1 500 ") and b"connection: close" in data
+    cut = await exchange(port, post("/cut", b""))
+    # The head and the first chunk went out; the end of the chunked body never does.
+    assert cut.startswith(b"HTTP/1.1 200 OK") and cut.endswith(b"4\r\nhalf\r\n")
+
+
+async def test_the_app_hears_a_client_that_goes_away(served: tuple[EchoApp, int]) -> None:
+    app, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(post("/wait-for-client", b""))
+    await reader.readuntil(b"tick\r\n")
+    writer.close()
+    await asyncio.wait_for(app.disconnected.wait(), 5)
+
+
+async def test_head_gets_headers_only(served: tuple[EchoApp, int]) -> None:
+    _, port = served
+    data = await exchange(port, b"HEAD /h HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"content-length: 11" in head and body == b""
