@@ -162,6 +162,10 @@ class Report:
     records: int = 0
     checkpoints: int = 0
     payloads_checked: int = 0
+    # Payloads a purge destroyed (the export marks them): their records still verify.
+    payloads_shredded: int = 0
+    # Payloads the export leaves out without saying why (say, an export made without them).
+    payloads_absent: int = 0
     signed_size: int = 0
     # The first record no signed checkpoint covers yet (None: all are covered).
     unsigned_from: int | None = None
@@ -275,7 +279,13 @@ def _check_leaves(
         if kind not in KINDS or not isinstance(record, dict):
             report.problems.append(Problem(position, f"unknown record kind {kind!r}"))
             continue
-        _check_payload(position, kind, record, entry.get("payload"), report)
+        if entry.get("payload") is None:
+            if entry.get("payload_shredded") is True:
+                report.payloads_shredded += 1
+            else:
+                report.payloads_absent += 1
+        else:
+            _check_payload(position, kind, record, entry["payload"], report)
         record_id = record.get("id") if kind == "request" else record.get("request_id")
         if not isinstance(record_id, str):
             report.problems.append(Problem(position, "the record has no id"))
@@ -297,8 +307,6 @@ def _check_leaves(
 def _check_payload(
     position: int, kind: str, record: dict[str, Any], payload: Any, report: Report
 ) -> None:
-    if payload is None:
-        return
     try:
         raw = base64.b64decode(str(payload), validate=True)
     except (binascii.Error, ValueError):

@@ -161,9 +161,14 @@ def verify_command(args: argparse.Namespace) -> int:
             if problem is not first:
                 print(f"  also: {problem}")
         return 1
+    payloads = f"{report.payloads_checked} payloads checked"
+    if report.payloads_shredded:
+        payloads += f", {report.payloads_shredded} shredded by a purge"
+    if report.payloads_absent:
+        payloads += f", {report.payloads_absent} not in the export"
     print(
         f"OK: {report.records} records, {report.checkpoints} checkpoints "
-        f"(signed through size {report.signed_size}), {report.payloads_checked} payloads checked"
+        f"(signed through size {report.signed_size}), {payloads}"
     )
     print(f"log {report.log_id} (public key {report.public_key})")
     for note in report.notes:

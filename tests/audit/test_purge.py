@@ -138,7 +138,10 @@ def test_after_purge_the_export_verifies_and_a_shredded_record_proves(tmp_path: 
     assert all(e["payload"] is not None for e in leaves[8:])
     checked = bastion("audit", "verify", str(out))
     assert checked.returncode == 0, checked.stdout
-    assert checked.stdout.startswith("OK: 12 records, 3 checkpoints (signed through size 12), 4")
+    assert checked.stdout.startswith(
+        "OK: 12 records, 3 checkpoints (signed through size 12), 4 payloads checked, "
+        "8 shredded by a purge\n"
+    )
 
     proof = bastion("audit", "prove", "1", *common)  # the outcome of the first request
     assert proof.returncode == 0, proof.stderr

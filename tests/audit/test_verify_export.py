@@ -69,6 +69,7 @@ def test_an_export_without_payloads_verifies(log_dir: Path) -> None:
     export.export_log(log_dir, out, payloads=False)
     report = verify.verify_export(out.getvalue().splitlines())
     assert report.ok and report.payloads_checked == 0
+    assert (report.payloads_absent, report.payloads_shredded) == (12, 0)
 
 
 def edit_field(e: Entries) -> None:
