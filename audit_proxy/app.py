@@ -22,7 +22,14 @@ from audit_proxy.keys import KeyStore
 from audit_proxy.metrics import CountRequests, MetricsEndpoint
 from audit_proxy.policy import DEFAULT_POLICY, ApplyPolicy, EnforceBlock, Policy, load_policy
 from audit_proxy.ratelimit import RateLimiter
-from audit_proxy.roles import BUILTIN_ROLES, Roles, roles_for
+from audit_proxy.roles import (
+    BUILTIN_ROLES,
+    ROLES_FILE_NAME,
+    RoleBook,
+    resolve_roles_file,
+    roles_for,
+)
+from audit_proxy.roles_reload import LiveRoles
 from audit_proxy.siem import SiemConfigError, SiemForwarder, build_forwarder
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
 
@@ -58,7 +65,7 @@ class ProxyApp:
         policy: Policy = DEFAULT_POLICY,
         fim: FimTemplates | None = None,
         siem: SiemForwarder | None = None,
-        roles: Roles = BUILTIN_ROLES,
+        roles: RoleBook = BUILTIN_ROLES,
     ) -> None:
         self.keys = keys
         self.store = store
@@ -176,6 +183,12 @@ def build_app(config: ProxyConfig) -> ProxyApp:
     keys = KeyStore(config.keys_db)
     roles = roles_for(config.roles_file, config.data_dir)
     roles.check_keys(keys.list())
+    # Edits to the roles file apply while the proxy runs; without one, a roles.toml that
+    # appears in the data dir is picked up too.
+    watched = resolve_roles_file(config.roles_file, config.data_dir) or (
+        config.data_dir / ROLES_FILE_NAME
+    )
+    live = LiveRoles(watched, roles, keys.list)
     try:
         signer = Signer.load_or_create(config.data_dir)
     except SigningKeyError as exc:
@@ -216,4 +229,4 @@ def build_app(config: ProxyConfig) -> ProxyApp:
             f"siem_jsonl_path: cannot open {config.siem_jsonl_path} for appending "
             f"({exc.strerror}); point it at a writable file, or '-' for stdout"
         ) from None
-    return ProxyApp(keys, store, upstream, policy, fim, siem, roles)
+    return ProxyApp(keys, store, upstream, policy, fim, siem, live)

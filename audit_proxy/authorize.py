@@ -38,7 +38,7 @@ from audit_proxy.auth import PRINCIPAL
 from audit_proxy.keys import Principal
 from audit_proxy.metrics import METRICS, ProxyMetrics
 from audit_proxy.ratelimit import RateLimiter, Refusal
-from audit_proxy.roles import Role, Roles
+from audit_proxy.roles import Role, RoleBook
 
 # Scope key: the `Denial` that `AnswerDenial` answers once the request is on record.
 AUTHZ_DENIAL = "bastion.authz.denial"
@@ -171,7 +171,7 @@ class Authorize:
         self,
         app: ASGIApp,
         denied: ASGIApp,
-        roles: Roles,
+        roles: RoleBook,
         limiter: RateLimiter,
         metrics: ProxyMetrics = METRICS,
     ) -> None:
@@ -308,7 +308,7 @@ class AnswerDenial:
 class RequireAdmin:
     """The admin routes (`/v1/audit/*`, `/metrics`): only for a role with `admin = true`."""
 
-    def __init__(self, app: ASGIApp, roles: Roles, metrics: ProxyMetrics = METRICS) -> None:
+    def __init__(self, app: ASGIApp, roles: RoleBook, metrics: ProxyMetrics = METRICS) -> None:
         self.app = app
         self.roles = roles
         self.metrics = metrics

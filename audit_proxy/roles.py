@@ -1,4 +1,4 @@
-"""Roles: what each user may do, read from a TOML file and checked before the proxy starts.
+"""Roles: what each user may do, read from a TOML file, checked at start and on every change.
 
 A roles file looks like this::
 
@@ -36,7 +36,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -134,6 +134,17 @@ class RolesFile(BaseModel):
                     "'_', starting with a letter (as 'bastion keys create --role' does)"
                 )
         return value
+
+
+class RoleBook(Protocol):
+    """What the layers ask of the roles in force (`Roles`, or `LiveRoles` that follow a file)."""
+
+    @property
+    def source(self) -> str: ...
+
+    def role_of(self, principal: Principal) -> str: ...
+
+    def get(self, name: str) -> Role | None: ...
 
 
 class Roles:

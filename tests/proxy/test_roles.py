@@ -20,6 +20,7 @@ import pytest
 from audit_proxy.keys import KeyStore, Principal
 from audit_proxy.ratelimit import RateLimiter, Refusal, TokenBucket
 from audit_proxy.roles import BUILTIN_ROLES, RolesError, load_roles, parse_roles
+from audit_proxy.roles_reload import LiveRoles
 
 from .conftest import REPO, Proxy, start_proxy, stop_proxy
 from .fake_upstream import FakeUpstream
@@ -444,3 +445,56 @@ def test_a_non_json_body_for_a_restricted_role_is_400_and_not_forwarded(
     assert response.status_code == 400
     assert error_of(response)["message"] == "the request body must be a JSON object"
     assert upstream.received == []
+
+
+# --- live reload -----------------------------------------------------------------------------
+
+
+def test_an_edited_roles_file_applies_without_a_restart_and_a_broken_one_does_not(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "home"
+    key = KeyStore(data_dir / "keys.sqlite3").create("erin")
+    roles_file = data_dir / "roles.toml"
+    roles_file.write_text("[roles.user]\n")
+    proxy = start_proxy(upstream.url, data_dir, tmp_path / "proxy.log")
+
+    def status_within(seconds: float, want: int) -> int:
+        deadline = time.monotonic() + seconds
+        while True:
+            response = httpx.post(
+                proxy.url + "/v1/completions", json=COMPLETION, headers=auth(key, "chat")
+            )
+            if response.status_code == want or time.monotonic() > deadline:
+                return response.status_code
+            time.sleep(0.1)
+
+    try:
+        assert status_within(0, 200) == 200
+        roles_file.write_text('[roles.user]\nfeatures = ["completion"]\n')
+        assert status_within(3, 403) == 403  # chat is no longer the user role's
+        roles_file.write_text('[roles.user]\nfeatures = ["chat"]\nmax_tokens = "many"\n')
+        # Not applied: the proxy keeps the roles in force, and says why once.
+        assert status_within(2, 200) == 403
+        log = proxy.log()
+        assert "cannot be used; keeping the roles in force" in log
+        assert "roles.user.max_tokens" in log
+        roles_file.write_text('[roles.user]\nfeatures = ["chat"]\n')
+        assert status_within(3, 200) == 200
+        assert proxy.log().count("roles reloaded from") == 2
+    finally:
+        stop_proxy(proxy)
+
+
+def test_live_roles_pick_up_a_new_file_and_keep_theirs_when_it_goes(tmp_path: Path) -> None:
+    path = tmp_path / "roles.toml"
+    live = LiveRoles(path, BUILTIN_ROLES, every_s=0)
+    alice = Principal(name="alice", role="user")
+    assert live.source == "built-in roles"
+    path.write_text('[roles.user]\nfeatures = ["chat"]\n[users]\nalice = "user"\n')
+    role = live.get(live.role_of(alice))
+    assert role is not None and role.features == ("chat",)
+    assert live.source == str(path)
+    path.unlink()  # gone is not "no roles": the built-in defaults would allow more
+    role = live.get(live.role_of(alice))
+    assert role is not None and role.features == ("chat",)
