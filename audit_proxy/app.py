@@ -219,6 +219,8 @@ def build_app(config: ProxyConfig) -> ProxyApp:
             config.siem_jsonl_path,
             config.siem_syslog_url,
             config.siem_max_backoff_s,
+            # Replicas of one PostgreSQL log elect the one that ships (see audit_proxy.siem).
+            None if isinstance(store, AuditStore) else store.siem_coordination(),
         )
     except SiemConfigError as exc:
         store.close()

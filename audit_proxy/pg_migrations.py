@@ -16,6 +16,8 @@ from psycopg.rows import TupleRow
 # serializes every append to the Merkle log and every checkpoint across replicas.
 MIGRATION_LOCK: Final = 0x62617374_696F6E01  # "bastion" + 1
 APPEND_LOCK: Final = 0x62617374_696F6E02
+# Held for as long as it ships by the one replica that ships the log to the SIEM.
+SIEM_LOCK: Final = 0x62617374_696F6E03
 
 # The columns and their types mirror the SQLite store: a leaf is the canonical JSON of the row
 # as stored, so `stream` and `completed` are integers, timestamps are the stored ISO strings,
@@ -97,7 +99,17 @@ CREATE TABLE payload_keys (
 );
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3)
+# The SIEM cursors the replicas share: the next seq each sink has to ship, per log.
+_V4 = """
+CREATE TABLE siem_cursors (
+    log_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    next_seq BIGINT NOT NULL CHECK (next_seq >= 0),
+    PRIMARY KEY (log_id, sink)
+);
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4)
 LATEST: Final = len(MIGRATIONS)
 
 

@@ -36,7 +36,7 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -53,7 +53,13 @@ from audit_proxy.checkpoints import (
 )
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
 from audit_proxy.payload_crypto import seal
-from audit_proxy.pg_migrations import APPEND_LOCK, SchemaError, migrate, schema_version
+from audit_proxy.pg_migrations import (
+    APPEND_LOCK,
+    SIEM_LOCK,
+    SchemaError,
+    migrate,
+    schema_version,
+)
 
 # The SQLite store's readers of a row with its key row: one place decides what a key row means.
 from audit_proxy.store import (
@@ -746,6 +752,12 @@ class PostgresAuditStore:
             conn.close()
         return PurgeResult(shredded, reclaimed)
 
+    def siem_coordination(self) -> tuple[PostgresSiemCursors, PostgresSiemLeadership]:
+        """Cursors and leadership for SIEM export, shared by every replica of this log."""
+        log_id = self.signer.log_id if self.signer is not None else ""
+        leadership = PostgresSiemLeadership(self._connect)
+        return PostgresSiemCursors(leadership, log_id), leadership
+
     def checkpoints(self) -> list[Checkpoint]:
         """Every signed checkpoint, smallest first."""
         rows = self._read(
@@ -825,3 +837,80 @@ def _vacuum(conn: Conn, tables: Sequence[str]) -> bool:
         ((left,),) = conn.execute("SELECT pg_stat_get_dead_tuples(%s::regclass)", (table,))
         dead += _int(left)
     return dead == 0
+
+
+class PostgresSiemLeadership:
+    """The SIEM lock (a session advisory lock) on a connection of its own.
+
+    `leading()` tries to take the lock while another replica holds it, and checks that the
+    connection (and with it the lock) is still alive while this replica holds it. A connection
+    that fails loses the lock; the next call connects again and tries.
+    """
+
+    def __init__(self, connect: Callable[[], Conn]) -> None:
+        self._connect = connect
+        self.conn: Conn | None = None
+        self._held = False
+
+    def leading(self) -> bool:
+        try:
+            if self.conn is None or self.conn.closed or self.conn.broken:
+                self._held = False
+                self.conn = self._connect()
+            if self._held:
+                self.conn.execute("SELECT 1")
+            else:
+                row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (SIEM_LOCK,)).fetchone()
+                self._held = bool(row and row[0])
+        except (psycopg.Error, AuditStoreUnavailable) as exc:
+            if self._held:
+                log.warning("SIEM export: lost the database connection (%s); standing by", exc)
+            self._drop()
+        return self._held
+
+    def _drop(self) -> None:
+        self._held = False
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+            self.conn = None
+
+    def close(self) -> None:
+        self._drop()  # ending the session releases the lock
+
+
+class PostgresSiemCursors:
+    """The sinks' cursors in `siem_cursors`, read and written by the leading replica."""
+
+    def __init__(self, leadership: PostgresSiemLeadership, log_id: str) -> None:
+        self._leadership = leadership
+        self._log_id = log_id
+
+    def _conn(self) -> Conn:
+        if self._leadership.conn is None:
+            raise OSError("no connection to the audit database")
+        return self._leadership.conn
+
+    def load(self, sink: str) -> int:
+        if self._leadership.conn is None:
+            return 0  # not leading: read again on taking the lead
+        row = (
+            self._conn()
+            .execute(
+                "SELECT next_seq FROM siem_cursors WHERE log_id = %s AND sink = %s",
+                (self._log_id, sink),
+            )
+            .fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    def save(self, sink: str, next_seq: int) -> None:
+        try:
+            self._conn().execute(
+                "INSERT INTO siem_cursors (log_id, sink, next_seq) VALUES (%s, %s, %s)"
+                " ON CONFLICT (log_id, sink) DO UPDATE"
+                " SET next_seq = GREATEST(siem_cursors.next_seq, EXCLUDED.next_seq)",
+                (self._log_id, sink, next_seq),
+            )
+        except psycopg.Error as exc:
+            raise OSError(f"cannot save the SIEM cursor: {exc}") from exc

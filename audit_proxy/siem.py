@@ -8,6 +8,11 @@ at-least-once. After a crash or a failed batch a record can arrive twice; dedupe
 acknowledgements, so records written in the instant a collector crashes can still be lost on its
 side. UDP syslog is best effort by nature.
 
+With several replicas on one PostgreSQL log, one of them ships: the one holding the log's SIEM
+lock (a PostgreSQL advisory lock), with the cursors kept in the database. When it goes, another
+takes the lock and carries on from the cursors; the batch in flight at that moment may arrive
+twice. JSONL files are per host, so replicated setups should ship by syslog.
+
 Syslog messages are RFC 5424, facility "log audit" (13), severity informational, with the
 structured data element `bastion@32473` (32473 is the documentation enterprise number of
 RFC 5612) carrying `seq`, `kind`, `record_id`, `leaf_hash` and `log_id`; TCP uses RFC 6587
@@ -263,47 +268,76 @@ def _peer_closed(sock: socket.socket) -> bool:
 # -- cursors -----------------------------------------------------------------------------------
 
 
-class Cursor:
-    """The next seq a sink has to ship, kept in a 0600 file; reset when the log is a new one."""
+class CursorStore(Protocol):
+    """Where each sink's cursor (the next seq it has to ship) is kept."""
 
-    def __init__(self, path: Path, log_id: str | None) -> None:
-        self.path = path
+    def load(self, sink: str) -> int: ...
+
+    def save(self, sink: str, next_seq: int) -> None: ...
+
+
+class Leadership(Protocol):
+    """Whether this process is the one that ships now (see the top)."""
+
+    def leading(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class AlwaysLead:
+    """One writer, one shipper: the SQLite store's case."""
+
+    def leading(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class FileCursors:
+    """Cursors in 0600 files `siem-SINK.cursor` in the data dir; reset for a new log."""
+
+    def __init__(self, directory: Path, log_id: str | None) -> None:
+        self.directory = directory
         self.log_id = log_id
-        self.next_seq = self._load()
 
-    def _load(self) -> int:
+    def _path(self, sink: str) -> Path:
+        return self.directory / f"siem-{sink}.cursor"
+
+    def load(self, sink: str) -> int:
+        path = self._path(sink)
         try:
-            doc = json.loads(self.path.read_text())
+            doc = json.loads(path.read_text())
         except FileNotFoundError:
             return 0
         except (OSError, ValueError) as exc:
             raise SiemConfigError(
-                f"{self.path}: unreadable SIEM cursor ({exc}); delete it to ship the whole log "
+                f"{path}: unreadable SIEM cursor ({exc}); delete it to ship the whole log "
                 "again from the start"
             ) from None
         seq = doc.get("next_seq") if isinstance(doc, dict) else None
         if not isinstance(seq, int) or seq < 0:
             raise SiemConfigError(
-                f"{self.path}: 'next_seq' is missing or not a count; delete the file to ship "
+                f"{path}: 'next_seq' is missing or not a count; delete the file to ship "
                 "the whole log again from the start"
             )
         if doc.get("log_id") != self.log_id:
-            log.warning("%s belongs to another audit log; shipping this log from seq 0", self.path)
+            log.warning("%s belongs to another audit log; shipping this log from seq 0", path)
             return 0
         return seq
 
-    def advance(self, next_seq: int) -> None:
-        self.next_seq = next_seq
-        _private_dir(self.path.parent)
+    def save(self, sink: str, next_seq: int) -> None:
+        path = self._path(sink)
+        _private_dir(path.parent)
         data = json.dumps({"log_id": self.log_id, "next_seq": next_seq}).encode()
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, self.path)
+        os.replace(tmp, path)
 
 
 # -- the forwarder -----------------------------------------------------------------------------
@@ -312,7 +346,7 @@ class Cursor:
 @dataclass
 class _Lane:
     sink: Sink
-    cursor: Cursor
+    next_seq: int
     failures: int = 0
     retry_at: float = 0.0
     shipped: int = 0
@@ -329,27 +363,29 @@ class SiemForwarder:
         self,
         source: LeafSource,
         sinks: list[Sink],
-        cursor_dir: Path,
+        cursors: CursorStore,
         log_id: str | None,
         *,
+        leadership: Leadership | None = None,
         poll_interval_s: float = 0.5,
         max_backoff_s: float = 30.0,
     ) -> None:
         self.source = source
         self.log_id = log_id
+        self.cursors = cursors
+        self.leadership: Leadership = leadership or AlwaysLead()
         self.poll_interval_s = poll_interval_s
         self.max_backoff_s = max_backoff_s
-        self._lanes = [
-            _Lane(sink, Cursor(cursor_dir / f"siem-{sink.name}.cursor", log_id)) for sink in sinks
-        ]
-        self._head = min((lane.cursor.next_seq for lane in self._lanes), default=0)
+        self._lanes = [_Lane(sink, cursors.load(sink.name)) for sink in sinks]
+        self._head = min((lane.next_seq for lane in self._lanes), default=0)
+        self._leading: bool | None = None  # unknown until the first pass
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def start(self) -> None:
         for lane in self._lanes:
-            log.info("SIEM export to %s from seq %d", lane.sink, lane.cursor.next_seq)
+            log.info("SIEM export to %s from seq %d", lane.sink, lane.next_seq)
         self._thread = threading.Thread(target=self._run, name="siem-forwarder", daemon=True)
         self._thread.start()
 
@@ -361,6 +397,9 @@ class SiemForwarder:
             self._thread = None
         for lane in self._lanes:
             lane.sink.close()
+        self.leadership.close()
+        if not self._leading:
+            return  # the replica that leads ships what is pending
         waiting = {name: s["pending"] for name, s in self.status().items() if s["pending"]}
         if waiting:
             log.warning("SIEM export stopped with leaves pending (shipped on restart): %s", waiting)
@@ -370,16 +409,34 @@ class SiemForwarder:
         with self._lock:
             return {
                 lane.sink.name: {
-                    "pending": max(0, self._head - lane.cursor.next_seq),
+                    "pending": max(0, self._head - lane.next_seq),
                     "shipped": lane.shipped,
                     "failures": lane.failures,
+                    "leading": int(bool(self._leading)),
                 }
                 for lane in self._lanes
             }
 
     def run_once(self, max_batches: int | None = None) -> None:
-        """One pass: note the log's head, and ship to each sink that is due (all it can take)."""
+        """One pass: note the log's head, and ship to each sink that is due (all it can take).
+
+        Only while leading; on becoming the leader, the cursors are read again (another
+        replica may have moved them).
+        """
+        leading = self.leadership.leading()
+        if leading != self._leading:
+            if self._leading is not None or not isinstance(self.leadership, AlwaysLead):
+                log.info(
+                    "SIEM export: %s",
+                    "this replica ships now" if leading else "another replica ships; standing by",
+                )
+            if leading:
+                for lane in self._lanes:
+                    lane.next_seq = self.cursors.load(lane.sink.name)
+        self._leading = leading
         self._advance_head()
+        if not leading:
+            return
         now = time.monotonic()
         for lane in self._lanes:
             if now >= lane.retry_at:
@@ -409,7 +466,7 @@ class SiemForwarder:
         batches = 0
         while max_batches is None or batches < max_batches:
             batches += 1
-            leaves = self.source.leaves_from(lane.cursor.next_seq, BATCH)
+            leaves = self.source.leaves_from(lane.next_seq, BATCH)
             if not leaves:
                 return
             try:
@@ -417,10 +474,11 @@ class SiemForwarder:
             except OSError as exc:
                 self._failed(lane, exc)
                 return
-            lane.cursor.advance(leaves[-1][0] + 1)
+            lane.next_seq = leaves[-1][0] + 1
+            self.cursors.save(lane.sink.name, lane.next_seq)
             with self._lock:
                 lane.shipped += len(leaves)
-                self._head = max(self._head, lane.cursor.next_seq)
+                self._head = max(self._head, lane.next_seq)
             if lane.failures:
                 log.info("SIEM %s %s is back; shipping resumed", lane.sink.name, lane.sink)
                 lane.failures = 0
@@ -449,8 +507,12 @@ def build_forwarder(
     jsonl_path: Path | None,
     syslog_url: str | None,
     max_backoff_s: float = 30.0,
+    shared: tuple[CursorStore, Leadership] | None = None,
 ) -> SiemForwarder | None:
-    """The forwarder for the configured sinks, or None when none is configured."""
+    """The forwarder for the configured sinks, or None when none is configured.
+
+    `shared`: cursors and leadership shared by replicas (PostgreSQL); else files in `data_dir`.
+    """
     sinks: list[Sink] = []
     if jsonl_path is not None:
         sinks.append(JsonlSink(jsonl_path))
@@ -458,4 +520,7 @@ def build_forwarder(
         sinks.append(SyslogSink(parse_syslog_url(syslog_url)))
     if not sinks:
         return None
-    return SiemForwarder(source, sinks, data_dir, log_id, max_backoff_s=max_backoff_s)
+    cursors, leadership = shared or (FileCursors(data_dir, log_id), AlwaysLead())
+    return SiemForwarder(
+        source, sinks, cursors, log_id, leadership=leadership, max_backoff_s=max_backoff_s
+    )

@@ -211,7 +211,7 @@ def test_a_v2_database_with_plaintext_rows_migrates_reads_and_purges(
 
     store = PostgresAuditStore(db_url, cluster.password, signer=signer)
     with psycopg.connect(db_url, password=cluster.password) as conn:
-        assert schema_version(conn) == LATEST == 3
+        assert schema_version(conn) == LATEST == 4
     assert store.requests()[0].body == legacy_prompt
     cutoff = a_moment_after_now()
     sealed = record(store, b"sealed " + CANARY)

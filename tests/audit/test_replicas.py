@@ -30,6 +30,7 @@ from audit_proxy.export import AuditDatabase, export_log
 from audit_proxy.keys import KeyStore
 from audit_proxy.pg_migrations import LATEST, migrate, schema_version
 from audit_proxy.pg_store import PostgresAuditStore
+from audit_proxy.siem import JsonlSink, SiemForwarder
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
 from tests.proxy.conftest import REPO, Proxy, start_proxy, stop_proxy
 from tests.proxy.fake_upstream import FakeUpstream
@@ -470,3 +471,42 @@ def test_database_down_means_503_and_nothing_upstream_then_recovery(
         stop_proxy(proxy)
     assert cluster.password not in proxy.log()
     assert len(upstream.received) == 1
+
+
+def test_one_replica_ships_to_the_siem_and_another_takes_over_from_its_cursor(
+    cluster: PgCluster, db_url: str, tmp_path: Path
+) -> None:
+    signer = Signer.load_or_create(tmp_path)
+    stores = [PostgresAuditStore(db_url, cluster.password, signer) for _ in range(2)]
+    sinks = [JsonlSink(tmp_path / f"replica-{i}.jsonl") for i in range(2)]
+    forwarders = []
+    for store, sink in zip(stores, sinks, strict=True):
+        cursors, leadership = store.siem_coordination()
+        forwarders.append(
+            SiemForwarder(store, [sink], cursors, signer.log_id, leadership=leadership)
+        )
+    try:
+        _record_pairs(stores[0], 5)
+        for forwarder in forwarders:
+            forwarder.run_once()
+        # The first to ask took the lock; the other stands by and ships nothing.
+        assert [f.status()["jsonl"]["leading"] for f in forwarders] == [1, 0]
+        assert [len(_shipped(sink)) for sink in sinks] == [10, 0]
+        _record_pairs(stores[1], 3)
+        forwarders[1].run_once()
+        assert _shipped(sinks[1]) == []
+        forwarders[0].stop()  # the leader goes (its session, and with it the lock, ends)
+        forwarders[1].run_once()
+        assert forwarders[1].status()["jsonl"]["leading"] == 1
+        # It carries on from the shared cursor: every leaf shipped once, in order.
+        assert _shipped(sinks[0]) + _shipped(sinks[1]) == list(range(16))
+    finally:
+        forwarders[1].stop()
+        for store in stores:
+            store.close()
+
+
+def _shipped(sink: JsonlSink) -> list[int]:
+    if not sink.path.exists():
+        return []
+    return [json.loads(line)["seq"] for line in sink.path.read_text().splitlines()]
