@@ -202,6 +202,7 @@ def test_a_v2_database_with_plaintext_rows_migrates_reads_and_purges(
             "UPDATE outcomes SET response_body = %s WHERE request_id = %s", (legacy_answer, legacy)
         )
         conn.execute("DROP TABLE payload_keys")
+        conn.execute("DROP TABLE siem_cursors")
         conn.execute("DELETE FROM schema_version WHERE version > 2")
 
     reader = PostgresAuditStore(db_url, cluster.password, migrate_schema=False)

@@ -48,6 +48,8 @@ class Stack:
         return (self.data_dir / "user.key").read_text().strip()
 
     def audit_rows(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        # Records are committed to the staging file first; a store files them when it opens.
+        AuditStore(self.data_dir / "audit.sqlite3").close()
         connection = sqlite3.connect(f"file:{self.data_dir / 'audit.sqlite3'}?mode=ro", uri=True)
         connection.row_factory = sqlite3.Row
         try:
