@@ -194,7 +194,8 @@ class _Connection(asyncio.Protocol):
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
-        self._cancel_idle()
+        # The idle timer keeps running until a whole request is in: a request trickled in
+        # slower than keep_alive_s is dropped with its connection.
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -231,6 +232,9 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
 
     def on_url(self, url: bytes) -> None:
+        self._header_bytes += len(url)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("request line too long")
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -293,6 +297,7 @@ class _Connection(asyncio.Protocol):
             await self._writable
 
     def _start(self, exchange: _Exchange) -> None:
+        self._cancel_idle()
         self.current = exchange
         self.task = self.loop.create_task(self._run(exchange))
         self.server.running.add(self.task)

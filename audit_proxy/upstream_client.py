@@ -148,7 +148,9 @@ class _Connection(asyncio.Protocol):
         if self.response is not None:
             self.response.feed(body)
             if self.response.buffered > READ_BUFFER_HIGH and self.transport is not None:
+                # The client reads slowly: hold the server back; its silence is no timeout.
                 self.transport.pause_reading()
+                self._disarm()
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -158,8 +160,9 @@ class _Connection(asyncio.Protocol):
     # -- timeouts and teardown
 
     def resume(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.transport.is_reading():
             self.transport.resume_reading()
+            self._arm()
 
     def _arm(self) -> None:
         self._disarm()

@@ -172,3 +172,25 @@ async def test_head_gets_headers_only(served: tuple[EchoApp, int]) -> None:
     data = await exchange(port, b"HEAD /h HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
     head, _, body = data.partition(b"\r\n\r\n")
     assert b"content-length: 11" in head and body == b""
+
+
+async def test_a_request_trickled_in_slower_than_the_keep_alive_is_dropped() -> None:
+    server = HttpServer(EchoApp(), "127.0.0.1", free_port(), keep_alive_s=0.3, graceful_s=1)
+    task = asyncio.create_task(server.serve())
+    await asyncio.sleep(0.1)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        started = asyncio.get_running_loop().time()
+        with contextlib.suppress(ConnectionError):
+            for byte in post("/slow", b"x"):
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                if reader.at_eof():
+                    break
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed, never answered
+        assert asyncio.get_running_loop().time() - started < 2
+        writer.close()
+    finally:
+        server.stop()
+        await asyncio.wait_for(task, 5)
