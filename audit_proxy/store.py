@@ -160,7 +160,20 @@ _INSERT_PAYLOAD_KEY = "INSERT INTO payload_keys (kind, record_id, key) VALUES (?
 # Filing starts this long after the first unfiled commit, or at once past FILE_BATCH records;
 # one transaction files at most FILE_BATCH, so requests wait behind at most one.
 FILE_AFTER_S = 0.05
-FILE_BATCH = 128
+FILE_BATCH = 256
+FILE_DRAIN = 4096
+FileStamp = tuple[int, int, int]
+
+
+def _file_stamp(path: Path) -> FileStamp | None:
+    """(inode, size, mtime) of a file with something in it; None when empty or absent."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns) if st.st_size else None
+
+
 # Payloads shredded per purge transaction: a running proxy waits for at most one batch.
 PURGE_BATCH = 200
 PURGE_WAL_TRUNCATE_TRIES = 50
@@ -562,6 +575,7 @@ class AuditStore:
         # Requests this store recorded whose outcome it has not: an outcome must have one.
         self._open_requests: set[str] = set()
         self._filed_size = 0
+        self._filed_stamp: FileStamp | None = None
         self.staging_path = Path(f"{path}.staged")
         self._staging: StagingFile | None = None  # opened (and locked) at the first write
         self._staged: list[StagedRecord] = []  # this writer's records not yet filed
@@ -779,14 +793,17 @@ class AuditStore:
             self._filing = loop.call_later(FILE_AFTER_S, self._file_some)
 
     def _file_some(self) -> None:
-        """On the writer's loop: one filing batch. A busy database is tried again later: the
-        loop never waits for SQLite's lock (a purge or a reader's filing may hold it)."""
+        """On the writer's loop: file what is staged, up to FILE_DRAIN records at once (so the
+        staging file empties under steady load). A busy database is tried again later: the loop
+        never waits for SQLite's lock (a purge or a reader's filing may hold it)."""
         self._filing = None
         try:
             with self._lock:
                 self._conn.execute("PRAGMA busy_timeout = 0")
                 try:
-                    more = self._file_batch()
+                    drained = 0
+                    while self._staged and drained < FILE_DRAIN:
+                        drained += self._file_own_batch()
                 finally:
                     self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
@@ -797,7 +814,7 @@ class AuditStore:
                 retry_s = FILE_AFTER_S if busy else 1.0
                 self._filing = asyncio.get_running_loop().call_later(retry_s, self._file_some)
             return
-        if more:
+        if self._staged:
             self._schedule_filing()
 
     def file_staged(self) -> None:
@@ -809,28 +826,48 @@ class AuditStore:
         """
         try:
             with self._lock:
-                while self._file_batch():
-                    pass
+                if self._staging is not None:
+                    while self._staged:
+                        self._file_own_batch()
+                else:
+                    self._file_from_disk()
         except sqlite3.Error as exc:
             log.warning("staged audit records of %s cannot be filed: %s", self.path, exc)
 
-    def _file_batch(self) -> bool:
-        """Under the lock: file up to FILE_BATCH staged records in one transaction.
+    def _file_own_batch(self) -> int:
+        """The writer, under the lock: file a batch of its staged records; empty the staging
+        file once all are filed. Returns how many it took off the staged list."""
+        filed = self._file_batch(self._staged)
+        done = sum(1 for record in self._staged if record.seq < filed)
+        del self._staged[:done]
+        if not self._staged and self._staging is not None:
+            self._staging.empty()
+        return done
 
-        The writer files from memory and empties its staging file once all is filed; any other
-        store files what it reads in the file. Filing skips what is filed already, so both may.
-        Returns whether staged records remain.
+    def _file_from_disk(self) -> None:
+        """Not the writer, under the lock: file what the staging file holds that is not filed.
+
+        The file is read again only when it changed since this store last filed all of it.
         """
-        staged = self._staged if self._staging is not None else read_staged(self.staging_path)
-        if not staged:
-            return False
+        stamp = _file_stamp(self.staging_path)
+        if stamp is None or stamp == self._filed_stamp:
+            return
+        records = read_staged(self.staging_path)
+        (filed,) = self._conn.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves").fetchone()
+        while any(record.seq >= filed for record in records):
+            filed = self._file_batch(records)
+        self._filed_stamp = stamp
+
+    def _file_batch(self, staged: Sequence[StagedRecord]) -> int:
+        """Under the lock: file up to FILE_BATCH of `staged` in one transaction, skipping what
+        is filed already (the writer and any reader may both file). Returns the next unfiled
+        leaf number."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             (filed,) = self._conn.execute(
                 "SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves"
             ).fetchone()
-            unfiled = [record for record in staged if record.seq >= filed]
-            batch = unfiled[:FILE_BATCH]
+            batch = [record for record in staged if record.seq >= filed][:FILE_BATCH]
             for offset, record in enumerate(batch):
                 if record.seq != filed + offset:
                     raise sqlite3.IntegrityError(
@@ -844,12 +881,7 @@ class AuditStore:
                 self._conn.execute("ROLLBACK")
             raise
         self._filed_size = max(self._filed_size, filed)
-        if self._staging is None:
-            return len(unfiled) > len(batch)  # a reader files what it read
-        del self._staged[: sum(1 for record in self._staged if record.seq < filed)]
-        if not self._staged:
-            self._staging.empty()
-        return bool(self._staged)
+        return int(filed)
 
     def _file_records(self, batch: Sequence[StagedRecord]) -> None:
         """Inside the filing transaction: the records' rows, their leaves and payload keys.
@@ -948,8 +980,9 @@ class AuditStore:
         except StagingLocked as exc:
             raise AuditStoreUnavailable(str(exc)) from None
         try:
-            while self._file_batch():  # reads the file: this store is not the writer yet
-                pass
+            # (Called under the lock, from a commit.)
+            self._filed_stamp = None
+            self._file_from_disk()  # what a writer before this one left
             (filed,) = self._conn.execute(
                 "SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves"
             ).fetchone()
@@ -1012,8 +1045,8 @@ class AuditStore:
         try:
             with self._lock:
                 # A checkpoint covers filed leaves only, so an export never ends short of one.
-                while self._file_batch():
-                    pass
+                while self._staged:
+                    self._file_own_batch()
                 (count,) = self._conn.execute("SELECT COUNT(*) FROM leaves").fetchone()
                 if count != self._frontier.size:
                     # Another process appended to the same file: rebuild from the table.

@@ -163,3 +163,31 @@ def test_kill_9_under_load_loses_no_record(durability: str, cycles: int) -> None
         # The kill really cut requests in flight, and whole responses were checked.
         assert cycle["cut"] > 0 and cycle["received_whole"] > 0 and cycle["seen_upstream"] > 0
     assert done.returncode == 0
+
+
+def test_the_staging_file_empties_under_steady_load_and_readers_see_everything(
+    tmp_path: Path,
+) -> None:
+    store = AuditStore(tmp_path / "audit.sqlite3")
+    sizes: list[int] = []
+
+    async def steady() -> list[str]:
+        ids: list[str] = []
+        for _ in range(30):  # about 0.5 s of eight requests every 15 ms, never idle
+            batch = await asyncio.gather(*(record(store, i) for i in range(8)))
+            await asyncio.gather(*(finish(store, request_id) for request_id in batch))
+            ids.extend(batch)
+            sizes.append(store.staging_path.stat().st_size)
+            await asyncio.sleep(0.015)
+        return ids
+
+    ids = asyncio.run(steady())
+    # Filing keeps up: the file is emptied again and again, not only when the load stops.
+    emptied = sum(1 for before, after in zip(sizes, sizes[1:], strict=False) if after < before)
+    assert emptied >= 3, sizes
+    assert max(sizes) < sum(sizes) / 4, sizes
+    reader = AuditStore(tmp_path / "audit.sqlite3")  # another process would open it the same way
+    assert [r.id for r in reader.requests()] == ids
+    assert len(reader.leaves()) == 2 * len(ids)
+    reader.close()
+    store.close()
