@@ -8,6 +8,7 @@ a failed fsync fails closed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -183,7 +184,7 @@ def test_the_staging_file_empties_under_steady_load_and_readers_see_everything(
 
     ids = asyncio.run(steady())
     # Filing keeps up: the file is emptied again and again, not only when the load stops.
-    emptied = sum(1 for before, after in zip(sizes, sizes[1:], strict=False) if after < before)
+    emptied = sum(1 for before, after in itertools.pairwise(sizes) if after < before)
     assert emptied >= 3, sizes
     assert max(sizes) < sum(sizes) / 4, sizes
     reader = AuditStore(tmp_path / "audit.sqlite3")  # another process would open it the same way
