@@ -161,7 +161,13 @@ class ProxyApp:
 def open_audit_store(config: ProxyConfig, signer: Signer | None) -> AuditStore | PostgresAuditStore:
     """The audit store `config` names: PostgreSQL at `store_url`, else SQLite in the data dir."""
     if config.store_url is None:
-        return AuditStore(config.audit_db, signer=signer, durability=config.durability)
+        store = AuditStore(config.audit_db, signer=signer, durability=config.durability)
+        try:
+            store.claim_writer()  # a second proxy on this data dir stops here, saying why
+        except AuditStoreUnavailable:
+            store.close()
+            raise
+        return store
     try:
         from audit_proxy.pg_store import PostgresAuditStore
     except ImportError as exc:

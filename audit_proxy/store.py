@@ -603,6 +603,17 @@ class AuditStore:
             )
             self._ticker.start()
 
+    def claim_writer(self) -> None:
+        """Become the store's one writer now, as the proxy does at start (a store otherwise
+        becomes it at its first record). Raises `AuditStoreUnavailable` when another live
+        process writes it."""
+        with self._lock:
+            if self._staging is None:
+                try:
+                    self._open_staging()
+                except sqlite3.Error as exc:
+                    raise self._unavailable(exc) from exc
+
     @property
     def fsyncs(self) -> int:
         """How many fsyncs "fsync" durability has made (0 in "process" mode)."""

@@ -496,7 +496,12 @@ def test_one_replica_ships_to_the_siem_and_another_takes_over_from_its_cursor(
         forwarders[1].run_once()
         assert _shipped(sinks[1]) == []
         forwarders[0].stop()  # the leader goes (its session, and with it the lock, ends)
-        forwarders[1].run_once()
+        deadline = time.monotonic() + 10
+        while True:  # the server ends the session a moment after the client hangs up
+            forwarders[1].run_once()
+            if forwarders[1].status()["jsonl"]["leading"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert forwarders[1].status()["jsonl"]["leading"] == 1
         # It carries on from the shared cursor: every leaf shipped once, in order.
         assert _shipped(sinks[0]) + _shipped(sinks[1]) == list(range(16))

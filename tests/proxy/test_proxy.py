@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import socket
 import sqlite3
 import time
@@ -109,23 +110,30 @@ def test_audit_store_that_cannot_write_is_503_and_nothing_goes_upstream(
     proxy = start_proxy(upstream.url, tmp_path / "data", tmp_path / "proxy.log")
     try:
         user_key = proxy.keys().create("alice")
-        # Root ignores file modes, so the store is made unwritable for real: a directory stands
-        # where the proxy's first record would create its staging file.
-        staging = proxy.data_dir / "audit.sqlite3.staged"
-        staging.mkdir()
-        response = httpx.post(
-            proxy.url + "/v1/completions", json=COMPLETION, headers=auth(user_key), timeout=10
-        )
+        assert httpx.post(
+            proxy.url + "/v1/completions", json=COMPLETION, headers=auth(user_key)
+        ).is_success
+        upstream.clear()
+        before = len(proxy.store().requests())
+        # Root ignores file modes, so the store is made unwritable for real: the proxy process
+        # may no longer grow a file (its writes fail with EFBIG, as on a full disk).
+        limits = resource.prlimit(proxy.process.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(proxy.process.pid, resource.RLIMIT_FSIZE, (0, limits[1]))
+        try:
+            response = httpx.post(
+                proxy.url + "/v1/completions", json=COMPLETION, headers=auth(user_key), timeout=10
+            )
+        finally:
+            resource.prlimit(proxy.process.pid, resource.RLIMIT_FSIZE, limits)
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "audit_store_unavailable"
         assert upstream.received == []
-        staging.rmdir()
         # Once the store can write again, so can the proxy.
         response = httpx.post(
             proxy.url + "/v1/completions", json=COMPLETION, headers=auth(user_key)
         )
         assert response.status_code == 200
-        assert len(proxy.store().requests()) == 1
+        assert len(proxy.store().requests()) == before + 1
     finally:
         stop_proxy(proxy)
 
@@ -349,3 +357,16 @@ def test_access_log_is_one_line_per_request_without_secrets(proxy: Proxy, user_k
     log = proxy.log()
     assert user_key not in log and SERVICE_KEY not in log
     assert any('alice "POST /v1/completions" 200' in line for line in log.splitlines())
+
+
+def test_a_second_proxy_on_the_same_sqlite_store_refuses_to_start(
+    proxy: Proxy, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    second = start_proxy(upstream.url, proxy.data_dir, tmp_path / "second.log", wait=False)
+    try:
+        assert second.process.wait(20) == 1
+    finally:
+        if second.process.poll() is None:
+            stop_proxy(second)
+    assert "locked by another process writing this audit store" in second.log()
+    assert "store_url" in second.log()  # what to use for several replicas
