@@ -27,6 +27,10 @@ import httptools
 # (uvicorn, which vLLM runs on), and a request written into a closing socket is lost.
 IDLE_REUSE_S = 4.0
 READ_BUFFER_HIGH = 256 * 1024
+# A reused connection that fails this soon, before any byte of an answer, was closed by the
+# server while idle: the request is sent again on a new one. Later failures are not retried (a
+# model server that took the request and then died must not get it twice).
+STALE_WITHIN_S = 0.5
 
 
 class UpstreamError(Exception):
@@ -342,12 +346,14 @@ class UpstreamPool:
             if connection is None:
                 connection, reused = await self._connect(), False
             response = UpstreamResponse(connection, self)
+            sent_at = time.monotonic()
             connection.send(request, response)
             try:
                 await response._wait_for_head()
             except UpstreamDisconnected:
                 response.release()
-                if reused and not response.received_anything:
+                stale = reused and time.monotonic() - sent_at < STALE_WITHIN_S
+                if stale and not response.received_anything:
                     continue  # the server had closed this idle connection: try a fresh one
                 raise
             except BaseException:

@@ -188,3 +188,20 @@ async def test_an_abandoned_answer_closes_its_connection_and_frees_its_slot() ->
         second = await asyncio.wait_for(pool.request("POST", "/", JSON, b"{}"), 2)
         second.release()
     assert server.accepted == 2
+
+
+async def test_a_server_that_took_the_request_and_died_does_not_get_it_twice() -> None:
+    async def answer_then_die(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(sized(b"ok"))
+        await read_request(reader)  # the second request, on the same connection
+        await asyncio.sleep(0.8)  # "working" on it, past the stale window ...
+        writer.transport.abort()  # ... then the server dies
+
+    async with RawServer(answer_then_die) as server, pool_for(server) as pool:
+        first = await pool.request("POST", "/", JSON, b"{}")
+        assert await first.read() == b"ok"
+        first.release()
+        with pytest.raises(UpstreamDisconnected):
+            await pool.request("POST", "/", JSON, b"{}")
+    assert server.accepted == 1
