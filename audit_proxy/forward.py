@@ -161,7 +161,6 @@ class Upstream:
             await self._fail(
                 send,
                 report,
-                report.started,
                 "proxy",
                 504,
                 "upstream_timeout",
@@ -172,7 +171,6 @@ class Upstream:
             await self._fail(
                 send,
                 report,
-                report.started,
                 "proxy",
                 504,
                 "upstream_timeout",
@@ -189,7 +187,6 @@ class Upstream:
             await self._fail(
                 send,
                 report,
-                report.started,
                 "upstream",
                 502,
                 "upstream_tls_failed",
@@ -199,7 +196,6 @@ class Upstream:
             await self._fail(
                 send,
                 report,
-                report.started,
                 "upstream",
                 502,
                 "upstream_unreachable",
@@ -210,7 +206,6 @@ class Upstream:
             await self._fail(
                 send,
                 report,
-                report.started,
                 "upstream",
                 502,
                 "upstream_disconnected",
@@ -245,28 +240,23 @@ class Upstream:
             if name.lower() not in _DROPPED_RESPONSE_HEADERS
         ]
         length = resp.content_length
-        if length is not None and length <= SIZED_BODY_LIMIT:
-            # A sized answer is complete upstream already: relay it in one write.
-            payload = await resp.read()
-            report.started = True
-            await send({"type": "http.response.start", "status": resp.status,
-                        "headers": response_headers})  # fmt: skip
-            await send({"type": "http.response.body", "body": payload, "more_body": False})
-            watch.done = True
-            return
+        # A sized answer is complete upstream already: relay it in one write.
+        whole = await resp.read() if length is not None and length <= SIZED_BODY_LIMIT else None
         report.started = True
         await send({"type": "http.response.start", "status": resp.status,
                     "headers": response_headers})  # fmt: skip
-        async for chunk in resp.chunks():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if whole is not None:
+            await send({"type": "http.response.body", "body": whole, "more_body": False})
+        else:
+            async for chunk in resp.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         watch.done = True
 
     async def _fail(
         self,
         send: Send,
         report: RelayReport,
-        started: bool,
         aborted_by: AbortedBy,
         status: int,
         code: str,
@@ -275,7 +265,7 @@ class Upstream:
         report.aborted_by = aborted_by
         report.error = message
         METRICS.upstream_errors.inc(code)
-        if started:
+        if report.started:
             # Half a stream cannot be mended; cutting the connection tells the client it is short.
             raise StreamAborted(message)
         await send_error(send, status, message, "upstream_error", code)

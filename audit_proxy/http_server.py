@@ -173,7 +173,6 @@ class _Connection(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self.queue: deque[_Exchange] = deque()
         self.current: _Exchange | None = None
-        self.task: asyncio.Task[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._url = b""
@@ -246,17 +245,20 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         for name, value in self._headers:
             if name == b"content-length" and value.isdigit() and int(value) > MAX_REQUEST_BODY:
-                self._refuse(413, "request body too large", "request_too_large")
-                raise httptools.HttpParserError("request body too large")
+                self._too_large()
             if name == b"expect" and value.lower() == b"100-continue":
                 self.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > MAX_REQUEST_BODY:
-            self._refuse(413, "request body too large", "request_too_large")
-            raise httptools.HttpParserError("request body too large")
+            self._too_large()
         self._body.append(body)
+
+    def _too_large(self) -> None:
+        """Refuse a body over MAX_REQUEST_BODY (413) and stop the parser."""
+        self._refuse(413, "request body too large", "request_too_large")
+        raise httptools.HttpParserError("request body too large")
 
     def on_message_complete(self) -> None:
         if self._refused:
@@ -299,9 +301,9 @@ class _Connection(asyncio.Protocol):
     def _start(self, exchange: _Exchange) -> None:
         self._cancel_idle()
         self.current = exchange
-        self.task = self.loop.create_task(self._run(exchange))
-        self.server.running.add(self.task)
-        self.task.add_done_callback(self.server.running.discard)
+        task = self.loop.create_task(self._run(exchange))
+        self.server.running.add(task)
+        task.add_done_callback(self.server.running.discard)
 
     async def _run(self, exchange: _Exchange) -> None:
         try:
@@ -335,7 +337,7 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             return
         if not exchange.keep_alive or self.server.stopping:
-            self._close()
+            self.close()
             return
         if self.queue:
             if self.transport is not None:
@@ -355,24 +357,22 @@ class _Connection(asyncio.Protocol):
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%s" % (status, _REASONS[status], len(body), body)
         )
-        self._close()
+        self.close()
 
     def _arm_idle(self) -> None:
         self._cancel_idle()
-        self._idle = self.loop.call_later(self.server.keep_alive_s, self._close)
+        self._idle = self.loop.call_later(self.server.keep_alive_s, self.close)
 
     def _cancel_idle(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
 
-    def close_if_idle(self) -> bool:
+    def close_if_idle(self) -> None:
         if self.current is None:
-            self._close()
-            return True
-        return False
+            self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
@@ -465,7 +465,7 @@ class HttpServer:
             if pending:
                 await asyncio.wait(pending, timeout=5)
         for conn in list(self.connections):
-            conn._close()
+            conn.close()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 1)
 

@@ -131,8 +131,9 @@ class KeyStore:
             if version != self._known_version:
                 self._known.clear()
                 self._known_version = version
-            known = self._known.get(digest)
-            if known is None:
+            if digest in self._known:
+                known = self._known[digest]
+            else:
                 known = self._look_up(digest)
                 if len(self._known) >= _MAX_KNOWN:
                     self._known.clear()

@@ -892,16 +892,13 @@ class PostgresSiemCursors:
         return self._leadership.conn
 
     def load(self, sink: str) -> int:
-        if self._leadership.conn is None:
+        conn = self._leadership.conn
+        if conn is None:
             return 0  # not leading: read again on taking the lead
-        row = (
-            self._conn()
-            .execute(
-                "SELECT next_seq FROM siem_cursors WHERE log_id = %s AND sink = %s",
-                (self._log_id, sink),
-            )
-            .fetchone()
-        )
+        row = conn.execute(
+            "SELECT next_seq FROM siem_cursors WHERE log_id = %s AND sink = %s",
+            (self._log_id, sink),
+        ).fetchone()
         return int(row[0]) if row else 0
 
     def save(self, sink: str, next_seq: int) -> None:

@@ -22,8 +22,11 @@ def configure_logging(level: int = logging.INFO) -> None:
     )
 
 
-def check_tls_files(config: ProxyConfig) -> None:
-    """Refuse to start, naming the setting and the file, when a TLS file cannot be used."""
+def check_tls_files(config: ProxyConfig) -> ssl.SSLContext | None:
+    """The listener's TLS context (None for plain HTTP), once every TLS file is checked.
+
+    Raises `ConfigError`, naming the setting and the file, when a TLS file cannot be used.
+    """
     if (config.tls_certfile is None) != (config.tls_keyfile is None):
         given, missing = (
             ("tls_certfile", "tls_keyfile")
@@ -34,13 +37,13 @@ def check_tls_files(config: ProxyConfig) -> None:
             f"{given} is set but {missing} is not; TLS needs both the certificate chain and its "
             "private key (PEM files), or neither for plain HTTP"
         )
+    listener: ssl.SSLContext | None = None
     if config.tls_certfile is not None and config.tls_keyfile is not None:
         _readable("tls_certfile", config.tls_certfile)
         _readable("tls_keyfile", config.tls_keyfile)
+        listener = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-                str(config.tls_certfile), str(config.tls_keyfile)
-            )
+            listener.load_cert_chain(str(config.tls_certfile), str(config.tls_keyfile))
         except ssl.SSLError as exc:
             raise ConfigError(
                 f"tls_certfile {config.tls_certfile} / tls_keyfile {config.tls_keyfile}: not a "
@@ -63,6 +66,7 @@ def check_tls_files(config: ProxyConfig) -> None:
                 f"upstream_ca_file {config.upstream_ca_file}: not a PEM bundle of CA "
                 f"certificates ({exc.reason or exc})"
             ) from None
+    return listener
 
 
 def _readable(setting: str, path: Path) -> None:
@@ -75,15 +79,6 @@ def _readable(setting: str, path: Path) -> None:
         ) from None
 
 
-def tls_context(config: ProxyConfig) -> ssl.SSLContext | None:
-    """The listener's TLS context, or None for plain HTTP."""
-    if config.tls_certfile is None or config.tls_keyfile is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(config.tls_certfile), str(config.tls_keyfile))
-    return context
-
-
 def serve(config: ProxyConfig) -> None:
     """Serve until SIGINT/SIGTERM.
 
@@ -91,13 +86,13 @@ def serve(config: ProxyConfig) -> None:
     store cannot open, and OSError when the address cannot be bound.
     """
     configure_logging()
-    check_tls_files(config)
+    listener_tls = check_tls_files(config)
     app = build_app(config)
     server = HttpServer(
         app,
         config.host,
         config.port,
-        tls_context(config),
+        listener_tls,
         keep_alive_s=30,
         # Open streams get this long to finish on shutdown; then they are cut (and recorded).
         graceful_s=10,

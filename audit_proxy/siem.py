@@ -434,9 +434,9 @@ class SiemForwarder:
                 for lane in self._lanes:
                     lane.next_seq = self.cursors.load(lane.sink.name)
         self._leading = leading
-        self._advance_head()
         if not leading:
-            return
+            return  # a replica standing by reads nothing
+        self._advance_head()
         now = time.monotonic()
         for lane in self._lanes:
             if now >= lane.retry_at:

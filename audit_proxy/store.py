@@ -159,8 +159,8 @@ CREATE TABLE IF NOT EXISTS payload_keys (
 """
 _INSERT_PAYLOAD_KEY = "INSERT INTO payload_keys (kind, record_id, key) VALUES (?,?,?)"
 
-# Filing starts this long after the first unfiled commit, or at once past FILE_BATCH records;
-# one transaction files at most FILE_BATCH, so requests wait behind at most one.
+# Filing starts this long after the first unfiled commit, or at once past FILE_BATCH records.
+# One transaction files at most FILE_BATCH; the writer files at most FILE_DRAIN in one go.
 FILE_AFTER_S = 0.05
 FILE_BATCH = 256
 FILE_DRAIN = 4096
@@ -393,6 +393,8 @@ OUTCOME_COLUMNS = (
     "ttfb_ms", "aborted_by", "completed", "error",
 )  # fmt: skip
 _COLUMNS = {"request": REQUEST_COLUMNS, "outcome": OUTCOME_COLUMNS}
+# Where each kind's row holds its stored payload.
+_PAYLOAD_AT = {kind: columns.index(LEAF_SOURCES[kind][2]) for kind, columns in _COLUMNS.items()}
 _FILE_RECORD = {
     kind: f"INSERT INTO {LEAF_SOURCES[kind][0]} ({', '.join(columns)})"  # noqa: S608
     f" VALUES ({','.join('?' * len(columns))})"
@@ -577,7 +579,6 @@ class AuditStore:
         self._filing: asyncio.TimerHandle | asyncio.Handle | None = None
         # Requests this store recorded whose outcome it has not: an outcome must have one.
         self._open_requests: set[str] = set()
-        self._filed_size = 0
         self._filed_stamp: FileStamp | None = None
         self.staging_path = Path(f"{path}.staged")
         self._staging: StagingFile | None = None  # opened (and locked) at the first write
@@ -586,7 +587,6 @@ class AuditStore:
         self.signer = signer
         self._checkpoint_every = checkpoint_every
         self._frontier = self._load_frontier()
-        self._filed_size = self._frontier.size
         self._signed_size = self._last_signed_size()
         # Transactions committed by this store (group commit puts several records in one).
         self.commits = 0
@@ -792,7 +792,7 @@ class AuditStore:
 
     def _schedule_filing(self) -> None:
         """On the writer's loop: file staged records soon (at once when many are waiting)."""
-        staged = self._frontier.size - self._filed_size
+        staged = len(self._staged)
         if self._filing is not None and staged < FILE_BATCH:
             return
         try:
@@ -867,10 +867,20 @@ class AuditStore:
         if stamp is None or stamp == self._filed_stamp:
             return
         records = read_staged(self.staging_path)
-        (filed,) = self._conn.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves").fetchone()
+        filed = self._next_unfiled_seq()
         while any(record.seq >= filed for record in records):
             filed = self._file_batch(records)
         self._filed_stamp = stamp
+
+    def _next_unfiled_seq(self) -> int:
+        """Under the lock: the number of the first leaf not in `leaves` yet."""
+        (filed,) = self._conn.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves").fetchone()
+        return int(filed)
+
+    def _staging_file_filed(self) -> bool:
+        """Under the lock: whether every record in the staging file is filed."""
+        filed = self._next_unfiled_seq()
+        return all(record.seq < filed for record in read_staged(self.staging_path))
 
     def _file_batch(self, staged: Sequence[StagedRecord]) -> int:
         """Under the lock: file up to FILE_BATCH of `staged` in one transaction, skipping what
@@ -878,9 +888,7 @@ class AuditStore:
         leaf number."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            (filed,) = self._conn.execute(
-                "SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves"
-            ).fetchone()
+            filed = self._next_unfiled_seq()
             batch = [record for record in staged if record.seq >= filed][:FILE_BATCH]
             for offset, record in enumerate(batch):
                 if record.seq != filed + offset:
@@ -894,8 +902,7 @@ class AuditStore:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
             raise
-        self._filed_size = max(self._filed_size, filed)
-        return int(filed)
+        return filed
 
     def _file_records(self, batch: Sequence[StagedRecord]) -> None:
         """Inside the filing transaction: the records' rows, their leaves and payload keys.
@@ -961,8 +968,7 @@ class AuditStore:
             if item.kind == "outcome":
                 self._check_outcome_allowed(item.record_id)
             canonical = leaf_of(item.kind, item.params, seq)
-            _, _, payload_column = LEAF_SOURCES[item.kind]
-            payload = item.params[_COLUMNS[item.kind].index(payload_column)]
+            payload = item.params[_PAYLOAD_AT[item.kind]]
             assert isinstance(payload, bytes)
             records.append(
                 StagedRecord(
@@ -997,10 +1003,7 @@ class AuditStore:
             # (Called under the lock, from a commit.)
             self._filed_stamp = None
             self._file_from_disk()  # what a writer before this one left
-            (filed,) = self._conn.execute(
-                "SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves"
-            ).fetchone()
-            if any(record.seq >= filed for record in read_staged(self.staging_path)):
+            if not self._staging_file_filed():
                 raise sqlite3.IntegrityError("records left in the staging file cannot be filed")
             staging.empty()
             # Other stores may have written before this one took the lock.
@@ -1193,10 +1196,8 @@ class AuditStore:
             return
         try:
             with self._lock:
-                (filed,) = self._conn.execute(
-                    "SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves"
-                ).fetchone()
-            if all(record.seq < filed for record in read_staged(self.staging_path)):
+                filed = self._staging_file_filed()
+            if filed:
                 staging.empty()
         finally:
             staging.close()

@@ -206,7 +206,6 @@ class UpstreamResponse:
         self.delimited_by_close = False
         self.owns_slot = False
         self.complete = False
-        self.received_anything = False
         self.buffered = 0
         self._chunks: deque[bytes] = deque()
         self._error: UpstreamError | None = None
@@ -260,7 +259,8 @@ class UpstreamResponse:
         if self.owns_slot:
             self._pool.free_slot()
 
-    async def _wait_for_head(self) -> None:
+    async def head(self) -> None:
+        """Wait for the status and headers; raises `UpstreamError` when none come."""
         await self._head
 
     # -- from the connection
@@ -272,7 +272,6 @@ class UpstreamResponse:
             name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers
         )
         self.delimited_by_close = not framed and status not in (204, 304) and status >= 200
-        self.received_anything = True
         if not self._head.done():
             self._head.set_result(None)
 
@@ -311,6 +310,7 @@ class UpstreamPool:
         max_connections: int,
     ) -> None:
         self.origin = Origin.parse(url)
+        self._host = self.origin.host_header
         self._ssl = ssl_context if self.origin.tls else None
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
@@ -327,7 +327,7 @@ class UpstreamPool:
         """
         head = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (
             method.encode("ascii"), (self.origin.base_path + target).encode("latin-1"),
-            self.origin.host_header,
+            self._host,
         )]  # fmt: skip
         head.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
         if body or method not in ("GET", "HEAD"):
@@ -350,11 +350,11 @@ class UpstreamPool:
             sent_at = time.monotonic()
             connection.send(request, response)
             try:
-                await response._wait_for_head()
+                await response.head()
             except UpstreamDisconnected:
+                # No status line came back (it would have ended this wait).
                 response.release()
-                stale = reused and time.monotonic() - sent_at < STALE_WITHIN_S
-                if stale and not response.received_anything:
+                if reused and time.monotonic() - sent_at < STALE_WITHIN_S:
                     continue  # the server had closed this idle connection: try a fresh one
                 raise
             except BaseException:
