@@ -30,6 +30,7 @@ from audit_proxy.roles import (
     roles_for,
 )
 from audit_proxy.roles_reload import LiveRoles
+from audit_proxy.shared_limits import SharedLimits
 from audit_proxy.siem import SiemConfigError, SiemForwarder, build_forwarder
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
 
@@ -66,6 +67,8 @@ class ProxyApp:
         fim: FimTemplates | None = None,
         siem: SiemForwarder | None = None,
         roles: RoleBook = BUILTIN_ROLES,
+        limiter: RateLimiter | None = None,
+        shared_limits: SharedLimits | None = None,
     ) -> None:
         self.keys = keys
         self.store = store
@@ -82,8 +85,9 @@ class ProxyApp:
         # A request the role refuses is recorded like any other, then answered, never forwarded.
         denied = ApplyPolicy(Audit(AnswerDenial(), store), policy)
         self.roles = roles
+        self.shared_limits = shared_limits
         self._audited: ASGIApp = Authenticate(
-            Authorize(checked, denied, roles, RateLimiter()), keys
+            Authorize(checked, denied, roles, limiter or RateLimiter()), keys
         )
         self._plain: ASGIApp = Authenticate(upstream, keys)
         self._audit_admin: ASGIApp = Authenticate(RequireAdmin(ProofRoutes(store), roles), keys)
@@ -144,8 +148,12 @@ class ProxyApp:
                 await self.upstream.start()
                 if self.siem is not None:
                     self.siem.start()
+                if self.shared_limits is not None:
+                    self.shared_limits.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.shared_limits is not None:
+                    await self.shared_limits.stop()
                 await self.upstream.close()
                 if self.fim is not None:
                     await self.fim.close()
@@ -237,4 +245,11 @@ def build_app(config: ProxyConfig) -> ProxyApp:
             f"siem_jsonl_path: cannot open {config.siem_jsonl_path} for appending "
             f"({exc.strerror}); point it at a writable file, or '-' for stdout"
         ) from None
-    return ProxyApp(keys, store, upstream, policy, fim, siem, live)
+    limiter = RateLimiter()
+    # Replicas of one PostgreSQL log share their users' rate limits.
+    shared = (
+        None
+        if isinstance(store, AuditStore)
+        else SharedLimits(limiter, store.usage_board(), config.rate_limit_sync_s)
+    )
+    return ProxyApp(keys, store, upstream, policy, fim, siem, live, limiter, shared)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from audit_proxy.shared_limits import DEFAULT_SYNC_S
 from audit_proxy.siem import parse_syslog_url
 
 UPSTREAM_KEY_ENV = "BASTION_UPSTREAM_API_KEY"
@@ -80,6 +81,9 @@ class ProxyConfig(BaseModel):
     # `store_password_file`, `store_password`, the URL.
     store_url: str | None = None
     store_password: SecretStr | None = None
+    # With store_url, how often replicas exchange what their users took, so that a rate limit
+    # holds across all of them (see audit_proxy.shared_limits).
+    rate_limit_sync_s: float = Field(default=DEFAULT_SYNC_S, gt=0, le=60)
 
     @field_validator("store_url")
     @classmethod

@@ -109,7 +109,27 @@ CREATE TABLE siem_cursors (
 );
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4)
+# Rate limits shared by the replicas: who is alive, and each one's running totals per bucket.
+_V5 = """
+CREATE TABLE rate_replicas (
+    replica TEXT PRIMARY KEY,
+    seen_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE rate_usage (
+    replica TEXT NOT NULL REFERENCES rate_replicas(replica) ON DELETE CASCADE,
+    "user" TEXT NOT NULL,
+    role TEXT NOT NULL,
+    lim TEXT NOT NULL CHECK (lim IN ('requests', 'tokens')),
+    taken DOUBLE PRECISION NOT NULL,
+    per_minute DOUBLE PRECISION NOT NULL,
+    capacity DOUBLE PRECISION NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (replica, "user", role, lim)
+);
+CREATE INDEX rate_usage_updated_at ON rate_usage (updated_at);
+"""
+
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5)
 LATEST: Final = len(MIGRATIONS)
 
 

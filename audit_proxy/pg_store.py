@@ -53,6 +53,7 @@ from audit_proxy.checkpoints import (
 )
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
 from audit_proxy.payload_crypto import seal
+from audit_proxy.pg_limits import PostgresUsageBoard
 from audit_proxy.pg_migrations import (
     APPEND_LOCK,
     SIEM_LOCK,
@@ -751,6 +752,10 @@ class PostgresAuditStore:
         finally:
             conn.close()
         return PurgeResult(shredded, reclaimed)
+
+    def usage_board(self) -> PostgresUsageBoard:
+        """The board on which replicas share rate limits, on a connection of its own."""
+        return PostgresUsageBoard(self._connect)
 
     def siem_coordination(self) -> tuple[PostgresSiemCursors, PostgresSiemLeadership]:
         """Cursors and leadership for SIEM export, shared by every replica of this log."""

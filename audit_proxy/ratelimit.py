@@ -17,6 +17,7 @@ from typing import Literal
 
 Limit = Literal["requests", "tokens"]
 Clock = Callable[[], float]
+BucketKey = tuple[str, str, Limit]  # user, role, limit
 
 
 class TokenBucket:
@@ -49,6 +50,17 @@ class TokenBucket:
 
 
 @dataclass(frozen=True)
+class BucketUsage:
+    """What this process's users took from one bucket since it started, and the bucket's size:
+    what replicas that share limits tell each other (see audit_proxy.shared_limits)."""
+
+    key: BucketKey
+    taken: float
+    per_minute: float
+    capacity: float
+
+
+@dataclass(frozen=True)
 class Refusal:
     """Which limit a request ran into and when to retry."""
 
@@ -66,7 +78,10 @@ class RateLimiter:
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self._clock = clock
-        self._buckets: dict[tuple[str, str, Limit], TokenBucket] = {}
+        self._buckets: dict[BucketKey, TokenBucket] = {}
+        # Units taken here per bucket since start, estimates settled: a running total only grows
+        # by what this process let through, so replicas can exchange it safely.
+        self._taken: dict[BucketKey, float] = {}
 
     def _bucket(
         self, user: str, role: str, limit: Limit, per_minute: float, burst: float | None
@@ -90,10 +105,30 @@ class RateLimiter:
         """Take `amount` from the user's bucket, or say how long to wait."""
         bucket = self._bucket(user, role, limit, per_minute, burst)
         wait_s = bucket.take(amount, self._clock())
-        return Refusal(limit, wait_s) if wait_s > 0 else None
+        if wait_s > 0:
+            return Refusal(limit, wait_s)
+        key = (user, role, limit)
+        self._taken[key] = self._taken.get(key, 0.0) + amount
+        return None
 
     def settle(self, user: str, role: str, limit: Limit, estimated: float, actual: float) -> None:
         """Replace an estimate taken earlier by the actual amount."""
-        bucket = self._buckets.get((user, role, limit))
+        key = (user, role, limit)
+        bucket = self._buckets.get(key)
         if bucket is not None and actual != estimated:
             bucket.give_back(estimated - actual, self._clock())
+            self._taken[key] = self._taken.get(key, 0.0) + actual - estimated
+
+    def usage(self) -> list[BucketUsage]:
+        """Every bucket this process took from, with its running total."""
+        return [
+            BucketUsage(key, taken, bucket.rate_per_s * 60.0, bucket.capacity)
+            for key, taken in self._taken.items()
+            if (bucket := self._buckets.get(key)) is not None
+        ]
+
+    def charge(self, usage: BucketUsage, units: float) -> None:
+        """Units another replica's users took (negative: gave back) from the same bucket."""
+        user, role, limit = usage.key
+        bucket = self._bucket(user, role, limit, usage.per_minute, usage.capacity)
+        bucket.give_back(-units, self._clock())

@@ -110,6 +110,8 @@ class Engine:
         self._rest_in_templates = [
             s for s in self._rest if s.rule.detector_name not in _TEMPLATE_DETECTORS
         ]
+        # Most requests hold nothing: their evidence is the same string every time.
+        self.clean_evidence = Outcome(b"").evidence(policy)
 
     def apply(self, body: bytes) -> Outcome:
         """Apply the policy to every string the body sends upstream; rewrite the body if needed."""

@@ -44,7 +44,9 @@ class ApplyPolicy:
             outcome = await asyncio.to_thread(self.engine.apply, body)
         else:
             outcome = self.engine.apply(body)
-        scope[POLICY_EVIDENCE] = outcome.evidence(self.engine.policy)
+        scope[POLICY_EVIDENCE] = (
+            outcome.evidence(self.engine.policy) if outcome.findings else self.engine.clean_evidence
+        )
         for finding in outcome.findings:
             METRICS.policy_hits.inc(finding.rule, finding.action)
         if outcome.findings:
