@@ -513,6 +513,11 @@ class _GroupSyncer:
             self._waiting.extend(items)
             self._cond.notify()
 
+    def sync_now(self, items: Sequence[_Pending]) -> None:
+        """fsync on the caller's thread, then resolve `items`: for a record with no other in
+        flight, which no group would join, two thread hand-offs cost more than they save."""
+        self._settle_after_fsync(items)
+
     def close(self) -> None:
         with self._cond:
             self._stopping = True
@@ -528,19 +533,23 @@ class _GroupSyncer:
                 if not self._waiting:
                     return
                 group, self._waiting = self._waiting, []
-            error: AuditStoreUnavailable | None = None
-            try:
-                if self._broken is None:
-                    os.fsync(self._fd)
+            self._settle_after_fsync(group)
+
+    def _settle_after_fsync(self, group: Sequence[_Pending]) -> None:
+        try:
+            if self._broken is None:
+                os.fsync(self._fd)
+                with self._cond:
                     self.fsyncs += 1
-            except OSError as exc:
-                # After a failed fsync the kernel may have dropped the dirty pages: a later
-                # fsync could "succeed" without them, so the store stays refused until restart.
-                self._broken = exc
-                log.critical("fsync of the audit log failed; refusing all requests: %s", exc)
-            if self._broken is not None:
-                error = AuditStoreUnavailable(f"the audit log cannot be fsynced: {self._broken}")
-            _settle_everywhere([(item, error) for item in group])
+        except OSError as exc:
+            # After a failed fsync the kernel may have dropped the dirty pages: a later
+            # fsync could "succeed" without them, so the store stays refused until restart.
+            self._broken = exc
+            log.critical("fsync of the audit log failed; refusing all requests: %s", exc)
+        error: AuditStoreUnavailable | None = None
+        if self._broken is not None:
+            error = AuditStoreUnavailable(f"the audit log cannot be fsynced: {self._broken}")
+        _settle_everywhere([(item, error) for item in group])
 
 
 class AuditStore:
@@ -740,6 +749,7 @@ class AuditStore:
             group, self._pending = self._pending, []
         if not group:
             return
+        alone = len(group) == 1 and len(self._open_requests) == (group[0].kind == "outcome")
         errors = self._commit_group(group)
         committed = [item for item, error in zip(group, errors, strict=True) if error is None]
         failed = [(item, e) for item, e in zip(group, errors, strict=True) if e is not None]
@@ -747,7 +757,11 @@ class AuditStore:
             _settle_everywhere(failed)
         if self.durability == "fsync":
             try:
-                self._group_syncer().after_next_fsync(committed)
+                syncer = self._group_syncer()
+                if alone:
+                    syncer.sync_now(committed)
+                else:
+                    syncer.after_next_fsync(committed)
             except OSError as exc:
                 error = AuditStoreUnavailable(f"the audit log {self.path} cannot be fsynced: {exc}")
                 _settle_everywhere([(item, error) for item in committed])
