@@ -69,6 +69,7 @@ class ProxyApp:
         roles: RoleBook = BUILTIN_ROLES,
         limiter: RateLimiter | None = None,
         shared_limits: SharedLimits | None = None,
+        evidence_key: bytes | None = None,
     ) -> None:
         self.keys = keys
         self.store = store
@@ -78,12 +79,12 @@ class ProxyApp:
         self.siem = siem
         # The policy rewrites the body before audit records it; a block is answered only after
         # the blocked request is on the record.
-        checked: ASGIApp = ApplyPolicy(Audit(EnforceBlock(upstream), store), policy)
+        checked: ASGIApp = ApplyPolicy(Audit(EnforceBlock(upstream), store), policy, evidence_key)
         # `suffix` becomes the model's FIM prompt before the policy scans it and audit records it.
         if fim is not None:
             checked = FimSuffix(checked, fim)
         # A request the role refuses is recorded like any other, then answered, never forwarded.
-        denied = ApplyPolicy(Audit(AnswerDenial(), store), policy)
+        denied = ApplyPolicy(Audit(AnswerDenial(), store), policy, evidence_key)
         self.roles = roles
         self.shared_limits = shared_limits
         self._audited: ASGIApp = Authenticate(
@@ -252,4 +253,6 @@ def build_app(config: ProxyConfig) -> ProxyApp:
         if isinstance(store, AuditStore)
         else SharedLimits(limiter, store.usage_board(), config.rate_limit_sync_s)
     )
-    return ProxyApp(keys, store, upstream, policy, fim, siem, live, limiter, shared)
+    return ProxyApp(
+        keys, store, upstream, policy, fim, siem, live, limiter, shared, signer.evidence_key()
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,6 +58,9 @@ def checkpoint_message(log_id: str, size: int, root_hex: str, time: str) -> byte
     return CHECKPOINT_DOMAIN + canonical_json(body)
 
 
+EVIDENCE_KEY_LABEL = b"bastion policy evidence digest/1"
+
+
 class Signer:
     """The log's Ed25519 signing key."""
 
@@ -98,6 +102,17 @@ class Signer:
         with contextlib.suppress(OSError):
             (data_dir / PUBLIC_KEY_FILE).write_text(signer.public_key_pem())
         return signer
+
+    def evidence_key(self) -> bytes:
+        """The key of the policy's evidence digests (audit_proxy.policy.engine), derived from the
+        signing key: replicas, which must share that key, get the same digests without another
+        secret to distribute."""
+        seed = self._key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return hmac.digest(seed, EVIDENCE_KEY_LABEL, "sha256")
 
     def public_key_pem(self) -> str:
         """The public key, PEM (SubjectPublicKeyInfo), for auditors."""

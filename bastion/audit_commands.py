@@ -22,7 +22,7 @@ PROG = "bastion audit"
 
 
 def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `audit export|verify|prove|verify-proof|tail|public-key|purge`."""
+    """Register `audit export|verify|prove|verify-proof|tail|public-key|evidence-digest|purge`."""
     audit = sub.add_parser("audit", help="export the audit log; verify it and its proofs offline")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
 
@@ -73,6 +73,12 @@ def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     public_key = audit_sub.add_parser("public-key", help="print the log's public key (PEM)")
     public_key.set_defaults(func=public_key_command)
 
+    evidence = audit_sub.add_parser(
+        "evidence-digest",
+        help="print the digest policy findings keep of a value read from stdin, to look for it",
+    )
+    evidence.set_defaults(func=evidence_digest_command)
+
     purge = audit_sub.add_parser(
         "purge",
         help="crypto-shred the payloads of records received before DATE (leaves stay provable)",
@@ -87,7 +93,7 @@ def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     purge.set_defaults(func=purge_command)
 
-    for parser in (export, prove, tail, public_key, purge):
+    for parser in (export, prove, tail, public_key, evidence, purge):
         parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
         parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where the stores live")
     for parser in (export, prove, tail, purge):
@@ -254,6 +260,31 @@ def public_key_command(args: argparse.Namespace) -> int:
     except (ConfigError, ExportError, OSError) as exc:
         print(f"{PROG} public-key: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def evidence_digest_command(args: argparse.Namespace) -> int:
+    """`bastion audit evidence-digest`: the value comes on stdin (one trailing newline is
+    dropped), never on the command line, where shell history and `ps` would keep it."""
+    from audit_proxy.checkpoints import KEY_FILE, Signer, SigningKeyError
+    from audit_proxy.policy.engine import evidence_digest
+
+    try:
+        data_dir = _data_dir(args)
+        if not (data_dir / KEY_FILE).exists():
+            raise SigningKeyError(
+                f"no signing key {data_dir / KEY_FILE}: the digests are keyed by the proxy's "
+                "signing key; run this with the proxy's --data-dir"
+            )
+        key = Signer.load_or_create(data_dir).evidence_key()
+    except (ConfigError, SigningKeyError) as exc:
+        print(f"{PROG} evidence-digest: {exc}", file=sys.stderr)
+        return 1
+    value = sys.stdin.read().removesuffix("\n")
+    if not value:
+        print(f"{PROG} evidence-digest: give the value on stdin", file=sys.stderr)
+        return 2
+    print(evidence_digest(key, value))
     return 0
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,14 +53,21 @@ _API_KEYS = frozenset(
 
 @dataclass(frozen=True)
 class Finding:
-    """One rule firing on one span; `start`/`end` index the original field text."""
+    """One rule firing on one span; `start`/`end` index the original field text.
+
+    `hmac_sha256` is HMAC-SHA256 of the original span under the deployment's evidence key, not
+    a plain SHA-256: an SSN, a card number or a password has so few possible values that a
+    plain hash on the record (and in every SIEM the record is shipped to) could be reversed by
+    trying them all. The same value still gets the same digest across records, and whoever holds
+    the key can check a suspected value (`bastion audit evidence-digest`).
+    """
 
     rule: str
     action: str
     field: str
     start: int
     end: int
-    sha256: str
+    hmac_sha256: str
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -68,7 +76,7 @@ class Finding:
             "field": self.field,
             "start": self.start,
             "end": self.end,
-            "sha256": self.sha256,
+            "hmac_sha256": self.hmac_sha256,
         }
 
 
@@ -97,11 +105,21 @@ class Outcome:
         )
 
 
-class Engine:
-    """A compiled policy; `apply` is a pure function of the body."""
+def evidence_digest(key: bytes, span: str) -> str:
+    """The digest a finding keeps of the span it found (see `Finding`)."""
+    return hmac.digest(key, span.encode("utf-8", "surrogatepass"), "sha256").hex()
 
-    def __init__(self, policy: Policy) -> None:
+
+class Engine:
+    """A compiled policy; `apply` is a pure function of the body.
+
+    `evidence_key` keys the findings' digests; without one the engine makes its own, so its
+    digests can only be compared with each other.
+    """
+
+    def __init__(self, policy: Policy, evidence_key: bytes | None = None) -> None:
         self.policy = policy
+        self._evidence_key = evidence_key if evidence_key is not None else os.urandom(32)
         steps = policy.steps()
         # Stripping goes first, so that a secret split by zero-width characters is whole again
         # before the detectors look for it.
@@ -181,7 +199,7 @@ class Engine:
         kept: list[int] | None = None  # stripped position -> original position
         strip_spans = _claim(self._strip, text, text.lower())
         if strip_spans:
-            findings.extend(_finding(s, original, field_path, a, b) for a, b, s in strip_spans)
+            findings.extend(self._finding(s, original, field_path, a, b) for a, b, s in strip_spans)
             text, kept = _remove(text, [(a, b) for a, b, _ in strip_spans])
         rest = self._rest_in_templates if _TEMPLATE_FIELD.match(field_path) else self._rest
         spans = _claim(rest, text, text.lower())
@@ -191,13 +209,17 @@ class Engine:
         last = 0
         for a, b, step in spans:
             oa, ob = (kept[a], kept[b - 1] + 1) if kept is not None else (a, b)
-            findings.append(_finding(step, original, field_path, oa, ob))
+            findings.append(self._finding(step, original, field_path, oa, ob))
             parts.append(text[last:a])
             parts.append(_replacement(step, text[a:b]))
             last = b
         parts.append(text[last:])
         findings.sort(key=lambda f: f.start)
         return "".join(parts), findings
+
+    def _finding(self, step: Step, original: str, field_path: str, start: int, end: int) -> Finding:
+        digest = evidence_digest(self._evidence_key, original[start:end])
+        return Finding(step.rule.id, step.rule.action, field_path, start, end, digest)
 
 
 def _claim(steps: list[Step], text: str, lowered: str) -> list[tuple[int, int, Step]]:
@@ -242,11 +264,6 @@ def _replacement(step: Step, span: str) -> str:
     if action == "annotate":
         return f"[FLAGGED:{rule}]{span}"
     return span  # allow
-
-
-def _finding(step: Step, original: str, field_path: str, start: int, end: int) -> Finding:
-    digest = hashlib.sha256(original[start:end].encode("utf-8", "surrogatepass")).hexdigest()
-    return Finding(step.rule.id, step.rule.action, field_path, start, end, digest)
 
 
 def _dump(doc: Any) -> bytes:

@@ -32,9 +32,9 @@ POLICY_BLOCKED_BY = "bastion.policy.blocked_by"
 class ApplyPolicy:
     """Rewrites the request body by the policy and leaves the evidence in the scope for audit."""
 
-    def __init__(self, app: ASGIApp, policy: Policy) -> None:
+    def __init__(self, app: ASGIApp, policy: Policy, evidence_key: bytes | None = None) -> None:
         self.app = app
-        self.engine = Engine(policy)
+        self.engine = Engine(policy, evidence_key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_body_or_refuse(receive, send)

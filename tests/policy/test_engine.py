@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import sqlite3
 from pathlib import Path
@@ -15,6 +16,7 @@ from audit_proxy.policy import DEFAULT_POLICY, Engine, Policy, PolicyError, Rule
 from audit_proxy.store import AuditStore
 
 KEY = "AKIAZ3MXQ7PLK2RT5VWE"
+EVIDENCE_KEY = bytes(range(32))
 
 
 def engine(*rules: Rule) -> Engine:
@@ -83,12 +85,12 @@ def test_earlier_rule_wins_an_overlap() -> None:
 def test_zero_width_split_secret_is_stripped_then_found() -> None:
     hidden = KEY[:8] + "\u200b" + KEY[8:]
     text = f"k = '{hidden}'"
-    out, findings = Engine(DEFAULT_POLICY).apply_text(text, "p")
+    out, findings = Engine(DEFAULT_POLICY, EVIDENCE_KEY).apply_text(text, "p")
     assert out == "k = '[REDACTED:aws_access_key_id]'"
     by_rule = {f.rule: f for f in findings}
     aws = by_rule["aws_access_key_id"]
     assert text[aws.start : aws.end] == hidden  # offsets into the original field
-    assert aws.sha256 == hashlib.sha256(hidden.encode()).hexdigest()
+    assert aws.hmac_sha256 == hmac.new(EVIDENCE_KEY, hidden.encode(), "sha256").hexdigest()
     assert by_rule["invisible_unicode"].start == text.index("\u200b")
 
 
@@ -109,11 +111,18 @@ def test_annotate_strip_allow_and_block_actions() -> None:
     assert outcome.blocked_by == ["jwt_like"]
 
 
-def test_evidence_never_holds_the_secret() -> None:
-    outcome = Engine(DEFAULT_POLICY).apply(json.dumps({"prompt": f"x {KEY}"}).encode())
-    evidence = outcome.evidence(DEFAULT_POLICY)
-    assert KEY not in evidence
-    assert hashlib.sha256(KEY.encode()).hexdigest() in evidence
+def test_evidence_never_holds_the_secret_nor_a_digest_anyone_could_recompute() -> None:
+    ssn = "078-05-1120"
+    body = json.dumps({"prompt": f"x {KEY} ssn {ssn}"}).encode()
+    evidence = Engine(DEFAULT_POLICY, EVIDENCE_KEY).apply(body).evidence(DEFAULT_POLICY)
+    assert KEY not in evidence and ssn not in evidence
+    # A plain SHA-256 of an SSN is reversed by trying the billion SSNs there are.
+    assert hashlib.sha256(ssn.encode()).hexdigest() not in evidence
+    assert hmac.new(EVIDENCE_KEY, ssn.encode(), "sha256").hexdigest() in evidence
+    # Another deployment's key gives other digests; the same key, the same ones.
+    again = Engine(DEFAULT_POLICY, EVIDENCE_KEY).apply(body).evidence(DEFAULT_POLICY)
+    other = Engine(DEFAULT_POLICY, b"k" * 32).apply(body).evidence(DEFAULT_POLICY)
+    assert again == evidence != other
 
 
 @pytest.mark.parametrize(

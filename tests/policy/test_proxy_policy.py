@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.proxy.conftest import Proxy, start_proxy, stop_proxy
+from tests.proxy.conftest import REPO, Proxy, start_proxy, stop_proxy
 from tests.proxy.fake_upstream import FakeUpstream
 from tests.proxy.test_proxy import wait_for_outcome
 
 from .canaries import Canary, canaries
 
 PER_REQUEST = 8
+AUDIT_CLI = [sys.executable, "-m", "bastion.audit_commands", "audit"]
 BLOCKING_POLICY = """
 name = "strict"
 version = "test-7"
@@ -136,8 +141,8 @@ def test_no_canary_reaches_the_upstream_or_the_audit_store(
         assert evidence["version"] == "2026.11.27-1"
         assert evidence["decision"] == "forward"
         for finding in evidence["findings"]:
-            assert set(finding) == {"rule", "action", "field", "start", "end", "sha256"}
-            assert len(finding["sha256"]) == 64
+            assert set(finding) == {"rule", "action", "field", "start", "end", "hmac_sha256"}
+            assert len(finding["hmac_sha256"]) == 64
         findings += len(evidence["findings"])
         assert b"[REDACTED:" in record.body
     assert findings >= len(planted)
@@ -146,11 +151,9 @@ def test_no_canary_reaches_the_upstream_or_the_audit_store(
     assert in_store == [], f"{len(in_store)} canaries in the audit store"
 
 
-def test_evidence_names_field_offsets_and_hash_of_the_original(
+def test_evidence_names_field_offsets_and_keyed_digest_of_the_original(
     proxy: Proxy, upstream: FakeUpstream
 ) -> None:
-    import hashlib
-
     key = key_for(proxy)
     secret = "ghp_" + "aB3" * 12
     content = f'token = "{secret}"'
@@ -171,14 +174,35 @@ def test_evidence_names_field_offsets_and_hash_of_the_original(
     assert record.body == got.body
     (finding,) = json.loads(record.policy or "")["findings"]
     start = content.index(secret)
+    # Keyed by the proxy's signing key: an admin with the data dir can look for a known value.
+    digest = subprocess.run(
+        [*AUDIT_CLI, "evidence-digest", "--data-dir", str(proxy.data_dir)],
+        input=secret + "\n",
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
     assert finding == {
         "rule": "github_token",
         "action": "redact",
         "field": "messages[0].content",
         "start": start,
         "end": start + len(secret),
-        "sha256": hashlib.sha256(secret.encode()).hexdigest(),
+        "hmac_sha256": digest,
     }
+    assert digest != hashlib.sha256(secret.encode()).hexdigest()
+    elsewhere = subprocess.run(
+        [*AUDIT_CLI, "evidence-digest", "--data-dir", str(proxy.data_dir.parent / "none")],
+        input=secret,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert elsewhere.returncode == 1
+    assert "no signing key" in elsewhere.stderr and secret not in elsewhere.stderr
 
 
 def test_injection_guard_strips_and_flags_in_chat_messages(
