@@ -120,11 +120,7 @@ class ProxyApp:
         elif scope["path"] == _METRICS_PATH:
             await self._metrics(scope, receive, send)
         elif route == ("GET", "/healthz"):
-            if self.siem is None:
-                await send_json(send, 200, _HEALTH)
-            else:
-                health = {"status": "ok", "siem": self.siem.status()}
-                await send_json(send, 200, json.dumps(health).encode())
+            await send_json(send, 200, self._health())
         elif scope["path"] in _KNOWN_PATHS:
             await send_error(
                 send,
@@ -141,6 +137,16 @@ class ProxyApp:
                 "invalid_request_error",
                 "not_found",
             )
+
+    def _health(self) -> bytes:
+        if self.siem is None and self.shared_limits is None:
+            return _HEALTH
+        health: dict[str, object] = {"status": "ok"}
+        if self.siem is not None:
+            health["siem"] = self.siem.status()
+        if self.shared_limits is not None:
+            health["rate_limits"] = self.shared_limits.status()
+        return json.dumps(health).encode()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,7 +75,17 @@ class SharedLimits:
         self._base: dict[BucketKey, float] = {}
         self._seen: dict[tuple[str, BucketKey], float] = {}
         self._failing = False
+        self._exchanged_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def status(self) -> dict[str, object]:
+        """For /healthz: whether the replicas' limits are in step, and how recently."""
+        since = None if self._exchanged_at is None else time.monotonic() - self._exchanged_at
+        return {
+            "shared": self.exchanges > 0 and not self._failing,
+            "exchanges": self.exchanges,
+            "seconds_since_exchange": None if since is None else round(since, 3),
+        }
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -114,6 +125,7 @@ class SharedLimits:
         for replica, usage in done.others:
             self._charge(replica, usage, first)
         self.exchanges += 1
+        self._exchanged_at = time.monotonic()
 
     def _changed(self) -> list[BucketUsage]:
         changed = []

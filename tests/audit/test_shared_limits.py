@@ -154,7 +154,7 @@ def test_without_the_database_limits_stay_local_and_it_says_so_once(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert warnings[0].startswith("rate limits are per replica until the database is back")
-    assert shared.exchanges == 0
+    assert shared.status() == {"shared": False, "exchanges": 0, "seconds_since_exchange": None}
 
 
 ROLES = """
@@ -193,6 +193,9 @@ def test_three_replicas_hold_a_user_to_one_limit(
                     code = response.json()["error"]["code"]
                     assert code == "requests_per_minute_exceeded"
                 time.sleep(0.25)
+        health = httpx.get(replicas[1].url + "/healthz").json()["rate_limits"]
+        assert health["shared"] is True and health["exchanges"] >= 10
+        assert health["seconds_since_exchange"] < 5
     finally:
         for proxy in replicas:
             stop_proxy(proxy)
