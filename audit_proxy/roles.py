@@ -29,6 +29,12 @@ A roles file looks like this::
 A key's role is its user's entry in `[users]`, else the role of the group that names the user,
 else the role the key was issued with. Without a roles file the built-in defaults apply: every
 role may use every feature and model, and `admin` may also use the admin routes.
+
+Models, max_tokens and the rate limits are enforced on what the request asks for. Features
+are not a security boundary: the feature is the `X-Bastion-Feature` tag the language server
+sends, and a user who calls the proxy with their key directly can put any tag there (chat,
+completion and action all use the same two OpenAI routes). They keep an editor's features
+apart for users who use the editor; to keep a model from a user, limit `models`.
 """
 
 from __future__ import annotations
