@@ -7,20 +7,17 @@ that long) is deleted with its rows by whichever replica exchanges next.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import psycopg
-from psycopg.rows import TupleRow
 
+from audit_proxy.pg_connection import Conn, LiveConnection
 from audit_proxy.ratelimit import BucketUsage, Limit
 from audit_proxy.shared_limits import BoardUnavailable, Exchange
 from audit_proxy.store import AuditStoreUnavailable
-
-Conn = psycopg.Connection[TupleRow]
 
 FORGET_AFTER: Final = timedelta(minutes=10)
 FORGET_EVERY_S: Final = 60.0
@@ -49,14 +46,13 @@ class PostgresUsageBoard:
     """A `UsageBoard` on its own connection to the audit database; reconnects after errors."""
 
     def __init__(self, connect: Callable[[], Conn]) -> None:
-        self._connect = connect
-        self._conn: Conn | None = None
+        self._conn = LiveConnection(connect)
         self._since: datetime | None = None
         self._forgot_at = 0.0
 
     def exchange(self, replica: str, mine: Sequence[BucketUsage], first: bool) -> Exchange:
         try:
-            conn = self._connection()
+            conn = self._conn.get()
             with conn.transaction():
                 row = conn.execute(_HEARTBEAT, (replica,)).fetchone()
                 if row is None:
@@ -75,7 +71,7 @@ class PostgresUsageBoard:
             self._since = now - _READ_SLACK
             self._forget_the_silent(conn)
         except (psycopg.Error, OSError, AuditStoreUnavailable) as exc:
-            self._drop()
+            self._conn.drop()
             raise BoardUnavailable(str(exc)) from None
         return Exchange([_other(row) for row in rows], forgotten=False)
 
@@ -84,20 +80,8 @@ class PostgresUsageBoard:
             conn.execute(_FORGET, (FORGET_AFTER,))
             self._forgot_at = time.monotonic()
 
-    def _connection(self) -> Conn:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._drop()
-            self._conn = self._connect()
-        return self._conn
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None
-
     def close(self) -> None:
-        self._drop()
+        self._conn.drop()
 
 
 def _published(replica: str, usage: BucketUsage) -> tuple[object, ...]:

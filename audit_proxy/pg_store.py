@@ -43,7 +43,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg.rows import TupleRow
 
 from audit_proxy.checkpoints import (
     CHECKPOINT_EVERY_RECORDS,
@@ -53,6 +52,7 @@ from audit_proxy.checkpoints import (
 )
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
 from audit_proxy.payload_crypto import seal
+from audit_proxy.pg_connection import Conn, LiveConnection
 from audit_proxy.pg_limits import PostgresUsageBoard
 from audit_proxy.pg_migrations import (
     APPEND_LOCK,
@@ -83,7 +83,6 @@ from audit_proxy.store import (
 
 log = logging.getLogger("bastion.proxy")
 
-Conn = psycopg.Connection[TupleRow]
 Leaf = tuple[int, str, str, bytes, bytes]
 
 GROUP_MAX = 256
@@ -234,26 +233,25 @@ class PostgresAuditStore:
         self._reader: Conn | None = None
         # Whether `payload_keys` exists (schema v3+); once true, true for good.
         self._sealed = migrate_schema
-        self._writer: Conn | None = self._connect()
+        self._writer = LiveConnection(self._connect)
         try:
+            conn = self._writer.get()
             if migrate_schema:
-                migrate(self._writer)
-            elif schema_version(self._writer) == 0:
+                migrate(conn)
+            elif schema_version(conn) == 0:
                 raise AuditStoreUnavailable(f"no audit log in the database {self.where}")
             if signer is not None:
-                self._bind_identity(self._writer, signer)
-            (signed,) = self._one(
-                self._writer, "SELECT COALESCE(MAX(size), 0) FROM checkpoints", ()
-            )
+                self._bind_identity(conn, signer)
+            (signed,) = self._one(conn, "SELECT COALESCE(MAX(size), 0) FROM checkpoints", ())
             self._signed_size = _int(signed)
         except SchemaError as exc:
-            self._writer.close()
+            self._writer.drop()
             raise AuditStoreUnavailable(str(exc)) from exc
         except psycopg.Error as exc:
-            self._writer.close()
+            self._writer.drop()
             raise self._unavailable("cannot open", exc) from exc
         except AuditStoreUnavailable:
-            self._writer.close()
+            self._writer.drop()
             raise
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-pg-writer", daemon=True)
@@ -385,14 +383,12 @@ class PostgresAuditStore:
                 due = self._write_group(records)
             if signs or (due and self.signer is not None):
                 self._sign_for(signs)
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._writer.drop()
 
     def _write_group(self, group: list[_Record]) -> bool:
         """Commit a group of records in one transaction; True when a checkpoint is due."""
         try:
-            conn = self._writer_conn()
+            conn = self._writer.get()
             try:
                 next_seq = self._commit(conn, group)
                 errors: list[BaseException | None] = [None] * len(group)
@@ -410,7 +406,7 @@ class PostgresAuditStore:
                     except psycopg.Error as exc:
                         errors.append(self._unavailable("cannot write to", exc))
         except Exception as exc:  # the database is gone: fail closed, reconnect next time
-            self._drop_writer()
+            self._writer.drop()
             error = (
                 exc
                 if isinstance(exc, AuditStoreUnavailable)
@@ -464,11 +460,11 @@ class PostgresAuditStore:
         error: AuditStoreUnavailable | None = None
         result: Checkpoint | None = None
         try:
-            result = self._sign(self._writer_conn())
+            result = self._sign(self._writer.get())
         except AuditStoreUnavailable as exc:
             error = exc
         except Exception as exc:
-            self._drop_writer()
+            self._writer.drop()
             error = self._unavailable("cannot sign in", exc)
         if error is not None:
             log.error("checkpoint failed: %s", error)
@@ -547,18 +543,6 @@ class PostgresAuditStore:
             )
         except psycopg.Error as exc:
             raise self._unavailable("cannot connect to", exc) from exc
-
-    def _writer_conn(self) -> Conn:
-        if self._writer is None or self._writer.closed or self._writer.broken:
-            self._drop_writer()
-            self._writer = self._connect()
-        return self._writer
-
-    def _drop_writer(self) -> None:
-        if self._writer is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._writer.close()
-            self._writer = None
 
     def _unavailable(self, doing: str, exc: BaseException) -> AuditStoreUnavailable:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

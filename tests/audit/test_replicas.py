@@ -7,6 +7,7 @@ with SIGKILL mid-load, schema migrations, and the database going away (fail clos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -27,7 +28,6 @@ from audit_proxy import verify
 from audit_proxy.checkpoints import Signer
 from audit_proxy.config import ConfigError, load_config
 from audit_proxy.export import AuditDatabase, export_log
-from audit_proxy.keys import KeyStore
 from audit_proxy.pg_migrations import LATEST, migrate, schema_version
 from audit_proxy.pg_store import PostgresAuditStore
 from audit_proxy.siem import JsonlSink, SiemForwarder
@@ -169,10 +169,13 @@ def test_a_bad_record_fails_alone_and_says_so(cluster: PgCluster, db_url: str) -
 # -- (b), (c) real proxy replicas -------------------------------------------------------------
 
 
-def _replicas(
+@contextlib.contextmanager
+def running_replicas(
     upstream: FakeUpstream, data_dir: Path, config: Path, count: int, tmp_path: Path
-) -> list[Proxy]:
-    """`count` proxy processes sharing one data dir (keys, signing key) and one database."""
+) -> Iterator[list[Proxy]]:
+    """`count` proxy processes sharing one data dir (keys, signing key) and one database,
+    against a cleared upstream; each stops (and signs a last checkpoint) on the way out."""
+    upstream.clear()
     started = [
         start_proxy(
             upstream.url,
@@ -184,31 +187,22 @@ def _replicas(
         )
         for i in range(count)
     ]
-    deadline = time.monotonic() + 30
-    for proxy in started:
-        while True:
-            assert proxy.process.poll() is None, proxy.log()
-            try:
-                if httpx.get(proxy.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, proxy.log()
-            time.sleep(0.05)
-    return started
-
-
-def _setup(
-    cluster: PgCluster, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Path, Path, str]:
-    data_dir = tmp_path / "bastion"
-    config = tmp_path / "proxy.toml"
-    config.write_text(f'store_url = "{db_url}"\n')
-    monkeypatch.setenv(PASSWORD_ENV, cluster.password)
-    key = KeyStore(data_dir / "keys.sqlite3").create("alice")
-    # One signing key for every replica, made before they start.
-    Signer.load_or_create(data_dir)
-    return data_dir, config, key
+    try:
+        deadline = time.monotonic() + 30
+        for proxy in started:
+            while True:
+                assert proxy.process.poll() is None, proxy.log()
+                try:
+                    if httpx.get(proxy.url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, proxy.log()
+                time.sleep(0.05)
+        yield started
+    finally:
+        for proxy in started:
+            stop_proxy(proxy)
 
 
 async def _load(
@@ -263,16 +257,11 @@ def test_three_replicas_write_one_gapless_log_that_verifies(
     db_url: str,
     upstream: FakeUpstream,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    replica_home: tuple[Path, Path, str],
 ) -> None:
-    data_dir, config, key = _setup(cluster, db_url, tmp_path, monkeypatch)
-    upstream.clear()
-    replicas = _replicas(upstream, data_dir, config, 3, tmp_path)
-    try:
+    data_dir, config, key = replica_home
+    with running_replicas(upstream, data_dir, config, 3, tmp_path) as replicas:
         results = asyncio.run(_load([p.url for p in replicas], key, 300, 30))
-    finally:
-        for proxy in replicas:
-            stop_proxy(proxy)  # each signs a last checkpoint
     assert Counter(status for _, status, _ in results) == {200: 300}
     assert Counter(replica for replica, _, _ in results) == {0: 100, 1: 100, 2: 100}
     assert len(upstream.received) == 300
@@ -301,24 +290,19 @@ def test_a_replica_killed_mid_load_leaves_no_gap_and_the_others_carry_on(
     db_url: str,
     upstream: FakeUpstream,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    replica_home: tuple[Path, Path, str],
 ) -> None:
-    data_dir, config, key = _setup(cluster, db_url, tmp_path, monkeypatch)
-    upstream.clear()
-    replicas = _replicas(upstream, data_dir, config, 3, tmp_path)
-    victim = replicas[0]
+    data_dir, config, key = replica_home
     killed = threading.Event()
+    with running_replicas(upstream, data_dir, config, 3, tmp_path) as replicas:
+        victim = replicas[0]
 
-    def kill_at_a_third(done: int) -> None:
-        if done >= 80 and not killed.is_set():
-            killed.set()
-            os.kill(victim.process.pid, signal.SIGKILL)
+        def kill_at_a_third(done: int) -> None:
+            if done >= 80 and not killed.is_set():
+                killed.set()
+                os.kill(victim.process.pid, signal.SIGKILL)
 
-    try:
         results = asyncio.run(_load([p.url for p in replicas], key, 300, 24, kill_at_a_third))
-    finally:
-        for proxy in replicas:
-            stop_proxy(proxy)
     assert killed.is_set() and victim.process.returncode == -signal.SIGKILL
     survivors = [(status, rid) for replica, status, rid in results if replica != 0]
     assert Counter(status for status, _ in survivors) == {200: 200}
@@ -447,28 +431,27 @@ def test_database_down_means_503_and_nothing_upstream_then_recovery(
     db_url: str,
     upstream: FakeUpstream,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    replica_home: tuple[Path, Path, str],
 ) -> None:
-    data_dir, config, key = _setup(cluster, db_url, tmp_path, monkeypatch)
-    (proxy,) = _replicas(upstream, data_dir, config, 1, tmp_path)
+    data_dir, config, key = replica_home
     headers = {"Authorization": f"Bearer {key}"}
     body = {"model": "tiny", "prompt": "x"}
-    try:
-        with httpx.Client(base_url=proxy.url, headers=headers, timeout=20) as client:
-            assert client.post("/v1/completions", json=body).status_code == 200
-            cluster.stop()
-            try:
-                upstream.clear()
-                answers = [client.post("/v1/completions", json=body) for _ in range(3)]
-                assert [a.status_code for a in answers] == [503, 503, 503]
-                assert answers[0].json()["error"]["code"] == "audit_store_unavailable"
-                assert upstream.received == []
-            finally:
-                cluster.start()
-            # The store reconnects by itself once the database is back.
-            assert client.post("/v1/completions", json=body).status_code == 200
-    finally:
-        stop_proxy(proxy)
+    with (
+        running_replicas(upstream, data_dir, config, 1, tmp_path) as (proxy,),
+        httpx.Client(base_url=proxy.url, headers=headers, timeout=20) as client,
+    ):
+        assert client.post("/v1/completions", json=body).status_code == 200
+        cluster.stop()
+        try:
+            upstream.clear()
+            answers = [client.post("/v1/completions", json=body) for _ in range(3)]
+            assert [a.status_code for a in answers] == [503, 503, 503]
+            assert answers[0].json()["error"]["code"] == "audit_store_unavailable"
+            assert upstream.received == []
+        finally:
+            cluster.start()
+        # The store reconnects by itself once the database is back.
+        assert client.post("/v1/completions", json=body).status_code == 200
     assert cluster.password not in proxy.log()
     assert len(upstream.received) == 1
 

@@ -22,11 +22,10 @@ from audit_proxy.pg_limits import PostgresUsageBoard
 from audit_proxy.pg_store import PostgresAuditStore
 from audit_proxy.ratelimit import RateLimiter
 from audit_proxy.shared_limits import SharedLimits
-from tests.proxy.conftest import stop_proxy
 from tests.proxy.fake_upstream import FakeUpstream
 
 from .pg_fixture import PgCluster
-from .test_replicas import _replicas, _setup
+from .test_replicas import running_replicas
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +58,30 @@ async def _exchange(*replicas: Replica) -> None:
         await replica.shared.sync()
 
 
-def test_replicas_charge_each_other_what_their_users_took(cluster: PgCluster, db_url: str) -> None:
-    store = PostgresAuditStore(db_url, cluster.password)
+async def _stop(*replicas: Replica) -> None:
+    for replica in replicas:
+        await replica.shared.stop()
+
+
+@pytest.fixture
+def store(cluster: PgCluster, db_url: str) -> Iterator[PostgresAuditStore]:
+    """The audit database at schema v5, whose board the replicas share."""
+    opened = PostgresAuditStore(db_url, cluster.password)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def pair(store: PostgresAuditStore) -> tuple[Replica, Replica, list[float]]:
+    """Two replicas on the board, and the clock they share."""
     clock = [0.0]
-    a, b = Replica(store, clock), Replica(store, clock)
+    return Replica(store, clock), Replica(store, clock), clock
+
+
+def test_replicas_charge_each_other_what_their_users_took(
+    store: PostgresAuditStore, pair: tuple[Replica, Replica, list[float]]
+) -> None:
+    a, b, clock = pair
 
     async def run() -> None:
         await _exchange(a, b)
@@ -93,21 +112,15 @@ def test_replicas_charge_each_other_what_their_users_took(cluster: PgCluster, db
         assert c.requests(5)
         await _exchange(c, a, b)
         assert not a.requests(1) and not b.requests(1)
-        for replica in (a, b, c):
-            await replica.shared.stop()
+        await _stop(a, b, c)
 
-    try:
-        asyncio.run(run())
-    finally:
-        store.close()
+    asyncio.run(run())
 
 
 def test_a_replica_the_board_forgot_rejoins_without_charging_twice(
-    cluster: PgCluster, db_url: str
+    cluster: PgCluster, db_url: str, pair: tuple[Replica, Replica, list[float]]
 ) -> None:
-    store = PostgresAuditStore(db_url, cluster.password)
-    clock = [0.0]
-    a, b = Replica(store, clock), Replica(store, clock)
+    a, b, _ = pair
 
     async def run() -> None:
         await _exchange(a, b)
@@ -125,13 +138,9 @@ def test_a_replica_the_board_forgot_rejoins_without_charging_twice(
         # B was charged 2 + 1, not 2 + (2 + 1): two of ann's five are left.
         assert b.requests(2)
         assert not b.requests(1)
-        for replica in (a, b):
-            await replica.shared.stop()
+        await _stop(a, b)
 
-    try:
-        asyncio.run(run())
-    finally:
-        store.close()
+    asyncio.run(run())
 
 
 def test_without_the_database_limits_stay_local_and_it_says_so_once(
@@ -167,23 +176,17 @@ request_burst = 4
 
 
 def test_three_replicas_hold_a_user_to_one_limit(
-    cluster: PgCluster,
-    db_url: str,
-    upstream: FakeUpstream,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    upstream: FakeUpstream, tmp_path: Path, replica_home: tuple[Path, Path, str]
 ) -> None:
-    data_dir, config, _ = _setup(cluster, db_url, tmp_path, monkeypatch)
+    data_dir, config, _ = replica_home
     key = KeyStore(data_dir / "keys.sqlite3").create("lim", role="limited")
     (tmp_path / "roles.toml").write_text(ROLES)
     config.write_text(
         config.read_text() + f'roles_file = "{tmp_path / "roles.toml"}"\nrate_limit_sync_s = 0.05\n'
     )
-    upstream.clear()
-    replicas = _replicas(upstream, data_dir, config, 3, tmp_path)
     headers = {"Authorization": f"Bearer {key}", "X-Bastion-Feature": "completion"}
     statuses = []
-    try:
+    with running_replicas(upstream, data_dir, config, 3, tmp_path) as replicas:
         with httpx.Client(headers=headers, timeout=10) as client:
             for i in range(12):  # round-robin, a little slower than the exchanges
                 url = replicas[i % 3].url + "/v1/completions"
@@ -196,9 +199,6 @@ def test_three_replicas_hold_a_user_to_one_limit(
         health = httpx.get(replicas[1].url + "/healthz").json()["rate_limits"]
         assert health["shared"] is True and health["exchanges"] >= 10
         assert health["seconds_since_exchange"] < 5
-    finally:
-        for proxy in replicas:
-            stop_proxy(proxy)
     # Each replica alone would have let 4 through (12 in all); together they let the burst.
     assert statuses[:4] == [200] * 4
     assert statuses[4:] == [429] * 8
