@@ -13,21 +13,13 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from audit_proxy.file_stamp import file_stamp
 from audit_proxy.keys import KeyInfo, Principal
 from audit_proxy.roles import Role, Roles, RolesError, load_roles
 
 log = logging.getLogger("bastion.proxy")
 
 CHECK_EVERY_S = 1.0
-Stamp = tuple[int, int, int] | None  # (inode, size, mtime_ns), or None when there is no file
-
-
-def _stamp(path: Path) -> Stamp:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class LiveRoles:
@@ -44,7 +36,7 @@ class LiveRoles:
         self._roles = roles
         self._keys = keys
         self._every_s = every_s
-        self._seen = _stamp(path)
+        self._seen = file_stamp(path)
         self._next_check = time.monotonic() + every_s
 
     @property
@@ -66,7 +58,7 @@ class LiveRoles:
         return self.current.get(name)
 
     def _follow(self) -> None:
-        stamp = _stamp(self.path)
+        stamp = file_stamp(self.path)
         if stamp == self._seen:
             return
         self._seen = stamp

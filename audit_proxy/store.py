@@ -60,6 +60,7 @@ from audit_proxy.checkpoints import (
     Checkpoint,
     Signer,
 )
+from audit_proxy.file_stamp import FileStamp, file_stamp
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
 from audit_proxy.payload_crypto import PayloadSealError, seal, unseal
 from audit_proxy.sqlite import BUSY_TIMEOUT_MS, open_private_db
@@ -164,16 +165,6 @@ _INSERT_PAYLOAD_KEY = "INSERT INTO payload_keys (kind, record_id, key) VALUES (?
 FILE_AFTER_S = 0.05
 FILE_BATCH = 256
 FILE_DRAIN = 4096
-FileStamp = tuple[int, int, int]
-
-
-def _file_stamp(path: Path) -> FileStamp | None:
-    """(inode, size, mtime) of a file with something in it; None when empty or absent."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns) if st.st_size else None
 
 
 # Payloads shredded per purge transaction: a running proxy waits for at most one batch.
@@ -877,8 +868,8 @@ class AuditStore:
 
         The file is read again only when it changed since this store last filed all of it.
         """
-        stamp = _file_stamp(self.staging_path)
-        if stamp is None or stamp == self._filed_stamp:
+        stamp = file_stamp(self.staging_path)
+        if stamp is None or stamp[1] == 0 or stamp == self._filed_stamp:
             return
         records = read_staged(self.staging_path)
         filed = self._next_unfiled_seq()
