@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -82,6 +82,7 @@ class RateLimiter:
         # Units taken here per bucket since start, estimates settled: a running total only grows
         # by what this process let through, so replicas can exchange it safely.
         self._taken: dict[BucketKey, float] = {}
+        self._changed: set[BucketKey] = set()  # totals moved since `changed_usage` last asked
 
     def _bucket(
         self, user: str, role: str, limit: Limit, per_minute: float, burst: float | None
@@ -109,6 +110,7 @@ class RateLimiter:
             return Refusal(limit, wait_s)
         key = (user, role, limit)
         self._taken[key] = self._taken.get(key, 0.0) + amount
+        self._changed.add(key)
         return None
 
     def settle(self, user: str, role: str, limit: Limit, estimated: float, actual: float) -> None:
@@ -118,12 +120,21 @@ class RateLimiter:
         if bucket is not None and actual != estimated:
             bucket.give_back(estimated - actual, self._clock())
             self._taken[key] = self._taken.get(key, 0.0) + actual - estimated
+            self._changed.add(key)
 
     def usage(self) -> list[BucketUsage]:
         """Every bucket this process took from, with its running total."""
+        return self._usage_of(self._taken)
+
+    def changed_usage(self) -> list[BucketUsage]:
+        """The buckets whose running total moved since the last call."""
+        changed, self._changed = self._changed, set()
+        return self._usage_of(changed)
+
+    def _usage_of(self, keys: Iterable[BucketKey]) -> list[BucketUsage]:
         return [
-            BucketUsage(key, taken, bucket.rate_per_s * 60.0, bucket.capacity)
-            for key, taken in self._taken.items()
+            BucketUsage(key, self._taken[key], bucket.rate_per_s * 60.0, bucket.capacity)
+            for key in keys
             if (bucket := self._buckets.get(key)) is not None
         ]
 
