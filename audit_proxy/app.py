@@ -156,7 +156,7 @@ class ProxyApp:
                 if self.siem is not None:
                     self.siem.start()
                 if self.shared_limits is not None:
-                    self.shared_limits.start()
+                    await self.shared_limits.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.shared_limits is not None:

@@ -94,7 +94,10 @@ class SharedLimits:
             "seconds_since_exchange": None if since is None else round(since, 3),
         }
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Join the board, then exchange every `every_s`. Joining comes before the proxy takes
+        requests: what other replicas' users take from then on is charged here."""
+        await self.sync()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
