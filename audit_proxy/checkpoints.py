@@ -103,6 +103,13 @@ class Signer:
             (data_dir / PUBLIC_KEY_FILE).write_text(signer.public_key_pem())
         return signer
 
+    @classmethod
+    def load(cls, data_dir: Path) -> Signer:
+        """The key `data_dir` already holds; makes none. Raises `SigningKeyError`."""
+        if not (data_dir / KEY_FILE).exists():
+            raise SigningKeyError(f"no signing key in {data_dir} (has the proxy run there?)")
+        return cls.load_or_create(data_dir)
+
     def evidence_key(self) -> bytes:
         """The key of the policy's evidence digests (audit_proxy.policy.engine), derived from the
         signing key: replicas, which must share that key, get the same digests without another

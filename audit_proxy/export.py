@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 
 from audit_proxy import merkle
 from audit_proxy.asgi import Receive, Scope, Send, send_error, send_json
-from audit_proxy.checkpoints import KEY_FILE, Checkpoint, Signer
+from audit_proxy.checkpoints import Checkpoint, Signer, SigningKeyError
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
 
 if TYPE_CHECKING:
@@ -66,9 +66,11 @@ def open_reader(
 def _open(
     data_dir: Path, database: AuditDatabase | None = None
 ) -> tuple[AuditStore | PostgresAuditStore, Signer]:
-    if not (data_dir / KEY_FILE).exists():
-        raise ExportError(f"no audit signing key in {data_dir} (has the proxy run there?)")
-    return open_reader(data_dir, database), Signer.load_or_create(data_dir)
+    try:
+        signer = Signer.load(data_dir)
+    except SigningKeyError as exc:
+        raise ExportError(str(exc)) from None
+    return open_reader(data_dir, database), signer
 
 
 def _header(signer: Signer) -> dict[str, Any]:
@@ -306,6 +308,7 @@ def follow(
 
 def public_key_pem(data_dir: Path) -> str:
     """The log's public key, PEM."""
-    if not (data_dir / KEY_FILE).exists():
-        raise ExportError(f"no audit signing key in {data_dir}")
-    return Signer.load_or_create(data_dir).public_key_pem()
+    try:
+        return Signer.load(data_dir).public_key_pem()
+    except SigningKeyError as exc:
+        raise ExportError(str(exc)) from None

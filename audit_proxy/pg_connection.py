@@ -14,16 +14,25 @@ Conn = psycopg.Connection[TupleRow]
 class LiveConnection:
     """A connection that a failed statement drops and the next use opens again."""
 
-    def __init__(self, connect: Callable[[], Conn], conn: Conn | None = None) -> None:
+    def __init__(self, connect: Callable[[], Conn]) -> None:
         self._connect = connect
-        self._conn = conn
+        self._conn: Conn | None = None
+
+    @property
+    def current(self) -> Conn | None:
+        """The connection if it is open and sound; None means the next `get` connects anew
+        (and whatever the session held, an advisory lock say, is gone)."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            return None
+        return self._conn
 
     def get(self) -> Conn:
         """The open connection; connects first if there is none (raises what `connect` does)."""
-        if self._conn is None or self._conn.closed or self._conn.broken:
+        conn = self.current
+        if conn is None:
             self.drop()
-            self._conn = self._connect()
-        return self._conn
+            conn = self._conn = self._connect()
+        return conn
 
     def drop(self) -> None:
         """Close it, quietly: it is being given up, often because it failed."""

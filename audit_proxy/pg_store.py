@@ -837,19 +837,23 @@ class PostgresSiemLeadership:
     """
 
     def __init__(self, connect: Callable[[], Conn]) -> None:
-        self._connect = connect
-        self.conn: Conn | None = None
+        self._live = LiveConnection(connect)
         self._held = False
+
+    @property
+    def conn(self) -> Conn | None:
+        """The session that holds (or tries for) the lock; None while there is none."""
+        return self._live.current
 
     def leading(self) -> bool:
         try:
-            if self.conn is None or self.conn.closed or self.conn.broken:
-                self._held = False
-                self.conn = self._connect()
+            if self._live.current is None:
+                self._held = False  # a new session holds no lock
+            conn = self._live.get()
             if self._held:
-                self.conn.execute("SELECT 1")
+                conn.execute("SELECT 1")
             else:
-                row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (SIEM_LOCK,)).fetchone()
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SIEM_LOCK,)).fetchone()
                 self._held = bool(row and row[0])
         except (psycopg.Error, AuditStoreUnavailable) as exc:
             if self._held:
@@ -859,10 +863,7 @@ class PostgresSiemLeadership:
 
     def _drop(self) -> None:
         self._held = False
-        if self.conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self.conn.close()
-            self.conn = None
+        self._live.drop()
 
     def close(self) -> None:
         self._drop()  # ending the session releases the lock

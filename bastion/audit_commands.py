@@ -266,19 +266,20 @@ def public_key_command(args: argparse.Namespace) -> int:
 def evidence_digest_command(args: argparse.Namespace) -> int:
     """`bastion audit evidence-digest`: the value comes on stdin (one trailing newline is
     dropped), never on the command line, where shell history and `ps` would keep it."""
-    from audit_proxy.checkpoints import KEY_FILE, Signer, SigningKeyError
+    from audit_proxy.checkpoints import Signer, SigningKeyError
     from audit_proxy.policy.engine import evidence_digest
 
     try:
-        data_dir = _data_dir(args)
-        if not (data_dir / KEY_FILE).exists():
-            raise SigningKeyError(
-                f"no signing key {data_dir / KEY_FILE}: the digests are keyed by the proxy's "
-                "signing key; run this with the proxy's --data-dir"
-            )
-        key = Signer.load_or_create(data_dir).evidence_key()
-    except (ConfigError, SigningKeyError) as exc:
+        key = Signer.load(_data_dir(args)).evidence_key()
+    except ConfigError as exc:
         print(f"{PROG} evidence-digest: {exc}", file=sys.stderr)
+        return 1
+    except SigningKeyError as exc:
+        print(
+            f"{PROG} evidence-digest: {exc}: the digests are keyed by the proxy's signing key; "
+            "run this with the proxy's --data-dir",
+            file=sys.stderr,
+        )
         return 1
     value = sys.stdin.read().removesuffix("\n")
     if not value:

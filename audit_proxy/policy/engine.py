@@ -129,7 +129,7 @@ class Engine:
             s for s in self._rest if s.rule.detector_name not in _TEMPLATE_DETECTORS
         ]
         # Most requests hold nothing: their evidence is the same string every time.
-        self.clean_evidence = Outcome(b"").evidence(policy)
+        self._clean_evidence = Outcome(b"").evidence(policy)
 
     def apply(self, body: bytes) -> Outcome:
         """Apply the policy to every string the body sends upstream; rewrite the body if needed."""
@@ -216,6 +216,10 @@ class Engine:
         parts.append(text[last:])
         findings.sort(key=lambda f: f.start)
         return "".join(parts), findings
+
+    def evidence(self, outcome: Outcome) -> str:
+        """The evidence JSON of `outcome` for the audit record (see `Outcome.evidence`)."""
+        return outcome.evidence(self.policy) if outcome.findings else self._clean_evidence
 
     def _finding(self, step: Step, original: str, field_path: str, start: int, end: int) -> Finding:
         digest = evidence_digest(self._evidence_key, original[start:end])

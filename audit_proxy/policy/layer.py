@@ -44,9 +44,7 @@ class ApplyPolicy:
             outcome = await asyncio.to_thread(self.engine.apply, body)
         else:
             outcome = self.engine.apply(body)
-        scope[POLICY_EVIDENCE] = (
-            outcome.evidence(self.engine.policy) if outcome.findings else self.engine.clean_evidence
-        )
+        scope[POLICY_EVIDENCE] = self.engine.evidence(outcome)
         for finding in outcome.findings:
             METRICS.policy_hits.inc(finding.rule, finding.action)
         if outcome.findings:
