@@ -7,7 +7,9 @@ even a one-row SQLite commit took 108 us p50; the whole staging commit (leaf, fr
 takes about 50 us.
 
 Frame: magic, body length, CRC-32 of the body, then the body: the leaf number and six
-length-prefixed fields (kind, record id, leaf hash, canonical leaf, sealed payload, payload key).
+length-prefixed fields (kind, record id, leaf hash, canonical leaf, payload, payload key). The
+payload is in the clear with an empty key: filing seals it. Frames of earlier versions carry it
+sealed, with its key.
 A torn last frame (the writer died mid-write) fails its length or CRC and ends the reading.
 
 One writer: the file is locked (`flock`) by the store that writes it, for as long as it is open.

@@ -25,7 +25,10 @@ Group commit: every record asked for in one event-loop iteration goes into one w
 commit order, so the Merkle log's order is the order in which records were committed.
 
 Staged, then filed: a commit appends each record once, whole, as a frame of the staging file
-`audit.sqlite3.staged` (`audit_proxy.staging`: its leaf number, leaf, sealed payload and key).
+`audit.sqlite3.staged` (`audit_proxy.staging`: its leaf number, leaf and payload). Payloads are
+sealed when filed, not when committed, which keeps the cipher off the request's path (about
+25 us a record in place): the staging file (0600, emptied once all is filed) held the key beside
+each ciphertext before, so it kept nothing more secret than it does with the payload itself.
 Filing it into `requests`/`outcomes`, `leaves` and `payload_keys` (three tables and four
 indexes, most of them keyed by random ids) happens later, many records per transaction: on a
 timer in the writer, and before any read, checkpoint or purge, in whichever process reads. A
@@ -401,6 +404,22 @@ def row_from_leaf(kind: str, canonical: bytes, payload: bytes) -> tuple[object, 
     return tuple(record.get(name) for name in _COLUMNS[kind])
 
 
+def filed_row(record: StagedRecord) -> tuple[tuple[object, ...], bytes]:
+    """The row to file for a staged record, its payload sealed, and the payload's key.
+
+    Commits stage the payload in the clear (no key) and filing seals it, off the request's
+    path; frames written before that came with the payload sealed and its key.
+    """
+    stored, key = record.payload, record.payload_key
+    if not key:
+        sealed = seal(record.kind, record.record_id, stored)
+        stored, key = sealed.stored, sealed.key
+    if record.row is None:
+        return row_from_leaf(record.kind, record.canonical, stored), key
+    at = _PAYLOAD_AT[record.kind]
+    return (*record.row[:at], stored, *record.row[at + 1 :]), key
+
+
 def leaf_of(kind: str, params: tuple[object, ...], seq: int) -> bytes:
     """The canonical bytes of leaf `seq` for a record row (`params` in `_COLUMNS[kind]` order).
 
@@ -423,7 +442,6 @@ class _Pending:
     kind: str
     record_id: str
     params: tuple[object, ...] = field(repr=False)
-    payload_key: bytes = field(repr=False)
     loop: asyncio.AbstractEventLoop = field(repr=False)
     future: asyncio.Future[None] = field(repr=False)
 
@@ -669,12 +687,11 @@ class AuditStore:
         `body` is what goes upstream (already redacted); `policy` is the policy's evidence JSON.
         """
         request_id = uuid.uuid4().hex
-        sealed = seal("request", request_id, body)
         row = request_row(
-            request_id, body, sealed.stored, user, role, client, method, route, feature, model,
-            stream, policy,
+            request_id, body, body, user, role, client, method, route, feature, model, stream,
+            policy,
         )  # fmt: skip
-        await self._append("request", request_id, row, sealed.key)
+        await self._append("request", request_id, row)
         return request_id
 
     async def record_outcome(
@@ -693,12 +710,11 @@ class AuditStore:
         error: str | None = None,
     ) -> None:
         """Record how the request ended; `response_body` is every byte the client was sent."""
-        sealed = seal("outcome", request_id, response_body)
         row = outcome_row(
-            request_id, response_body, sealed.stored, status, sha256, usage, finish_reason,
+            request_id, response_body, response_body, status, sha256, usage, finish_reason,
             latency_ms, ttfb_ms, aborted_by, completed, error,
         )  # fmt: skip
-        await self._append("outcome", request_id, row, sealed.key)
+        await self._append("outcome", request_id, row)
 
     def requests(self) -> list[RequestRecord]:
         """Every request record, oldest first."""
@@ -716,13 +732,14 @@ class AuditStore:
         rows = self._read(_SELECT_OUTCOMES + " WHERE o.request_id = ?", (request_id,))
         return outcome_from_row(rows[0]) if rows else None
 
-    async def _append(
-        self, kind: str, record_id: str, params: tuple[object, ...], payload_key: bytes
-    ) -> None:
-        """Add one record to the next group commit; return once it and its leaf are durable."""
+    async def _append(self, kind: str, record_id: str, params: tuple[object, ...]) -> None:
+        """Add one record to the next group commit; return once it and its leaf are durable.
+
+        `params` holds the payload in the clear: it is sealed when the record is filed.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        item = _Pending(kind, record_id, params, payload_key, loop, future)
+        item = _Pending(kind, record_id, params, loop, future)
         with self._pending_lock:
             if self._closed:
                 raise AuditStoreUnavailable(f"the audit store {self.path} is closed")
@@ -915,21 +932,16 @@ class AuditStore:
         Requests go in before outcomes (an outcome's request may be in the same batch);
         each table gets its rows in leaf order.
         """
+        filed = [(r, *filed_row(r)) for r in batch]
         for kind in ("request", "outcome"):
-            rows = [
-                r.row if r.row is not None else row_from_leaf(kind, r.canonical, r.payload)
-                for r in batch
-                if r.kind == kind
-            ]
+            rows = [row for r, row, _ in filed if r.kind == kind]
             if rows:
                 self._conn.executemany(_FILE_RECORD[kind], rows)
         self._conn.executemany(
             "INSERT INTO leaves (seq, kind, record_id, leaf_hash, canonical) VALUES (?,?,?,?,?)",
             [(r.seq, r.kind, r.record_id, r.leaf_hash, r.canonical) for r in batch],
         )
-        self._conn.executemany(
-            _INSERT_PAYLOAD_KEY, [(r.kind, r.record_id, r.payload_key) for r in batch]
-        )
+        self._conn.executemany(_INSERT_PAYLOAD_KEY, [(r.kind, r.record_id, k) for r, _, k in filed])
 
     def _start_background_work(self) -> None:
         """At the first write: WAL checkpoints move to a thread of their own."""
@@ -983,7 +995,7 @@ class AuditStore:
                     leaf_hash(canonical),
                     canonical,
                     payload,
-                    item.payload_key,
+                    b"",  # sealed when filed
                     item.params,
                 )
             )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 from audit_proxy import merkle, verify
 from audit_proxy.checkpoints import KEY_FILE, Signer
+from audit_proxy.payload_crypto import seal, unseal
 from audit_proxy.staging import read_staged
 from audit_proxy.store import AuditStore
 
@@ -80,6 +82,33 @@ def test_records_a_killed_writer_staged_are_filed_by_the_next_store(tmp_path: Pa
     reader = AuditStore(tmp_path / "audit.sqlite3")
     assert [r.id for r in reader.requests()] == [request_id]
     assert len(reader.leaves()) == 2
+    reader.close()
+
+
+def test_payloads_are_sealed_when_filed_and_older_sealed_frames_still_file(
+    tmp_path: Path,
+) -> None:
+    writer = AuditStore(tmp_path / "audit.sqlite3")
+    request_id = record_pair(writer, b'{"prompt":"staged in the clear"}')
+    staged = read_staged(writer.staging_path)
+    assert staged[0].payload == b'{"prompt":"staged in the clear"}'
+    assert staged[0].payload_key == b""  # sealing waits for filing
+    # A frame as versions before this one wrote it: the payload sealed at commit, with its key.
+    sealed = seal("request", request_id, staged[0].payload)
+    older = replace(staged[0], payload=sealed.stored, payload_key=sealed.key)
+    writer.staging_path.write_bytes(older.frame() + staged[1].frame())
+    reader = AuditStore(tmp_path / "audit.sqlite3")
+    assert reader.payload("request", request_id) == b'{"prompt":"staged in the clear"}'
+    assert reader.outcome(request_id) is not None
+    raw = sqlite3.connect(tmp_path / "audit.sqlite3")
+    stored = {kind: bytes(body) for kind, body in raw.execute(
+        "SELECT 'request', body FROM requests UNION ALL SELECT 'outcome', response_body FROM outcomes"
+    )}  # fmt: skip
+    keys = dict(raw.execute("SELECT kind, key FROM payload_keys"))
+    raw.close()
+    assert stored["request"] == sealed.stored  # filed as it was sealed, not sealed twice
+    assert unseal("outcome", request_id, keys["outcome"], stored["outcome"]) == staged[1].payload
+    assert staged[1].payload not in stored["outcome"]
     reader.close()
 
 
