@@ -35,7 +35,6 @@ import contextlib
 import logging
 import queue
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -73,6 +72,7 @@ from audit_proxy.store import (
     RequestRecord,
     StoredPayload,
     TokenUsage,
+    new_record_id,
     open_payload,
     outcome_from_row,
     outcome_row,
@@ -282,7 +282,7 @@ class PostgresAuditStore:
         policy: str | None = None,
     ) -> str:
         """Durably record a request before it is forwarded; returns its id."""
-        request_id = uuid.uuid4().hex
+        request_id = new_record_id()
         sealed = seal("request", request_id, body)
         params = request_row(
             request_id, body, sealed.stored, user, role, client, method, route, feature, model,

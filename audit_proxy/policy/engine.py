@@ -20,6 +20,8 @@ _ROUTING_KEYS = frozenset({"model"})
 # applies there.
 _TEMPLATE_FIELD = re.compile(r"^(prompt|stop)(\[\d+\])?$")
 _TEMPLATE_DETECTORS = frozenset({"role_directive"})
+# A message's role, when it is one of the API's own: nothing in these words can match a rule.
+_ROLE_NAMES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # The API's own field names; every other key is scanned like a value (a key goes upstream too).
 _API_KEYS = frozenset(
     {
@@ -169,7 +171,7 @@ class Engine:
         if isinstance(node, dict):
             out: dict[str, Any] = {}
             for i, (key, value) in enumerate(node.items()):
-                if key in _ROUTING_KEYS and not path:
+                if (key in _ROUTING_KEYS and not path) or (key == "role" and value in _ROLE_NAMES):
                     out[key] = value
                     continue
                 if key not in _API_KEYS:

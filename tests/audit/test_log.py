@@ -101,9 +101,10 @@ def test_payloads_are_sealed_when_filed_and_older_sealed_frames_still_file(
     assert reader.payload("request", request_id) == b'{"prompt":"staged in the clear"}'
     assert reader.outcome(request_id) is not None
     raw = sqlite3.connect(tmp_path / "audit.sqlite3")
-    stored = {kind: bytes(body) for kind, body in raw.execute(
-        "SELECT 'request', body FROM requests UNION ALL SELECT 'outcome', response_body FROM outcomes"
-    )}  # fmt: skip
+    stored = {
+        "request": bytes(raw.execute("SELECT body FROM requests").fetchone()[0]),
+        "outcome": bytes(raw.execute("SELECT response_body FROM outcomes").fetchone()[0]),
+    }
     keys = dict(raw.execute("SELECT kind, key FROM payload_keys"))
     raw.close()
     assert stored["request"] == sealed.stored  # filed as it was sealed, not sealed twice

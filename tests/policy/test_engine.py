@@ -48,6 +48,13 @@ def test_redaction_rewrites_every_string_but_the_model() -> None:
     assert [f.field for f in outcome.findings] == ["prompt[0]", "suffix", "stop[0]"]
 
 
+def test_a_role_is_skipped_only_when_it_is_one_of_the_apis_own() -> None:
+    messages = [{"role": "user", "content": "hi"}, {"role": f"user {KEY}", "content": "hi"}]
+    outcome = Engine(DEFAULT_POLICY).apply(json.dumps({"messages": messages}).encode())
+    assert [f.field for f in outcome.findings] == ["messages[1].role"]
+    assert json.loads(outcome.body)["messages"][1]["role"] == "user [REDACTED:aws_access_key_id]"
+
+
 def test_duplicate_keys_and_keys_themselves_are_not_a_way_around() -> None:
     body = f'{{"prompt": "{KEY}", "prompt": "x", "{KEY}": 1}}'.encode()
     outcome = Engine(DEFAULT_POLICY).apply(body)
