@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from audit_proxy.config import ConfigError, load_config
-from audit_proxy.keys import KeyNameTaken, KeyStore, Principal, UnknownKey
+from audit_proxy.keys import ASK_SQLITE_S, KeyNameTaken, KeyStore, Principal, UnknownKey
 from audit_proxy.store import AuditStore
 
 from .conftest import REPO
@@ -80,6 +82,26 @@ def test_remembered_keys_follow_the_key_file(tmp_path: Path) -> None:
     assert proxy_side.verify(brief) is None
     fresh = admin_side.create("carol")
     assert proxy_side.verify(fresh) == Principal(name="carol", role="user")
+
+
+def test_a_revocation_long_after_the_last_change_still_counts_at_once(tmp_path: Path) -> None:
+    """Between changes the proxy asks SQLite nothing; the -wal file shows the next change."""
+    proxy_side = KeyStore(tmp_path / "keys.sqlite3")
+    admin_side = KeyStore(tmp_path / "keys.sqlite3")
+    key = admin_side.create("bob")
+    assert proxy_side.verify(key) == Principal(name="bob", role="user")
+    time.sleep(ASK_SQLITE_S + 0.1)
+    assert proxy_side.verify(key) == Principal(name="bob", role="user")  # from memory
+    admin_side.revoke("bob")
+    assert proxy_side.verify(key) is None
+    # The same after SQLite has moved the -wal's pages into the file and starts it over.
+    other = admin_side.create("carol")
+    with contextlib.closing(sqlite3.connect(tmp_path / "keys.sqlite3")) as raw:
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert proxy_side.verify(other) == Principal(name="carol", role="user")
+    time.sleep(ASK_SQLITE_S + 0.1)
+    admin_side.revoke("carol")
+    assert proxy_side.verify(other) is None
 
 
 def bastion(*args: str) -> subprocess.CompletedProcess[str]:
