@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit_proxy.merkle import canonical_json
+from audit_proxy.payload_crypto import KeyWrap
 
 KEY_FILE = "audit-signing-key.pem"
 PUBLIC_KEY_FILE = "audit-signing-key.pub"
@@ -59,6 +60,7 @@ def checkpoint_message(log_id: str, size: int, root_hex: str, time: str) -> byte
 
 
 EVIDENCE_KEY_LABEL = b"bastion policy evidence digest/1"
+KEY_WRAP_LABEL = b"bastion payload key wrap/1"
 
 
 class Signer:
@@ -111,15 +113,29 @@ class Signer:
         return cls.load_or_create(data_dir)
 
     def evidence_key(self) -> bytes:
-        """The key of the policy's evidence digests (audit_proxy.policy.engine), derived from the
-        signing key: replicas, which must share that key, get the same digests without another
-        secret to distribute."""
+        """The key of the policy's evidence digests (audit_proxy.policy.engine)."""
+        return self._derived_key(EVIDENCE_KEY_LABEL)
+
+    def key_wrap(self) -> KeyWrap:
+        """What wraps the payload keys a store keeps (audit_proxy.payload_crypto)."""
+        return KeyWrap(self._derived_key(KEY_WRAP_LABEL))
+
+    def _derived_key(self, label: bytes) -> bytes:
+        """A key for one purpose, derived from the signing key: replicas, which must share that
+        key, get the same one without another secret to distribute."""
         seed = self._key.private_bytes(
             serialization.Encoding.Raw,
             serialization.PrivateFormat.Raw,
             serialization.NoEncryption(),
         )
-        return hmac.digest(seed, EVIDENCE_KEY_LABEL, "sha256")
+        return hmac.digest(seed, label, "sha256")
+
+    @classmethod
+    def key_wrap_in(cls, data_dir: Path) -> KeyWrap | None:
+        """The payload key wrap of the signing key in `data_dir`; None where there is none."""
+        if not (data_dir / KEY_FILE).exists():
+            return None
+        return cls.load(data_dir).key_wrap()
 
     def public_key_pem(self) -> str:
         """The public key, PEM (SubjectPublicKeyInfo), for auditors."""

@@ -46,11 +46,21 @@ class AuditDatabase:
 def open_reader(
     data_dir: Path, database: AuditDatabase | None = None
 ) -> AuditStore | PostgresAuditStore:
-    """The audit store to read: `database` when given, else the SQLite one in `data_dir`."""
+    """The audit store to read: `database` when given, else the SQLite one in `data_dir`.
+
+    Payloads open with the signing key in `data_dir` (their keys are wrapped under it).
+    """
     if database is None:
         if not (data_dir / AUDIT_DB).exists():
             raise ExportError(f"no audit store in {data_dir}")
-        return AuditStore(data_dir / AUDIT_DB)
+        try:
+            return AuditStore(data_dir / AUDIT_DB)
+        except AuditStoreUnavailable as exc:
+            raise ExportError(str(exc)) from None
+    try:
+        key_wrap = Signer.key_wrap_in(data_dir)
+    except SigningKeyError as exc:
+        raise ExportError(str(exc)) from None
     try:
         from audit_proxy.pg_store import PostgresAuditStore
     except ImportError as exc:
@@ -58,7 +68,9 @@ def open_reader(
             f"a PostgreSQL audit store needs psycopg ({exc}): pip install 'bastion[postgres]'"
         ) from None
     try:
-        return PostgresAuditStore(database.url, database.password, migrate_schema=False)
+        return PostgresAuditStore(
+            database.url, database.password, migrate_schema=False, key_wrap=key_wrap
+        )
     except AuditStoreUnavailable as exc:
         raise ExportError(str(exc)) from None
 

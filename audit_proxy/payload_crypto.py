@@ -1,9 +1,15 @@
 """Sealing audit payloads so they can be crypto-shredded: one AES-256-GCM key per payload.
 
-The key is stored beside the ciphertext (the store's `payload_keys` table), so sealing does not
-hide a payload from whoever can read the store; it makes the payload destroyable in place.
-Destroying the 32-byte key leaves a ciphertext nobody can open, without rewriting the (possibly
-large) payload row, and without touching the Merkle leaf, which binds the plaintext by SHA-256.
+The key is stored in the store's `payload_keys` table. Destroying it leaves a ciphertext nobody
+can open, without rewriting the (possibly large) payload row, and without touching the Merkle
+leaf, which binds the plaintext by SHA-256.
+
+Stored keys are wrapped (`KeyWrap`: AES key wrap, RFC 3394) under a key-encryption key derived
+from the proxy's signing key, which lives in the data dir and never in the store. So the store
+alone (a copy of the SQLite file, a PostgreSQL backup, a DBA's SELECT) opens no payload, and a
+key left behind in freed pages or a truncated WAL block is useless without the signing key.
+A stored key of 32 bytes was written unwrapped (before wrapping, or by a store given no
+`KeyWrap`) and is read as it is.
 
 Stored form: version byte ‖ 12-byte random nonce ‖ ciphertext ‖ 16-byte tag. The associated
 data names the record (kind and id), so a ciphertext moved to another record does not open.
@@ -16,11 +22,14 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
 _VERSION = b"\x01"
+_WRAPPED = b"\x01"
+WRAPPED_KEY_BYTES = len(_WRAPPED) + KEY_BYTES + 8  # RFC 3394 adds one 8-byte block
 _AAD_DOMAIN = b"bastion-audit-payload/1"
 
 
@@ -68,3 +77,44 @@ def unseal(kind: str, record_id: str, key: bytes, stored: bytes) -> bytes:
         raise PayloadSealError(
             f"{what} does not open with its key: the payload, its key or its record was altered"
         ) from None
+
+
+class KeyWrap:
+    """Wraps payload keys for storage under a key-encryption key, and unwraps them."""
+
+    def __init__(self, kek: bytes) -> None:
+        if len(kek) != KEY_BYTES:
+            raise ValueError(f"a key-encryption key is {KEY_BYTES} bytes, not {len(kek)}")
+        self._kek = kek
+
+    def __repr__(self) -> str:
+        return "KeyWrap(<key-encryption key>)"
+
+    def wrap(self, key: bytes) -> bytes:
+        return _WRAPPED + aes_key_wrap(self._kek, key)
+
+    def unwrap(self, stored: bytes) -> bytes:
+        try:
+            return aes_key_unwrap(self._kek, stored[len(_WRAPPED) :])
+        except InvalidUnwrap:
+            raise PayloadSealError(
+                "a payload key does not unwrap: it was wrapped under another signing key "
+                "(read the store with the data dir of the proxy that wrote it), or altered"
+            ) from None
+
+
+def stored_key(key: bytes, key_wrap: KeyWrap | None) -> bytes:
+    """A payload's key as the store keeps it: wrapped when there is a `KeyWrap`."""
+    return key_wrap.wrap(key) if key_wrap is not None else key
+
+
+def payload_key(stored: bytes, key_wrap: KeyWrap | None) -> bytes:
+    """The key a payload was sealed with, from its stored form (see the module doc)."""
+    if len(stored) == WRAPPED_KEY_BYTES and stored[:1] == _WRAPPED:
+        if key_wrap is None:
+            raise PayloadSealError(
+                "payload keys here are wrapped under the proxy's signing key: read the store "
+                "with the data dir that holds it (--data-dir)"
+            )
+        return key_wrap.unwrap(stored)
+    return stored

@@ -50,7 +50,7 @@ from audit_proxy.checkpoints import (
     Signer,
 )
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
-from audit_proxy.payload_crypto import seal
+from audit_proxy.payload_crypto import KeyWrap, seal, stored_key
 from audit_proxy.pg_connection import Conn, LiveConnection
 from audit_proxy.pg_limits import PostgresUsageBoard
 from audit_proxy.pg_migrations import (
@@ -213,13 +213,16 @@ class PostgresAuditStore:
         checkpoint_every: int = CHECKPOINT_EVERY_RECORDS,
         checkpoint_every_s: float = CHECKPOINT_EVERY_S,
         migrate_schema: bool = True,
+        key_wrap: KeyWrap | None = None,
     ) -> None:
         """Connect, migrate the schema (unless `migrate_schema` is off: readers) and start.
 
         `password` overrides any in the URL. With a `signer` the store signs checkpoints and
-        binds the database to that key. Raises `AuditStoreUnavailable`.
+        binds the database to that key. `key_wrap` (by default the signer's) wraps the payload
+        keys it writes and unwraps those it reads. Raises `AuditStoreUnavailable`.
         """
         self.where = redact_url(url)
+        self._key_wrap = key_wrap if key_wrap is not None or signer is None else signer.key_wrap()
         self._url = url
         self._password = password
         self.signer = signer
@@ -288,7 +291,7 @@ class PostgresAuditStore:
             request_id, body, sealed.stored, user, role, client, method, route, feature, model,
             stream, policy,
         )  # fmt: skip
-        await self._append("request", request_id, params, sealed.key)
+        await self._append("request", request_id, params, stored_key(sealed.key, self._key_wrap))
         return request_id
 
     async def record_outcome(
@@ -312,7 +315,7 @@ class PostgresAuditStore:
             request_id, response_body, sealed.stored, status, sha256, usage, finish_reason,
             latency_ms, ttfb_ms, aborted_by, completed, error,
         )  # fmt: skip
-        await self._append("outcome", request_id, params, sealed.key)
+        await self._append("outcome", request_id, params, stored_key(sealed.key, self._key_wrap))
 
     async def _append(
         self, kind: str, record_id: str, params: tuple[object, ...], payload_key: bytes
@@ -593,7 +596,8 @@ class PostgresAuditStore:
     def requests(self) -> list[RequestRecord]:
         """Every request record, oldest first; a shredded payload reads as None."""
         return [
-            request_from_row(row) for row in self._read(self._select_requests() + " ORDER BY r.seq")
+            request_from_row(row, self._key_wrap)
+            for row in self._read(self._select_requests() + " ORDER BY r.seq")
         ]
 
     def outcomes(self) -> list[OutcomeRecord]:
@@ -601,12 +605,12 @@ class PostgresAuditStore:
         rows = self._read(
             self._select_outcomes() + " JOIN requests r ON r.id = o.request_id ORDER BY r.seq"
         )
-        return [outcome_from_row(row) for row in rows]
+        return [outcome_from_row(row, self._key_wrap) for row in rows]
 
     def outcome(self, request_id: str) -> OutcomeRecord | None:
         """The outcome of one request, or None while it is still running (or was lost)."""
         rows = self._read(self._select_outcomes() + " WHERE o.request_id = %s", (request_id,))
-        return outcome_from_row(rows[0]) if rows else None
+        return outcome_from_row(rows[0], self._key_wrap) if rows else None
 
     def leaves(self, limit: int | None = None) -> list[Leaf]:
         """(seq, kind, record id, leaf hash, canonical bytes) of the first `limit` leaves."""
@@ -646,9 +650,14 @@ class PostgresAuditStore:
         rows = self._read(query, (record_id,))
         if not rows:
             return StoredPayload(None, False)
-        stored, has_key_row, payload_key = rows[0]
+        stored, has_key_row, key_stored = rows[0]
         return open_payload(
-            kind, record_id, _maybe_bytes(stored), has_key_row, _maybe_bytes(payload_key)
+            kind,
+            record_id,
+            _maybe_bytes(stored),
+            has_key_row,
+            _maybe_bytes(key_stored),
+            self._key_wrap,
         )
 
     def count_unshredded(self, before: datetime) -> int:

@@ -61,10 +61,18 @@ from audit_proxy.checkpoints import (
     CHECKPOINT_EVERY_S,
     Checkpoint,
     Signer,
+    SigningKeyError,
 )
 from audit_proxy.file_stamp import FileStamp, file_stamp
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
-from audit_proxy.payload_crypto import PayloadSealError, seal, unseal
+from audit_proxy.payload_crypto import (
+    KeyWrap,
+    PayloadSealError,
+    payload_key,
+    seal,
+    stored_key,
+    unseal,
+)
 from audit_proxy.sqlite import BUSY_TIMEOUT_MS, open_private_db
 from audit_proxy.staging import StagedRecord, StagingFile, StagingLocked, read_staged
 
@@ -313,7 +321,12 @@ class StoredPayload:
 
 
 def open_payload(
-    kind: str, record_id: str, stored: object, has_key_row: object, key: object
+    kind: str,
+    record_id: str,
+    stored: object,
+    has_key_row: object,
+    key: object,
+    key_wrap: KeyWrap | None,
 ) -> StoredPayload:
     """The plaintext of a stored payload, given its key row (see `_PAYLOAD_KEYS_SCHEMA`)."""
     if not isinstance(stored, bytes | bytearray | memoryview):
@@ -323,25 +336,26 @@ def open_payload(
     if not isinstance(key, bytes):
         return StoredPayload(None, True)
     try:
-        return StoredPayload(unseal(kind, record_id, key, bytes(stored)), False)
+        opened = unseal(kind, record_id, payload_key(key, key_wrap), bytes(stored))
+        return StoredPayload(opened, False)
     except PayloadSealError as exc:
         raise AuditStoreUnavailable(f"cannot read the audit store: {exc}") from None
 
 
-def request_from_row(row: tuple[object, ...]) -> RequestRecord:
+def request_from_row(row: tuple[object, ...], key_wrap: KeyWrap | None) -> RequestRecord:
     *fields, has_key_row, key = row
     record = dict(zip(_REQUEST_FIELDS, fields, strict=True))
     record["body"] = open_payload(
-        "request", str(record["id"]), record["body"], has_key_row, key
+        "request", str(record["id"]), record["body"], has_key_row, key, key_wrap
     ).data
     return RequestRecord.model_validate(record)
 
 
-def outcome_from_row(row: tuple[object, ...]) -> OutcomeRecord:
+def outcome_from_row(row: tuple[object, ...], key_wrap: KeyWrap | None) -> OutcomeRecord:
     *fields, has_key_row, key = row
     record = dict(zip(_OUTCOME_FIELDS, fields, strict=True))
     opened = open_payload(
-        "outcome", str(record["request_id"]), record["response_body"], has_key_row, key
+        "outcome", str(record["request_id"]), record["response_body"], has_key_row, key, key_wrap
     )
     record["response_body"] = opened.data
     return OutcomeRecord.model_validate(record)
@@ -409,8 +423,8 @@ def row_from_leaf(kind: str, canonical: bytes, payload: bytes) -> tuple[object, 
     return tuple(record.get(name) for name in _COLUMNS[kind])
 
 
-def filed_row(record: StagedRecord) -> tuple[tuple[object, ...], bytes]:
-    """The row to file for a staged record, its payload sealed, and the payload's key.
+def filed_row(record: StagedRecord, key_wrap: KeyWrap | None) -> tuple[tuple[object, ...], bytes]:
+    """The row to file for a staged record, its payload sealed, and the payload's key as stored.
 
     Commits stage the payload in the clear (no key) and filing seals it, off the request's
     path; frames written before that came with the payload sealed and its key.
@@ -419,6 +433,7 @@ def filed_row(record: StagedRecord) -> tuple[tuple[object, ...], bytes]:
     if not key:
         sealed = seal(record.kind, record.record_id, stored)
         stored, key = sealed.stored, sealed.key
+    key = stored_key(key, key_wrap)
     if record.row is None:
         return row_from_leaf(record.kind, record.canonical, stored), key
     at = _PAYLOAD_AT[record.kind]
@@ -583,10 +598,22 @@ class AuditStore:
         checkpoint_every: int = CHECKPOINT_EVERY_RECORDS,
         checkpoint_every_s: float = CHECKPOINT_EVERY_S,
         durability: Durability = "process",
+        key_wrap: KeyWrap | None = None,
     ) -> None:
-        """Open the store; with a `signer` it also signs checkpoints (the proxy's writer)."""
+        """Open the store; with a `signer` it also signs checkpoints (the proxy's writer).
+
+        `key_wrap` wraps the payload keys it files and unwraps those it reads: by default the
+        signer's, else that of the signing key beside the store (none there: keys unwrapped).
+        A copy of the database without that key opens no payload.
+        """
         self.path = path
         self.durability: Durability = durability
+        try:
+            self._key_wrap = key_wrap or (
+                signer.key_wrap() if signer is not None else Signer.key_wrap_in(path.parent)
+            )
+        except SigningKeyError as exc:
+            raise AuditStoreUnavailable(f"cannot open the audit store {path}: {exc}") from exc
         try:
             self._conn = open_private_db(path)
             self._conn.executescript(_SCHEMA)
@@ -723,19 +750,20 @@ class AuditStore:
 
     def requests(self) -> list[RequestRecord]:
         """Every request record, oldest first."""
-        return [request_from_row(row) for row in self._read(_SELECT_REQUESTS + " ORDER BY r.seq")]
+        rows = self._read(_SELECT_REQUESTS + " ORDER BY r.seq")
+        return [request_from_row(row, self._key_wrap) for row in rows]
 
     def outcomes(self) -> list[OutcomeRecord]:
         """Every outcome record, in the order of their requests."""
         rows = self._read(
             _SELECT_OUTCOMES + " JOIN requests r ON r.id = o.request_id ORDER BY r.seq"
         )
-        return [outcome_from_row(row) for row in rows]
+        return [outcome_from_row(row, self._key_wrap) for row in rows]
 
     def outcome(self, request_id: str) -> OutcomeRecord | None:
         """The outcome of one request, or None while it is still running (or was lost)."""
         rows = self._read(_SELECT_OUTCOMES + " WHERE o.request_id = ?", (request_id,))
-        return outcome_from_row(rows[0]) if rows else None
+        return outcome_from_row(rows[0], self._key_wrap) if rows else None
 
     async def _append(self, kind: str, record_id: str, params: tuple[object, ...]) -> None:
         """Add one record to the next group commit; return once it and its leaf are durable.
@@ -937,7 +965,7 @@ class AuditStore:
         Requests go in before outcomes (an outcome's request may be in the same batch);
         each table gets its rows in leaf order.
         """
-        filed = [(r, *filed_row(r)) for r in batch]
+        filed = [(r, *filed_row(r, self._key_wrap)) for r in batch]
         for kind in ("request", "outcome"):
             rows = [row for r, row, _ in filed if r.kind == kind]
             if rows:
@@ -1154,8 +1182,8 @@ class AuditStore:
         rows = self._read(query, (kind, record_id))
         if not rows:
             return StoredPayload(None, False)
-        stored, has_key_row, payload_key = rows[0]
-        return open_payload(kind, record_id, stored, has_key_row, payload_key)
+        stored, has_key_row, key_stored = rows[0]
+        return open_payload(kind, record_id, stored, has_key_row, key_stored, self._key_wrap)
 
     def count_unshredded(self, before: datetime) -> int:
         """How many payloads of records received before `before` are still readable."""

@@ -76,6 +76,28 @@ def verified(data_dir: Path, url: str, password: str) -> verify.Report:
     return verify.verify_export(out.getvalue().splitlines(), key)
 
 
+def test_payload_keys_are_wrapped_under_the_replicas_signing_key(
+    cluster: PgCluster, db_url: str, tmp_path: Path
+) -> None:
+    signer = Signer.load_or_create(tmp_path / "data")
+    store = PostgresAuditStore(db_url, cluster.password, signer=signer)
+    request_id = record(store, b"wrapped " + CANARY)
+    store.close()
+    assert {len(key or b"") for key in key_rows(db_url, cluster.password, request_id).values()} == {
+        41
+    }
+    # The database alone (a DBA, a backup) opens no payload; the data dir's key does.
+    alone = PostgresAuditStore(db_url, cluster.password, migrate_schema=False)
+    with pytest.raises(AuditStoreUnavailable, match="wrapped under the proxy's signing key"):
+        alone.payload("request", request_id)
+    alone.close()
+    keyed = PostgresAuditStore(
+        db_url, cluster.password, migrate_schema=False, key_wrap=signer.key_wrap()
+    )
+    assert keyed.payload("request", request_id) == b"wrapped " + CANARY
+    keyed.close()
+
+
 def test_payloads_are_sealed_in_the_tables_and_read_back_in_clear(
     cluster: PgCluster, db_url: str
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from audit_proxy.checkpoints import Signer
+from audit_proxy.payload_crypto import PayloadSealError, unseal
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
 from bastion.audit_commands import purge_cutoff
 from tests.audit.cli import bastion
@@ -61,6 +63,39 @@ def test_payloads_are_sealed_on_disk_and_read_back_in_clear(tmp_path: Path) -> N
     assert CANARY in (store.outcomes()[0].response_body or b"")
     assert store.payload("request", request_id) == b'{"prompt":"' + CANARY + b'"}'
     store.close()
+
+
+def test_payload_keys_are_wrapped_under_the_signing_key_beside_the_store(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    signer = Signer.load_or_create(data_dir)
+    store = AuditStore(data_dir / "audit.sqlite3", signer)
+    request_id = record(store, b"wrapped " + CANARY)
+    store.close()
+    raw = sqlite3.connect(data_dir / "audit.sqlite3")
+    (stored_key,) = raw.execute(
+        "SELECT key FROM payload_keys WHERE kind = 'request' AND record_id = ?", (request_id,)
+    ).fetchone()
+    (sealed,) = raw.execute("SELECT body FROM requests WHERE id = ?", (request_id,)).fetchone()
+    raw.close()
+    assert len(stored_key) == 41  # 32 bytes wrapped (RFC 3394), behind a format byte
+    with pytest.raises(PayloadSealError):
+        unseal("request", request_id, stored_key[1:33], sealed)
+    # Any store opened in the data dir (a reader, the export, purge) unwraps with the key there.
+    reader = AuditStore(data_dir / "audit.sqlite3")
+    assert reader.payload("request", request_id) == b"wrapped " + CANARY
+    reader.close()
+    # The database alone opens no payload; beside another signing key, neither.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(data_dir / "audit.sqlite3", copy / "audit.sqlite3")
+    alone = AuditStore(copy / "audit.sqlite3")
+    with pytest.raises(AuditStoreUnavailable, match="wrapped under the proxy's signing key"):
+        alone.payload("request", request_id)
+    assert len(alone.leaves()) == 2  # the log itself needs no key
+    alone.close()
+    Signer.load_or_create(copy)
+    with pytest.raises(AuditStoreUnavailable, match="does not unwrap"):
+        AuditStore(copy / "audit.sqlite3").requests()
 
 
 def test_a_ciphertext_moved_to_another_record_does_not_open(tmp_path: Path) -> None:
