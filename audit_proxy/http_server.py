@@ -33,6 +33,7 @@ from urllib.parse import unquote
 import httptools
 
 from audit_proxy.asgi import MAX_REQUEST_BODY, ASGIApp, Message, Scope, error_body
+from audit_proxy.busy_poll import BusyPoll
 from audit_proxy.forward import StreamAborted
 
 log = logging.getLogger("bastion.proxy")
@@ -193,6 +194,8 @@ class _Connection(asyncio.Protocol):
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
+        if self.server.busy_poll is not None:
+            self.server.busy_poll.touch()
         # The idle timer keeps running until a whole request is in: a request trickled in
         # slower than keep_alive_s is dropped with its connection.
         try:
@@ -293,6 +296,8 @@ class _Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
+            if self.server.busy_poll is not None:
+                self.server.busy_poll.touch()
 
     async def drained(self) -> None:
         if self._writable is not None and not self._writable.done():
@@ -404,6 +409,7 @@ class HttpServer:
         ssl_context: ssl.SSLContext | None = None,
         keep_alive_s: float = 30.0,
         graceful_s: float = 10.0,
+        busy_poll_us: int = 0,
     ) -> None:
         self.app = app
         self.host = host
@@ -417,6 +423,8 @@ class HttpServer:
         self.stopping = False
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._busy_poll_us = busy_poll_us
+        self.busy_poll: BusyPoll | None = None  # see audit_proxy.busy_poll
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -435,6 +443,8 @@ class HttpServer:
         """
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        if self._busy_poll_us:
+            self.busy_poll = BusyPoll(self._loop, self._busy_poll_us)
         lifespan = _Lifespan(self.app)
         await lifespan.startup()
         try:

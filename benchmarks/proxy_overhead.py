@@ -11,11 +11,16 @@ All paths get `POST /v1/chat/completions`:
 - requests/s with 32 clients in flight;
 - time to first token (first body chunk) of streamed requests, added over direct.
 
-    .venv/bin/python benchmarks/proxy_overhead.py [--requests 2000] [--seconds 3] [--skip-litellm]
+Then, alone (its polling would take CPU from whichever path came next), `process` mode with
+busy polling on (`--busy-poll-us`, see audit_proxy.busy_poll), measured the same way against
+the direct figures.
+
+    .venv/bin/python benchmarks/proxy_overhead.py [--requests 2000] [--seconds 3]
+        [--skip-litellm] [--busy-poll-us 500]
 
 Prints JSON lines, a one-line summary, and last
 `{"bastion": {"added_p50_ms", "added_p99_ms", "rps_32", "ttft_added_ms"}, "bastion_fsync": {..},
-"litellm": {..}}`.
+"litellm": {..}, "bastion_busy_poll": {..}}`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -43,6 +49,7 @@ sys.path.insert(0, str(REPO))
 from audit_proxy.keys import KeyStore  # noqa: E402
 
 CONCURRENCY = 32
+BUSY_POLL = "bastion_busy_poll"
 LITELLM_VENV = REPO / ".bench-venv-litellm"
 LITELLM_SPEC = "litellm[proxy]"
 MESSAGES = [{"role": "user", "content": "def add(a, b):"}]
@@ -170,9 +177,40 @@ def emit(doc: dict[str, object]) -> None:
     print(json.dumps(doc), flush=True)
 
 
+@dataclass(frozen=True)
+class PathResult:
+    """One path's measurements: sequential latencies, times to first token, requests/s."""
+
+    latency: list[float]
+    ttft: list[float]
+    rps: float
+
+    def emit(self, name: str) -> None:
+        emit({"path": name, "n": len(self.latency),
+              "p50_ms": round(statistics.median(self.latency), 3),
+              "p99_ms": round(percentile(self.latency, 0.99), 3),
+              "ttft_p50_ms": round(statistics.median(self.ttft), 3),
+              f"rps_{CONCURRENCY}": round(self.rps)})  # fmt: skip
+
+    def added_over(self, direct: PathResult) -> dict[str, float]:
+        return {
+            "added_p50_ms": round(
+                statistics.median(self.latency) - statistics.median(direct.latency), 3
+            ),
+            "added_p99_ms": round(
+                percentile(self.latency, 0.99) - percentile(direct.latency, 0.99), 3
+            ),
+            f"rps_{CONCURRENCY}": round(self.rps),
+            "ttft_added_ms": round(
+                statistics.median(self.ttft) - statistics.median(direct.ttft), 3
+            ),
+        }
+
+
 async def measure(
     targets: dict[str, tuple[str, dict[str, str]]], n: int, seconds: float
-) -> dict[str, dict[str, float]]:
+) -> dict[str, PathResult]:
+    """Every target's measurements, the sequential ones interleaved across targets."""
     connector = aiohttp.TCPConnector(limit=CONCURRENCY * 2)
     async with aiohttp.ClientSession(connector=connector) as session:
         sized = {name: sized_call(session, url, h) for name, (url, h) in targets.items()}
@@ -180,25 +218,10 @@ async def measure(
         latency = await sequential(sized, n)
         ttft = await sequential(streamed, max(n // 4, 100))
         rps = {name: await throughput(call, seconds) for name, call in sized.items()}
-    for name in targets:
-        emit({"path": name, "n": len(latency[name]),
-              "p50_ms": round(statistics.median(latency[name]), 3),
-              "p99_ms": round(percentile(latency[name], 0.99), 3),
-              "ttft_p50_ms": round(statistics.median(ttft[name]), 3),
-              f"rps_{CONCURRENCY}": round(rps[name])})  # fmt: skip
-    base_p50 = statistics.median(latency["direct"])
-    base_p99 = percentile(latency["direct"], 0.99)
-    base_ttft = statistics.median(ttft["direct"])
-    return {
-        name: {
-            "added_p50_ms": round(statistics.median(latency[name]) - base_p50, 3),
-            "added_p99_ms": round(percentile(latency[name], 0.99) - base_p99, 3),
-            f"rps_{CONCURRENCY}": round(rps[name]),
-            "ttft_added_ms": round(statistics.median(ttft[name]) - base_ttft, 3),
-        }
-        for name in targets
-        if name != "direct"
-    }
+    results = {name: PathResult(latency[name], ttft[name], rps[name]) for name in targets}
+    for name, result in results.items():
+        result.emit(name)
+    return results
 
 
 def litellm_binary() -> Path:
@@ -231,10 +254,22 @@ def running(
             process.wait(5)
 
 
-def bastion_command(port: int, upstream: str, data_dir: Path, durability: str) -> list[str]:
-    return [sys.executable, "-m", "bastion.cli", "proxy", "--port", str(port),
-            "--upstream", upstream, "--data-dir", str(data_dir),
-            "--durability", durability]  # fmt: skip
+def start_bastion(
+    stack: contextlib.ExitStack,
+    env: dict[str, str],
+    upstream: str,
+    data_dir: Path,
+    *options: str,
+) -> tuple[str, dict[str, str]]:
+    """A Bastion proxy on `data_dir` with its own user key: (chat URL, headers)."""
+    key = KeyStore(data_dir / "keys.sqlite3").create("bench")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "bastion.cli", "proxy", "--port", str(port),
+               "--upstream", upstream, "--data-dir", str(data_dir), *options]  # fmt: skip
+    stack.enter_context(running(command, env, url + "/healthz"))
+    user = {"Authorization": f"Bearer {key}", "X-Bastion-Feature": "chat"}
+    return url + "/v1/chat/completions", user
 
 
 def main() -> int:
@@ -242,6 +277,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests per path")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each rps run")
     parser.add_argument("--skip-litellm", action="store_true", help="measure Bastion only")
+    parser.add_argument(
+        "--busy-poll-us",
+        type=int,
+        default=500,
+        help="also measure `process` mode with this busy-poll window (0: skip)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp, contextlib.ExitStack() as up:
@@ -259,17 +300,9 @@ def main() -> int:
             "direct": (upstream + "/v1/chat/completions", {})
         }
         for name, durability in (("bastion", "process"), ("bastion_fsync", "fsync")):
-            data_dir = Path(tmp) / durability
-            key = KeyStore(data_dir / "keys.sqlite3").create("bench")
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            up.enter_context(
-                running(
-                    bastion_command(port, upstream, data_dir, durability), env, url + "/healthz"
-                )
+            targets[name] = start_bastion(
+                up, env, upstream, Path(tmp) / durability, "--durability", durability
             )
-            user = {"Authorization": f"Bearer {key}", "X-Bastion-Feature": "chat"}
-            targets[name] = (url + "/v1/chat/completions", user)
         if not args.skip_litellm:
             config = Path(tmp) / "litellm.yaml"
             config.write_text(
@@ -285,7 +318,19 @@ def main() -> int:
             litellm_user = {"Authorization": f"Bearer {LITELLM_MASTER_KEY}"}
             targets["litellm"] = (url + "/v1/chat/completions", litellm_user)
             emit({"litellm_logging": LITELLM_LOGGING})
-        result = asyncio.run(measure(targets, args.requests, args.seconds))
+        measured = asyncio.run(measure(targets, args.requests, args.seconds))
+        result = {
+            name: path.added_over(measured["direct"])
+            for name, path in measured.items()
+            if name != "direct"
+        }
+        if args.busy_poll_us:
+            # Alone, after the others: its polling would take CPU from whichever path came next.
+            target = start_bastion(
+                up, env, upstream, Path(tmp) / "busy", "--busy-poll-us", str(args.busy_poll_us)
+            )
+            alone = asyncio.run(measure({BUSY_POLL: target}, args.requests, args.seconds))
+            result[BUSY_POLL] = alone[BUSY_POLL].added_over(measured["direct"])
 
     parts = [
         f"{name}: +{r['added_p50_ms']:.2f} ms p50, +{r['added_p99_ms']:.2f} ms p99, "
@@ -293,7 +338,8 @@ def main() -> int:
         for name, r in result.items()
     ]
     print("added over direct: " + "; ".join(parts) + " (goals: bastion p50 <= 0.5 ms, "
-          ">= 3000 rps, TTFT <= 1 ms; fsync p50 <= 1 ms, >= 1500 rps)", flush=True)  # fmt: skip
+          ">= 3000 rps, TTFT <= 1 ms; fsync p50 <= 1 ms, >= 1500 rps; busy polling is off by "
+          "default)", flush=True)  # fmt: skip
     print(json.dumps(result), flush=True)
     return 0
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from audit_proxy.asgi import MAX_REQUEST_BODY, Message, Receive, Scope, Send
+from audit_proxy.busy_poll import BusyPoll
 from audit_proxy.forward import StreamAborted
 from audit_proxy.http_server import HttpServer
 
@@ -194,3 +196,36 @@ async def test_a_request_trickled_in_slower_than_the_keep_alive_is_dropped() -> 
     finally:
         server.stop()
         await asyncio.wait_for(task, 5)
+
+
+async def test_busy_polling_keeps_the_loop_awake_after_a_request_then_lets_it_sleep() -> None:
+    server = HttpServer(EchoApp(), "127.0.0.1", free_port(), graceful_s=1, busy_poll_us=10_000)
+    task = asyncio.create_task(server.serve())
+    for _ in range(100):
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            break
+        await asyncio.sleep(0.01)
+    writer.write(post("/a", b"x"))
+    await reader.readuntil(b"POST /a x q=")
+    assert server.busy_poll is not None and server.busy_poll.polling
+    # The loop spins while it waits (the test's own sleep runs on it) ...
+    cpu = time.thread_time()
+    await asyncio.sleep(0.006)
+    awake = time.thread_time() - cpu
+    await asyncio.sleep(0.02)  # past the window
+    assert not server.busy_poll.polling
+    # ... and sleeps once the window has passed.
+    cpu = time.thread_time()
+    await asyncio.sleep(0.03)
+    asleep = time.thread_time() - cpu
+    writer.close()
+    server.stop()
+    await asyncio.wait_for(task, 5)
+    assert awake > 0.3 * 0.006, f"the loop slept in its busy-poll window ({awake * 1e3:.1f} ms)"
+    assert asleep < 0.1 * 0.03, f"the loop polled after its window ({asleep * 1e3:.1f} ms)"
+
+
+def test_busy_poll_window_is_bounded() -> None:
+    with pytest.raises(ValueError, match="busy_poll_us must be 1 to 10000"):
+        BusyPoll(asyncio.new_event_loop(), 20_000)

@@ -178,6 +178,7 @@ def test_config_file_then_env_then_flags(tmp_path: Path) -> None:
         ('upstream_url = "vllm:8000"\n', "upstream_url"),
         ("port = \n", "not valid TOML"),
         ('upstream_api_key_file = "/nonexistent/key"\n', "upstream_api_key_file"),
+        ("busy_poll_us = 50000\n", "busy_poll_us"),
     ],
 )
 def test_bad_config_names_the_file_and_the_key(tmp_path: Path, text: str, expected: str) -> None:
