@@ -11,9 +11,9 @@ All paths get `POST /v1/chat/completions`:
 - requests/s with 32 clients in flight;
 - time to first token (first body chunk) of streamed requests, added over direct.
 
-Then, alone (its polling would take CPU from whichever path came next), `process` mode with
-busy polling on (`--busy-poll-us`, see audit_proxy.busy_poll), measured the same way against
-the direct figures.
+Then `process` mode with busy polling on (`--busy-poll-us`, see audit_proxy.busy_poll), not
+interleaved (its polling would take CPU from whichever path came next): direct again, alone,
+then the busy-polling proxy, alone.
 
     .venv/bin/python benchmarks/proxy_overhead.py [--requests 2000] [--seconds 3]
         [--skip-litellm] [--busy-poll-us 500]
@@ -325,12 +325,15 @@ def main() -> int:
             if name != "direct"
         }
         if args.busy_poll_us:
-            # Alone, after the others: its polling would take CPU from whichever path came next.
+            # Not interleaved: its polling would take CPU from whichever path came next. Direct
+            # is measured again the same way, alone, just before.
+            direct = {"direct": targets["direct"]}
+            base = asyncio.run(measure(direct, args.requests, args.seconds))["direct"]
             target = start_bastion(
                 up, env, upstream, Path(tmp) / "busy", "--busy-poll-us", str(args.busy_poll_us)
             )
             alone = asyncio.run(measure({BUSY_POLL: target}, args.requests, args.seconds))
-            result[BUSY_POLL] = alone[BUSY_POLL].added_over(measured["direct"])
+            result[BUSY_POLL] = alone[BUSY_POLL].added_over(base)
 
     parts = [
         f"{name}: +{r['added_p50_ms']:.2f} ms p50, +{r['added_p99_ms']:.2f} ms p99, "
