@@ -85,8 +85,9 @@ class ProxyConfig(BaseModel):
     # With store_url, how often replicas exchange what their users took, so that a rate limit
     # holds across all of them (see audit_proxy.shared_limits).
     rate_limit_sync_s: float = Field(default=DEFAULT_SYNC_S, gt=0, le=60)
-    # After each read from a client, keep the event loop polling this many microseconds instead
-    # of sleeping: less latency on a VM, at the price of CPU (see audit_proxy.busy_poll). 0 = off.
+    # After each read from or write to a client, keep the event loop polling this many
+    # microseconds instead of sleeping: less latency on a VM, at the price of CPU (see
+    # audit_proxy.busy_poll). 0 = off.
     busy_poll_us: int = Field(default=0, ge=0, le=MAX_WINDOW_US)
 
     @field_validator("store_url")

@@ -222,7 +222,7 @@ class PostgresAuditStore:
         keys it writes and unwraps those it reads. Raises `AuditStoreUnavailable`.
         """
         self.where = redact_url(url)
-        self._key_wrap = key_wrap if key_wrap is not None or signer is None else signer.key_wrap()
+        self._key_wrap = key_wrap or (signer.key_wrap() if signer is not None else None)
         self._url = url
         self._password = password
         self.signer = signer
