@@ -21,8 +21,10 @@ Payloads (request and response bodies) are stored sealed, each under its own key
 (crypto-shredding) while their leaves, which bind the plaintext by SHA-256, stay provable.
 
 Group commit: every record asked for in one event-loop iteration goes into one write, and in
-"fsync" mode every commit made while an fsync runs shares the next one. Leaves are numbered in
-commit order, so the Merkle log's order is the order in which records were committed.
+"fsync" mode every commit made while an fsync runs shares the next one. A record that no other
+can join (no other request is open) is committed at once, a group of one, without the loop
+turns a group waits for. Leaves are numbered in commit order, so the Merkle log's order is the
+order in which records were committed.
 
 Staged, then filed: a commit appends each record once, whole, as a frame of the staging file
 `audit.sqlite3.staged` (`audit_proxy.staging`: its leaf number, leaf and payload). Payloads are
@@ -778,20 +780,36 @@ class AuditStore:
             if self._closed:
                 raise AuditStoreUnavailable(f"the audit store {self.path} is closed")
             first = not self._pending
-            self._pending.append(item)
+            alone = first and self._alone(kind)
+            if not alone:
+                self._pending.append(item)
+        if alone:
+            # No other record can join its group: committing it now spares the two loop
+            # turns of a group (about 25 us a record, sequentially).
+            self._commit_and_settle([item], alone=True)
+            future.result()  # raises what the commit raised
+            return
         if first:
             # Whatever else this loop iteration records joins the same transaction.
             loop.call_soon(self._flush)
         # A caller cancelled meanwhile cancels only its wait: the record is still committed.
         await future
 
+    def _alone(self, kind: str) -> bool:
+        """Whether a record of `kind` is the only one that can be in flight: no other request
+        is open, so no other record can join its group."""
+        return len(self._open_requests) == (kind == "outcome")
+
     def _flush(self) -> None:
         """Commit every pending record in one write (one per record where that fails)."""
         with self._pending_lock:
             group, self._pending = self._pending, []
-        if not group:
-            return
-        alone = len(group) == 1 and len(self._open_requests) == (group[0].kind == "outcome")
+        if group:
+            self._commit_and_settle(group, alone=len(group) == 1 and self._alone(group[0].kind))
+
+    def _commit_and_settle(self, group: Sequence[_Pending], alone: bool) -> None:
+        """Commit `group`, then resolve each record's future once it is durable: at once in
+        "process" mode; in "fsync" mode after an fsync, on this thread when `alone`."""
         errors = self._commit_group(group)
         committed = [item for item, error in zip(group, errors, strict=True) if error is None]
         failed = [(item, e) for item, e in zip(group, errors, strict=True) if e is not None]

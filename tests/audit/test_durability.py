@@ -192,3 +192,29 @@ def test_the_staging_file_empties_under_steady_load_and_readers_see_everything(
     assert len(reader.leaves()) == 2 * len(ids)
     reader.close()
     store.close()
+
+
+def test_a_record_nothing_else_can_join_commits_without_waiting_for_a_group(
+    tmp_path: Path,
+) -> None:
+    """With no other request open, a record commits at once (sequential traffic skips the two
+    loop turns a group costs); with one open, it waits for the loop turn's group."""
+    store = AuditStore(tmp_path / "audit.sqlite3")
+
+    async def steps() -> None:
+        alone = record(store, 0)
+        with pytest.raises(StopIteration) as done:
+            alone.send(None)  # runs to its end without yielding to the loop
+        request_id = done.value.value
+        assert store.commits == 1 and len(store.leaves()) == 1
+        grouped = asyncio.ensure_future(record(store, 1))  # request_id is still open
+        await asyncio.sleep(0)
+        assert store.commits == 1, "a record another could join committed on its own"
+        await grouped
+        assert store.commits == 2
+        await finish(store, grouped.result())
+        await finish(store, request_id)
+
+    asyncio.run(steps())
+    assert [seq for seq, *_ in store.leaves()] == list(range(4))
+    store.close()
