@@ -7,9 +7,13 @@ even a one-row SQLite commit took 108 us p50; the whole staging commit (leaf, fr
 takes about 50 us.
 
 Frame: magic, body length, CRC-32 of the body, then the body: the leaf number and six
-length-prefixed fields (kind, record id, leaf hash, canonical leaf, payload, payload key). The
-payload is in the clear with an empty key: filing seals it. Frames of earlier versions carry it
-sealed, with its key.
+length-prefixed fields (kind, record id, leaf hash, leaf, payload, payload key). The writer's
+frames (magic `BR`) carry no leaf hash and, for the leaf, the record's row as a JSON array
+(payload left out): the leaf is computed from it after the commit, off the request's path, and
+by any reader in the same way. Frames of earlier versions (magic `BS`) carry the hash and the
+canonical leaf; an earlier reader stops at a `BR` frame as at a torn one, and files nothing of it.
+The payload is in the clear with an empty key: filing seals it. Frames of earlier versions may
+carry it sealed, with its key.
 A torn last frame (the writer died mid-write) fails its length or CRC and ends the reading.
 
 One writer: the file is locked (`flock`) by the store that writes it, for as long as it is open.
@@ -25,7 +29,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_MAGIC = b"BS"
+_MAGIC_LEAF = b"BS"  # the fourth field is the canonical leaf, the third its hash
+_MAGIC_ROW = b"BR"  # the fourth field is the record's row document, the third is empty
 _HEAD = struct.Struct("<2sII")  # magic, body length, crc32
 _SEQ = struct.Struct("<Q")
 _LEN = struct.Struct("<I")
@@ -49,17 +54,21 @@ class StagedRecord:
     payload_key: bytes = field(repr=False)
     # The writer's record row as it was committed; None when read back from the file.
     row: tuple[object, ...] | None = field(default=None, repr=False, compare=False)
+    # Until the leaf is computed (`leaf_hash` empty): the row as a JSON array, payload left out.
+    row_doc: bytes = field(default=b"", repr=False)
 
     def frame(self) -> bytes:
+        leafed = bool(self.leaf_hash)
         fields = (
-            self.kind.encode(), self.record_id.encode(), self.leaf_hash, self.canonical,
-            self.payload, self.payload_key,
+            self.kind.encode(), self.record_id.encode(), self.leaf_hash,
+            self.canonical if leafed else self.row_doc, self.payload, self.payload_key,
         )  # fmt: skip
         body = _SEQ.pack(self.seq) + b"".join(_LEN.pack(len(f)) + f for f in fields)
-        return _HEAD.pack(_MAGIC, len(body), zlib.crc32(body)) + body
+        magic = _MAGIC_LEAF if leafed else _MAGIC_ROW
+        return _HEAD.pack(magic, len(body), zlib.crc32(body)) + body
 
 
-def _parse(body: bytes) -> StagedRecord:
+def _parse(magic: bytes, body: bytes) -> StagedRecord:
     (seq,) = _SEQ.unpack_from(body, 0)
     offset = _SEQ.size
     fields = []
@@ -68,8 +77,12 @@ def _parse(body: bytes) -> StagedRecord:
         offset += _LEN.size
         fields.append(body[offset : offset + size])
         offset += size
-    kind, record_id, digest, canonical, payload, key = fields
-    return StagedRecord(seq, kind.decode(), record_id.decode(), digest, canonical, payload, key)
+    kind, record_id, digest, leaf, payload, key = fields
+    if magic == _MAGIC_ROW:
+        return StagedRecord(
+            seq, kind.decode(), record_id.decode(), b"", b"", payload, key, row_doc=leaf
+        )
+    return StagedRecord(seq, kind.decode(), record_id.decode(), digest, leaf, payload, key)
 
 
 def read_staged(path: Path) -> list[StagedRecord]:
@@ -83,9 +96,14 @@ def read_staged(path: Path) -> list[StagedRecord]:
     while offset + _HEAD.size <= len(data):
         magic, size, crc = _HEAD.unpack_from(data, offset)
         body = data[offset + _HEAD.size : offset + _HEAD.size + size]
-        if magic != _MAGIC or size > MAX_FRAME or len(body) != size or zlib.crc32(body) != crc:
+        if (
+            magic not in (_MAGIC_ROW, _MAGIC_LEAF)
+            or size > MAX_FRAME
+            or len(body) != size
+            or zlib.crc32(body) != crc
+        ):
             break  # a torn tail: the writer died mid-write, before that record was committed
-        records.append(_parse(body))
+        records.append(_parse(magic, body))
         offset += _HEAD.size + size
     return records
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import stat
@@ -12,9 +13,9 @@ from audit_proxy import merkle, verify
 from audit_proxy.checkpoints import KEY_FILE, Signer
 from audit_proxy.payload_crypto import seal, unseal
 from audit_proxy.staging import read_staged
-from audit_proxy.store import AuditStore
+from audit_proxy.store import AuditStore, leafed
 
-from .records import record_pair
+from .records import record_outcome, record_pair, record_request
 
 
 def test_signing_key_is_made_once_owner_only(tmp_path: Path) -> None:
@@ -93,10 +94,12 @@ def test_payloads_are_sealed_when_filed_and_older_sealed_frames_still_file(
     staged = read_staged(writer.staging_path)
     assert staged[0].payload == b'{"prompt":"staged in the clear"}'
     assert staged[0].payload_key == b""  # sealing waits for filing
-    # A frame as versions before this one wrote it: the payload sealed at commit, with its key.
+    # Frames as earlier versions wrote them, with their leaves; the request's payload sealed at
+    # commit, with its key.
     sealed = seal("request", request_id, staged[0].payload)
-    older = replace(staged[0], payload=sealed.stored, payload_key=sealed.key)
-    writer.staging_path.write_bytes(older.frame() + staged[1].frame())
+    older = replace(leafed(staged[0]), payload=sealed.stored, payload_key=sealed.key)
+    assert older.leaf_hash and older.frame()[:2] == b"BS"
+    writer.staging_path.write_bytes(older.frame() + leafed(staged[1]).frame())
     reader = AuditStore(tmp_path / "audit.sqlite3")
     assert reader.payload("request", request_id) == b'{"prompt":"staged in the clear"}'
     assert reader.outcome(request_id) is not None
@@ -111,6 +114,32 @@ def test_payloads_are_sealed_when_filed_and_older_sealed_frames_still_file(
     assert unseal("outcome", request_id, keys["outcome"], stored["outcome"]) == staged[1].payload
     assert staged[1].payload not in stored["outcome"]
     reader.close()
+
+
+def test_frames_carry_rows_and_leaves_follow_from_them_as_the_writer_made_them(
+    tmp_path: Path,
+) -> None:
+    writer = AuditStore(tmp_path / "audit.sqlite3")
+
+    async def pair() -> str:
+        request_id = await record_request(writer, b'{"prompt":"def f(): pass"}')
+        await record_outcome(writer, request_id, latency_ms=0.1 + 0.2)
+        return request_id
+
+    request_id = asyncio.run(pair())
+    staged = read_staged(writer.staging_path)
+    # The commit wrote the row, not the leaf: canonical JSON and hashes wait for the next turn.
+    assert [(r.leaf_hash, r.canonical) for r in staged] == [(b"", b"")] * 2
+    request_row = json.loads(staged[0].row_doc)
+    assert request_row[0] == request_id and None in request_row  # the payload is held apart
+    assert b"def f(): pass" not in staged[0].row_doc
+    from_frames = [leafed(r) for r in staged]
+    # A reader computes from the frames the very leaves the writer filed (floats included).
+    assert [(r.seq, r.kind, r.record_id, r.leaf_hash, r.canonical) for r in from_frames] == [
+        tuple(leaf) for leaf in writer.leaves()
+    ]
+    assert json.loads(from_frames[1].canonical)["record"]["latency_ms"] == 0.1 + 0.2
+    writer.close()
 
 
 def test_checkpoints_every_n_records_and_at_close(tmp_path: Path) -> None:
