@@ -45,13 +45,15 @@ class Audit:
 
     The end of the response is held back until the outcome is committed, so a client that
     received a whole response can count on its outcome being on the record. The end is the last
-    body message, or the last byte of a sized answer: the rest of one goes out first, so that the
-    client reads it while the outcome is committed (-58 us p50 in place, paired blocks).
+    body message; for a sized answer when no other exchange is in flight, its last byte: the rest
+    goes out first, so that the client reads it while the outcome is committed (-58 us p50 in
+    place, paired blocks). Under load that second write only costs: no core is idle to overlap.
     """
 
     def __init__(self, app: ASGIApp, store: AuditRecorder) -> None:
         self.app = app
         self.store = store
+        self.in_flight = 0  # exchanges past their request record
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -91,6 +93,7 @@ class Audit:
         report = RelayReport()
         scope[RELAY_REPORT] = report
         meter = _Meter(started, request_id)
+        self.in_flight += 1
         try:
             await self.app(scope, replay(body, receive), self._metered(send, meter, report))
         except BaseException as exc:
@@ -98,6 +101,7 @@ class Audit:
             report.error = report.error or f"proxy error: {type(exc).__name__}"
             raise
         finally:
+            self.in_flight -= 1
             if not meter.outcome_attempted:
                 await self._record_outcome(meter, report, completed=False)
 
@@ -109,7 +113,7 @@ class Audit:
                 await send(message)
                 return
             body: bytes = message.get("body", b"")
-            if meter.sized and len(body) > 1:
+            if meter.sized and len(body) > 1 and self.in_flight == 1:
                 # All but the last byte go out while the outcome is recorded: a client can
                 # read no whole response before then, and its own work overlaps the commit.
                 await send({"type": "http.response.body", "body": body[:-1], "more_body": True})

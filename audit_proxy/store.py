@@ -55,7 +55,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
@@ -467,8 +467,16 @@ def leafed(record: StagedRecord) -> StagedRecord:
     row = record.row
     if row is None:
         row = row_from_doc(record.kind, record.row_doc, record.payload)
-    canonical = leaf_of(record.kind, row, record.seq)
-    return replace(record, leaf_hash=leaf_hash(canonical), canonical=canonical, row=row)
+    return staged_with_leaf(record.seq, record.kind, record.record_id, row, record.payload,
+                            record.payload_key)  # fmt: skip
+
+
+def staged_with_leaf(
+    seq: int, kind: str, record_id: str, row: tuple[object, ...], payload: bytes, key: bytes
+) -> StagedRecord:
+    """Record `seq` as staged with its leaf (`key` empty: the payload is still in the clear)."""
+    canonical = leaf_of(kind, row, seq)
+    return StagedRecord(seq, kind, record_id, leaf_hash(canonical), canonical, payload, key, row)
 
 
 def leaf_of(kind: str, params: tuple[object, ...], seq: int) -> bytes:
@@ -843,7 +851,7 @@ class AuditStore:
     def _commit_and_settle(self, group: Sequence[_Pending], alone: bool) -> None:
         """Commit `group`, then resolve each record's future once it is durable: at once in
         "process" mode; in "fsync" mode after an fsync, on this thread when `alone`."""
-        errors = self._commit_group(group)
+        errors = self._commit_group(group, alone)
         committed = [item for item, error in zip(group, errors, strict=True) if error is None]
         failed = [(item, e) for item, e in zip(group, errors, strict=True) if e is not None]
         if failed:
@@ -862,21 +870,23 @@ class AuditStore:
             _settle_everywhere([(item, None) for item in committed])
         self._after_commit(len(committed))
 
-    def _commit_group(self, group: Sequence[_Pending]) -> list[AuditStoreUnavailable | None]:
+    def _commit_group(
+        self, group: Sequence[_Pending], alone: bool
+    ) -> list[AuditStoreUnavailable | None]:
         """Commit `group` in one write; where that fails, each record alone. The errors."""
         if self._wal_checkpointer is None and not self._closed:
             self._start_background_work()
         try:
             with self._lock:
                 try:
-                    self._commit(group)
+                    self._commit(group, defer_leaves=alone)
                     return [None] * len(group)
                 except sqlite3.Error:
                     # One bad record (say, a duplicate outcome) must not sink the others.
                     errors: list[AuditStoreUnavailable | None] = []
                     for item in group:
                         try:
-                            self._commit([item])
+                            self._commit([item], defer_leaves=False)
                             errors.append(None)
                         except sqlite3.Error as exc:
                             errors.append(self._unavailable(exc))
@@ -1060,11 +1070,15 @@ class AuditStore:
     def _unavailable(self, exc: BaseException) -> AuditStoreUnavailable:
         return AuditStoreUnavailable(f"the audit store {self.path} cannot write: {exc}")
 
-    def _commit(self, group: Sequence[_Pending]) -> None:
-        """Stage the group's records, numbered in order, in one write; their leaves follow."""
+    def _commit(self, group: Sequence[_Pending], defer_leaves: bool) -> None:
+        """Stage the group's records, numbered in order, in one write: with their leaves, or
+        with their rows and the leaves computed at the loop's next turn (`defer_leaves`, for a
+        record that is alone on the path: under load the loop has no idle turn to give)."""
         if self._staging is None:
             self._open_staging()
         assert self._staging is not None
+        if not defer_leaves:
+            self._leaf_staged()  # the leaves of earlier records come first
         seq = self._frontier.size + self._unleafed
         records = []
         for item in group:
@@ -1072,30 +1086,30 @@ class AuditStore:
                 self._check_outcome_allowed(item.record_id)
             payload = item.params[_PAYLOAD_AT[item.kind]]
             assert isinstance(payload, bytes)
-            records.append(
-                StagedRecord(
-                    seq,
-                    item.kind,
-                    item.record_id,
-                    b"",  # the leaf: computed from the row, soon
-                    b"",
-                    payload,
-                    b"",  # sealed when filed
-                    item.params,
-                    row_doc(item.kind, item.params),
+            # The payload's key is empty: it is sealed when filed.
+            if defer_leaves:
+                row = row_doc(item.kind, item.params)
+                record = StagedRecord(
+                    seq, item.kind, item.record_id, b"", b"", payload, b"", item.params, row
                 )
-            )
+            else:
+                record = staged_with_leaf(seq, item.kind, item.record_id, item.params, payload, b"")
+            records.append(record)
             seq += 1
         self._staging.append(records)
         self.commits += 1
         self._staged.extend(records)
-        self._unleafed += len(records)
         for record in records:
             if record.kind == "request":
                 self._open_requests.add(record.record_id)
             else:
                 self._open_requests.discard(record.record_id)
-        self._schedule_leafing()
+        if defer_leaves:
+            self._unleafed += len(records)
+            self._schedule_leafing()
+        else:
+            for record in records:
+                self._frontier.append(record.leaf_hash)
 
     def _schedule_leafing(self) -> None:
         """Under the lock: compute the new records' leaves at the loop's next turn, when the

@@ -3,6 +3,7 @@ has been sent by then."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -30,11 +31,16 @@ async def request_body() -> Message:
     return {"type": "http.request", "body": b'{"model":"m","messages":[]}', "more_body": False}
 
 
-def relay(headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> object:
-    """An inner app that answers with `headers` and the body in `chunks` (the last ends it)."""
+def relay(
+    headers: list[tuple[bytes, bytes]], chunks: list[bytes], go: asyncio.Event | None = None
+) -> object:
+    """An inner app that answers with `headers` and the body in `chunks` (the last ends it),
+    once `go` is set."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
+        if go is not None:
+            await go.wait()
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         for i, chunk in enumerate(chunks):
             more = i < len(chunks) - 1
@@ -43,15 +49,18 @@ def relay(headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> object:
     return app
 
 
-async def run(store: AuditStore, app: object) -> list[tuple[Message, bool]]:
-    """Every message the client was sent, with whether the outcome was on record by then."""
+async def run(
+    store: AuditStore, app: object, audit: Audit | None = None
+) -> list[tuple[Message, bool]]:
+    """Every message the client was sent, with whether an outcome was on record by then."""
     sent: list[tuple[Message, bool]] = []
 
     async def client(message: Message) -> None:
         outcomes = store.outcomes()
         sent.append((message, bool(outcomes)))
 
-    await Audit(app, store)(scope(), request_body, client)  # type: ignore[arg-type]
+    audit = audit or Audit(app, store)  # type: ignore[arg-type]
+    await audit(scope(), request_body, client)
     return sent
 
 
@@ -81,4 +90,21 @@ async def test_an_unsized_answer_ends_only_after_the_outcome_is_recorded(tmp_pat
     sent = await run(store, relay([(b"content-type", b"text/event-stream")], [b"data: 1\n\n", b""]))
     bodies = [(message["body"], recorded) for message, recorded in sent[1:]]
     assert bodies == [(b"data: 1\n\n", False), (b"", True)]
+    store.close()
+
+
+async def test_under_load_a_sized_answer_goes_out_whole_after_the_outcome(tmp_path: Path) -> None:
+    """With another exchange in flight no core is idle to overlap with: one write, not two."""
+    store = AuditStore(tmp_path / "audit.sqlite3")
+    sized = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(ANSWER))]
+    go = asyncio.Event()
+    audit = Audit(relay(sized, [ANSWER], go), store)  # type: ignore[arg-type]
+    both = asyncio.gather(run(store, None, audit), run(store, None, audit))
+    await asyncio.sleep(0.05)
+    assert audit.in_flight == 2
+    go.set()
+    for sent in await both:
+        bodies = [message for message, _ in sent[1:]]
+        assert bodies == [{"type": "http.response.body", "body": ANSWER, "more_body": False}]
+    assert len(store.outcomes()) == 2
     store.close()

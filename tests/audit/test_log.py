@@ -139,6 +139,17 @@ def test_frames_carry_rows_and_leaves_follow_from_them_as_the_writer_made_them(
         tuple(leaf) for leaf in writer.leaves()
     ]
     assert json.loads(from_frames[1].canonical)["record"]["latency_ms"] == 0.1 + 0.2
+
+    async def burst() -> None:
+        await asyncio.gather(*(record_request(writer) for _ in range(4)))
+
+    # Records that share a group (other requests open) are staged with their leaves: under load
+    # the loop has no idle turn to compute them in.
+    asyncio.run(burst())
+    staged = read_staged(writer.staging_path)
+    assert [bool(r.leaf_hash) for r in staged] == [False] + [True] * 3
+    assert [r.seq for r in staged] == [2, 3, 4, 5]
+    assert [leaf[3] for leaf in writer.leaves()[2:]] == [leafed(r).leaf_hash for r in staged]
     writer.close()
 
 
