@@ -1,10 +1,11 @@
 """The audit store's staging file: committed records, before they are filed into SQLite.
 
-A record is committed when its frame is in this append-only file: one `write` for a whole group,
-which survives a kill -9 of the proxy (and, fsynced, a power loss). Filing it into the SQLite
-tables happens later and in batches (see `audit_proxy.store`). Measured on the proxy's path,
-even a one-row SQLite commit took 108 us p50; the whole staging commit (leaf, frame, write)
-takes about 50 us.
+A record is committed when its frame is in this file: one `write` for a whole group, after the
+frames before it, which survives a kill -9 of the proxy (and, fsynced, a power loss). Filing it
+into the SQLite tables happens later and in batches (see `audit_proxy.store`). Measured on the
+proxy's path, even a one-row SQLite commit took 108 us p50; the whole staging commit (leaf,
+frame, write) took about 50 us. The file is written over in place, never truncated (see
+`StagingFile`); frames end at the first one that is torn, zeroed or not the next leaf.
 
 Frame: magic, body length, CRC-32 of the body, then the body: the leaf number and six
 length-prefixed fields (kind, record id, leaf hash, leaf, payload, payload key). The writer's
@@ -35,6 +36,8 @@ _HEAD = struct.Struct("<2sII")  # magic, body length, crc32
 _SEQ = struct.Struct("<Q")
 _LEN = struct.Struct("<I")
 MAX_FRAME = 64 * 1024 * 1024
+# The writer's file size from the start: some 600 records, 0.1 s of a busy proxy's filing.
+PREALLOCATED = 1 << 20
 
 
 class StagingLocked(Exception):
@@ -91,7 +94,7 @@ def read_staged(path: Path) -> list[StagedRecord]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    records = []
+    records: list[StagedRecord] = []
     offset = 0
     while offset + _HEAD.size <= len(data):
         magic, size, crc = _HEAD.unpack_from(data, offset)
@@ -103,17 +106,32 @@ def read_staged(path: Path) -> list[StagedRecord]:
             or zlib.crc32(body) != crc
         ):
             break  # a torn tail: the writer died mid-write, before that record was committed
-        records.append(_parse(magic, body))
+        record = _parse(magic, body)
+        if records and record.seq != records[-1].seq + 1:
+            break  # not the next leaf: left from before an emptying that did not reach the disk
+        records.append(record)
         offset += _HEAD.size + size
     return records
 
 
 class StagingFile:
-    """The writer's end: appends frames, and empties the file once all of it is filed."""
+    """The writer's end: writes frames one after another, and empties the file once all of it
+    is filed.
 
-    def __init__(self, path: Path) -> None:
+    The file is not appended to but written over in place: it is made `PREALLOCATED` bytes of
+    zeros once, and emptying zeroes what was written and starts again at the front. An fsync
+    after writing into blocks the file already has needs no journal commit for a new size or new
+    blocks: measured here, fdatasync p50 0.14 ms against 0.19 ms after an append, and -98 us p50
+    for a request in "fsync" mode (paired blocks). Zeroing, not truncating, keeps the staged
+    payloads (in the clear until filed) from outliving their filing in the file, as before.
+    """
+
+    def __init__(self, path: Path, sync_emptying: bool = False) -> None:
+        """`sync_emptying`: fdatasync the zeroes when emptying (for "fsync" durability, so that
+        the next request's fsync does not write them back)."""
         self.path = path
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._sync_emptying = sync_emptying
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -124,28 +142,45 @@ class StagingFile:
             ) from None
         os.fchmod(fd, 0o600)
         self.fd = fd
-        self.size = os.fstat(fd).st_size
+        # Where the next frame goes; until the first emptying, what a writer before may have
+        # written is not known, so all of the file counts.
+        self.capacity = os.fstat(fd).st_size
+        self.size = self.capacity
+
+    def preallocate(self) -> None:
+        """At the writer's start, once emptied: give the file its PREALLOCATED bytes of zeros,
+        on disk (the file grows past them only under a burst that filing has not caught up
+        with, and keeps its size after)."""
+        if self.capacity < PREALLOCATED:
+            os.pwrite(self.fd, bytes(PREALLOCATED - self.capacity), self.capacity)
+            self.capacity = PREALLOCATED
+            os.fdatasync(self.fd)
 
     def append(self, records: list[StagedRecord]) -> None:
         """Write the frames of `records` in one call. Raises OSError (nothing is then added)."""
         data = b"".join(record.frame() for record in records)
         try:
-            written = os.write(self.fd, data)
+            written = os.pwrite(self.fd, data, self.size)
             if written != len(data):
                 raise OSError(f"short write to {self.path} ({written} of {len(data)} bytes)")
         except OSError:
-            # A torn frame would hide every later one from readers: cut it off (a full disk).
-            os.ftruncate(self.fd, self.size)
+            # A torn frame would hide every later one from readers: zero it (a full disk).
+            self._zero(self.size, min(self.size + len(data), self.capacity))
+            os.ftruncate(self.fd, self.capacity)
             raise
         self.size += written
-
-    def sync(self) -> None:
-        os.fdatasync(self.fd)
+        self.capacity = max(self.capacity, self.size)
 
     def empty(self) -> None:
-        """Everything in the file is filed: start it over."""
-        os.ftruncate(self.fd, 0)
+        """Everything in the file is filed: zero what was written, and start at the front."""
+        self._zero(0, self.size)
+        if self._sync_emptying:
+            os.fdatasync(self.fd)
         self.size = 0
+
+    def _zero(self, start: int, end: int) -> None:
+        if end > start:
+            os.pwrite(self.fd, bytes(end - start), start)
 
     def close(self) -> None:
         os.close(self.fd)  # releases the lock

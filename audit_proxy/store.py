@@ -606,7 +606,8 @@ class _GroupSyncer:
     def _settle_after_fsync(self, group: Sequence[_Pending]) -> None:
         try:
             if self._broken is None:
-                os.fsync(self._fd)
+                # The staging file keeps its size and blocks (audit_proxy.staging): data only.
+                os.fdatasync(self._fd)
                 with self._cond:
                     self.fsyncs += 1
         except OSError as exc:
@@ -1145,7 +1146,7 @@ class AuditStore:
     def _open_staging(self) -> None:
         """At the first write: lock the staging file, file what a dead writer left in it."""
         try:
-            staging = StagingFile(self.staging_path)
+            staging = StagingFile(self.staging_path, sync_emptying=self.durability == "fsync")
         except StagingLocked as exc:
             raise AuditStoreUnavailable(str(exc)) from None
         try:
@@ -1155,6 +1156,7 @@ class AuditStore:
             if not self._staging_file_filed():
                 raise sqlite3.IntegrityError("records left in the staging file cannot be filed")
             staging.empty()
+            staging.preallocate()
             # Other stores may have written before this one took the lock.
             self._frontier = self._read_frontier()
         except BaseException:

@@ -20,6 +20,7 @@ import pytest
 from audit_proxy import merkle
 from audit_proxy.checkpoints import Signer
 from audit_proxy.config import ConfigError, load_config
+from audit_proxy.staging import read_staged
 from audit_proxy.store import AuditStore, AuditStoreUnavailable, Durability
 
 from .records import record_outcome, record_pair, record_request
@@ -57,7 +58,7 @@ def test_a_failed_fsync_refuses_this_and_every_later_record(
         raise OSError(5, "Input/output error")
 
     # Fault injection at the OS boundary: the disk reports an I/O error.
-    monkeypatch.setattr("audit_proxy.store.os.fsync", failing_fsync)
+    monkeypatch.setattr("audit_proxy.store.os.fdatasync", failing_fsync)
     with pytest.raises(AuditStoreUnavailable, match="cannot be fsynced"):
         record_pair(store)
     monkeypatch.undo()
@@ -178,7 +179,7 @@ def test_the_staging_file_empties_under_steady_load_and_readers_see_everything(
             batch = await asyncio.gather(*(record(store, i) for i in range(8)))
             await asyncio.gather(*(finish(store, request_id) for request_id in batch))
             ids.extend(batch)
-            sizes.append(store.staging_path.stat().st_size)
+            sizes.append(len(read_staged(store.staging_path)))
             await asyncio.sleep(0.015)
         return ids
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from audit_proxy import merkle, verify
 from audit_proxy.checkpoints import KEY_FILE, Signer
 from audit_proxy.payload_crypto import seal, unseal
-from audit_proxy.staging import read_staged
+from audit_proxy.staging import PREALLOCATED, read_staged
 from audit_proxy.store import AuditStore, leafed
 
 from .records import record_outcome, record_pair, record_request
@@ -197,3 +197,34 @@ def test_the_log_continues_after_a_restart(tmp_path: Path) -> None:
     assert last.size == 4
     assert last.root == merkle.tree_hash(store.leaf_hashes()).hex()
     store.close()
+
+
+def test_the_staging_file_is_written_in_place_and_zeroed_once_filed(tmp_path: Path) -> None:
+    writer = AuditStore(tmp_path / "audit.sqlite3", durability="fsync")
+    writer.claim_writer()
+    # Its blocks exist from the start: an fsync after a write need not commit a new size.
+    assert writer.staging_path.stat().st_size == PREALLOCATED
+    record_pair(writer, b'{"prompt":"staged in the clear"}')
+    assert b"staged in the clear" in writer.staging_path.read_bytes()
+    writer.file_staged()
+    # Filed: the frames are zeroed, not cut off, and the file keeps its size.
+    assert writer.staging_path.read_bytes() == bytes(PREALLOCATED)
+    request_id = record_pair(writer)
+    assert [r.seq for r in read_staged(writer.staging_path)] == [2, 3]
+    assert [r.id for r in writer.requests()][-1] == request_id
+    writer.close()
+
+
+def test_frames_end_where_the_next_leaf_does_not_follow(tmp_path: Path) -> None:
+    """After a power loss the zeroes of an emptying may not have reached the disk: frames of
+    the new round are followed by older ones, filed already, which must not count."""
+    writer = AuditStore(tmp_path / "audit.sqlite3")
+    record_pair(writer)
+    old = read_staged(writer.staging_path)
+    record_pair(writer)
+    new = read_staged(writer.staging_path)[2:]
+    assert [r.seq for r in old + new] == [0, 1, 2, 3]
+    writer.close()
+    path = tmp_path / "left.staged"
+    path.write_bytes(b"".join(r.frame() for r in new + old))
+    assert [r.seq for r in read_staged(path)] == [2, 3]
