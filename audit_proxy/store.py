@@ -467,8 +467,9 @@ def leafed(record: StagedRecord) -> StagedRecord:
     row = record.row
     if row is None:
         row = row_from_doc(record.kind, record.row_doc, record.payload)
-    return staged_with_leaf(record.seq, record.kind, record.record_id, row, record.payload,
-                            record.payload_key)  # fmt: skip
+    return staged_with_leaf(
+        record.seq, record.kind, record.record_id, row, record.payload, record.payload_key
+    )
 
 
 def staged_with_leaf(
