@@ -1147,7 +1147,7 @@ class AuditStore:
     def _open_staging(self) -> None:
         """At the first write: lock the staging file, file what a dead writer left in it."""
         try:
-            staging = StagingFile(self.staging_path, sync_emptying=self.durability == "fsync")
+            staging = StagingFile(self.staging_path)
         except StagingLocked as exc:
             raise AuditStoreUnavailable(str(exc)) from None
         try:

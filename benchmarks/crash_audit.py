@@ -2,7 +2,9 @@
 
 Each cycle starts the proxy on the same data dir, sends streamed and sized requests from
 `--concurrency` clients to an upstream that streams its chunks `--chunk-delay-ms` apart, and
-kills the proxy with SIGKILL at a random moment. After the restart it checks that:
+kills the proxy with SIGKILL at a random moment once answers flow (the clock starts at the
+first whole one: a slow disk's first fsyncs must not leave a cycle with nothing received to
+check). After the restart it checks that:
 
 - every response a client received whole has its outcome record (matched by the
   `x-bastion-request-id` response header);
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -44,6 +47,8 @@ from audit_proxy.keys import KeyStore  # noqa: E402
 from audit_proxy.store import AuditStore  # noqa: E402
 
 ROUTES = ("/v1/completions", "/v1/chat/completions")
+# The kill comes anyway when no answer came whole this long after the load began.
+FIRST_ANSWER_WITHIN_S = 10.0
 
 
 def free_port() -> int:
@@ -58,6 +63,7 @@ class Load:
 
     sent: int = 0
     whole: set[str] = field(default_factory=set)  # ids of responses received in full
+    flowing: asyncio.Event = field(default_factory=asyncio.Event)  # set at the first whole one
     cut: int = 0  # responses that broke off (the kill)
 
 
@@ -108,6 +114,7 @@ async def one_request(
                                      data.startswith(b"{") and data.endswith(b"}"))  # fmt: skip
     if whole and request_id:
         load.whole.add(request_id)
+        load.flowing.set()
 
 
 async def drive(url: str, key: str, concurrency: int, process: subprocess.Popen[bytes],
@@ -131,6 +138,8 @@ async def drive(url: str, key: str, concurrency: int, process: subprocess.Popen[
         connector=aiohttp.TCPConnector(limit=concurrency), timeout=timeout
     ) as session:
         clients = [asyncio.create_task(client(session, n)) for n in range(concurrency)]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(load.flowing.wait(), FIRST_ANSWER_WITHIN_S)
         await asyncio.sleep(kill_after_s)
         process.send_signal(signal.SIGKILL)
         killed.set()
