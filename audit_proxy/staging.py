@@ -38,6 +38,7 @@ _LEN = struct.Struct("<I")
 MAX_FRAME = 64 * 1024 * 1024
 # The writer's file size from the start: some 600 records, 0.1 s of a busy proxy's filing.
 PREALLOCATED = 1 << 20
+_ZEROS = memoryview(bytes(PREALLOCATED))
 
 
 class StagingLocked(Exception):
@@ -151,7 +152,7 @@ class StagingFile:
         on disk (the file grows past them only under a burst that filing has not caught up
         with, and keeps its size after)."""
         if self.capacity < PREALLOCATED:
-            os.pwrite(self.fd, bytes(PREALLOCATED - self.capacity), self.capacity)
+            self._zero(self.capacity, PREALLOCATED)
             self.capacity = PREALLOCATED
             os.fdatasync(self.fd)
 
@@ -176,8 +177,9 @@ class StagingFile:
         self.size = 0
 
     def _zero(self, start: int, end: int) -> None:
-        if end > start:
-            os.pwrite(self.fd, bytes(end - start), start)
+        # A MiB at a time: after a burst the written part may be far larger than that.
+        while start < end:
+            start += os.pwrite(self.fd, _ZEROS[: min(end - start, len(_ZEROS))], start)
 
     def close(self) -> None:
         os.close(self.fd)  # releases the lock

@@ -228,3 +228,13 @@ def test_frames_end_where_the_next_leaf_does_not_follow(tmp_path: Path) -> None:
     path = tmp_path / "left.staged"
     path.write_bytes(b"".join(r.frame() for r in new + old))
     assert [r.seq for r in read_staged(path)] == [2, 3]
+
+
+def test_a_writer_zeroes_all_a_larger_staging_file_left_to_it(tmp_path: Path) -> None:
+    """After a burst the file may be many MiB: a new writer zeroes all of it, a MiB at a time."""
+    path = tmp_path / "audit.sqlite3.staged"
+    path.write_bytes(b"x" * (3 * PREALLOCATED + 123))
+    writer = AuditStore(tmp_path / "audit.sqlite3")
+    writer.claim_writer()
+    assert path.read_bytes() == bytes(3 * PREALLOCATED + 123)
+    writer.close()
