@@ -90,10 +90,15 @@ def _header(signer: Signer) -> dict[str, Any]:
         "type": "log",
         "format": EXPORT_FORMAT,
         "log_id": signer.log_id,
-        "public_key": signer.public_key.hex(),
+        "public_key": signer.log_public_key.hex(),
         "public_key_pem": signer.public_key_pem(),
         "exported_at": datetime.now(UTC).isoformat(),
     }
+
+
+def _key_chain(store: AuditStore | PostgresAuditStore) -> list[dict[str, Any]]:
+    """The log's key transitions, for a proof to carry from the pinned key to its signer."""
+    return [transition.as_dict() for transition in store.key_transitions()]
 
 
 def export_log(
@@ -103,6 +108,7 @@ def export_log(
     store, signer = _open(data_dir, database)
     try:
         # Checkpoints first: every leaf they cover is then already in the table.
+        transitions = store.key_transitions()
         checkpoints = store.checkpoints()
         leaves = store.leaves()
         out.write(json.dumps(_header(signer)) + "\n")
@@ -123,6 +129,8 @@ def export_log(
                 entry["payload_shredded"] = True
             out.write(json.dumps(entry, ensure_ascii=False) + "\n")
             hashes.append(digest)
+        for transition in transitions:
+            out.write(json.dumps({"type": "key_transition", **transition.as_dict()}) + "\n")
         previous: Checkpoint | None = None
         for checkpoint in checkpoints:
             entry = {"type": "checkpoint", **checkpoint.as_dict()}
@@ -170,7 +178,8 @@ def prove_inclusion(
     return {
         "type": "inclusion",
         "log_id": signer.log_id,
-        "public_key": signer.public_key.hex(),
+        "public_key": signer.log_public_key.hex(),
+        "key_transitions": _key_chain(store),
         "seq": seq,
         "size": checkpoint.size,
         "kind": kind,
@@ -200,7 +209,8 @@ def prove_consistency(
     return {
         "type": "consistency",
         "log_id": signer.log_id,
-        "public_key": signer.public_key.hex(),
+        "public_key": signer.log_public_key.hex(),
+        "key_transitions": _key_chain(store),
         "size1": older.size,
         "size2": newer.size,
         "proof": [p.hex() for p in merkle.consistency_proof(hashes, older.size)],
@@ -265,8 +275,9 @@ class ProofRoutes:
                     raise ExportError("no signed checkpoint yet")
                 doc = {
                     "type": "checkpoint",
-                    "public_key": signer.public_key.hex(),
+                    "public_key": signer.log_public_key.hex(),
                     **checkpoints[-1].as_dict(),
+                    "key_transitions": _key_chain(self.store),
                 }
             elif path == "/v1/audit/proof":
                 seq = number("seq")

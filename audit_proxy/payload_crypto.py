@@ -18,6 +18,7 @@ data names the record (kind and id), so a ciphertext moved to another record doe
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -80,12 +81,18 @@ def unseal(kind: str, record_id: str, key: bytes, stored: bytes) -> bytes:
 
 
 class KeyWrap:
-    """Wraps payload keys for storage under a key-encryption key, and unwraps them."""
+    """Wraps payload keys for storage under a key-encryption key, and unwraps them.
 
-    def __init__(self, kek: bytes) -> None:
-        if len(kek) != KEY_BYTES:
-            raise ValueError(f"a key-encryption key is {KEY_BYTES} bytes, not {len(kek)}")
+    `retired` are the key-encryption keys of signing keys rotated out: a key one of them wrapped
+    still unwraps (RFC 3394's integrity check tells which key-encryption key fits).
+    """
+
+    def __init__(self, kek: bytes, retired: Sequence[bytes] = ()) -> None:
+        for candidate in (kek, *retired):
+            if len(candidate) != KEY_BYTES:
+                raise ValueError(f"a key-encryption key is {KEY_BYTES} bytes, not {len(candidate)}")
         self._kek = kek
+        self._retired = tuple(retired)
 
     def __repr__(self) -> str:
         return "KeyWrap(<key-encryption key>)"
@@ -94,13 +101,25 @@ class KeyWrap:
         return _WRAPPED + aes_key_wrap(self._kek, key)
 
     def unwrap(self, stored: bytes) -> bytes:
+        for kek in (self._kek, *self._retired):
+            try:
+                return aes_key_unwrap(kek, stored[len(_WRAPPED) :])
+            except InvalidUnwrap:
+                continue
+        raise PayloadSealError(
+            "a payload key does not unwrap: it was wrapped under another signing key "
+            "(read the store with the data dir of the proxy that wrote it), or altered"
+        )
+
+    def wrapped_by_current(self, stored: bytes) -> bool:
+        """Whether a stored key is wrapped under the current key-encryption key."""
+        if len(stored) != WRAPPED_KEY_BYTES or stored[:1] != _WRAPPED:
+            return False
         try:
-            return aes_key_unwrap(self._kek, stored[len(_WRAPPED) :])
+            aes_key_unwrap(self._kek, stored[len(_WRAPPED) :])
         except InvalidUnwrap:
-            raise PayloadSealError(
-                "a payload key does not unwrap: it was wrapped under another signing key "
-                "(read the store with the data dir of the proxy that wrote it), or altered"
-            ) from None
+            return False
+        return True
 
 
 def stored_key(key: bytes, key_wrap: KeyWrap | None) -> bytes:
@@ -118,3 +137,11 @@ def payload_key(stored: bytes, key_wrap: KeyWrap | None) -> bytes:
             )
         return key_wrap.unwrap(stored)
     return stored
+
+
+def rewrapped(stored: bytes, old: KeyWrap | None, new: KeyWrap) -> bytes | None:
+    """A stored payload key wrapped under `new`'s current key-encryption key; None when it is
+    already. Raises `PayloadSealError` for a key that unwraps under neither."""
+    if new.wrapped_by_current(stored):
+        return None
+    return new.wrap(payload_key(stored, old))

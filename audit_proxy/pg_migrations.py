@@ -129,7 +129,23 @@ CREATE TABLE rate_usage (
 CREATE INDEX rate_usage_updated_at ON rate_usage (updated_at);
 """
 
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5)
+# Key rotation (`bastion audit rotate-key`): the hand-overs of the log's signing key, and which
+# key signed a checkpoint when it is not the log's own (NULL: the log's own key).
+_V6 = """
+ALTER TABLE checkpoints ADD COLUMN key_id TEXT;
+CREATE TABLE key_transitions (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    log_id TEXT NOT NULL,
+    from_key_id TEXT NOT NULL UNIQUE,
+    to_public_key TEXT NOT NULL UNIQUE,
+    size BIGINT NOT NULL,
+    root TEXT NOT NULL,
+    time TEXT NOT NULL,
+    from_signature TEXT NOT NULL,
+    to_signature TEXT NOT NULL
+);
+"""
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5, _V6)
 LATEST: Final = len(MIGRATIONS)
 
 

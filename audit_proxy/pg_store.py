@@ -47,10 +47,11 @@ from audit_proxy.checkpoints import (
     CHECKPOINT_EVERY_RECORDS,
     CHECKPOINT_EVERY_S,
     Checkpoint,
+    KeyTransition,
     Signer,
 )
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
-from audit_proxy.payload_crypto import KeyWrap, seal, stored_key
+from audit_proxy.payload_crypto import KeyWrap, rewrapped, seal, stored_key
 from audit_proxy.pg_connection import Conn, LiveConnection
 from audit_proxy.pg_limits import PostgresUsageBoard
 from audit_proxy.pg_migrations import (
@@ -65,6 +66,7 @@ from audit_proxy.pg_migrations import (
 from audit_proxy.store import (
     LEAF_SOURCES,
     PURGE_BATCH,
+    TRANSITION_COLUMNS,
     AbortedBy,
     AuditStoreUnavailable,
     OutcomeRecord,
@@ -72,6 +74,8 @@ from audit_proxy.store import (
     RequestRecord,
     StoredPayload,
     TokenUsage,
+    check_current,
+    checkpoint_of,
     new_record_id,
     open_payload,
     outcome_from_row,
@@ -79,6 +83,9 @@ from audit_proxy.store import (
     purge_cutoff_text,
     request_from_row,
     request_row,
+    retired_key_message,
+    same_hand_over,
+    transition_of,
 )
 
 log = logging.getLogger("bastion.proxy")
@@ -226,6 +233,7 @@ class PostgresAuditStore:
         self._url = url
         self._password = password
         self.signer = signer
+        self._retired_warned = False
         self._checkpoint_every = checkpoint_every
         self._frontier = Frontier()
         self.commits = 0
@@ -503,12 +511,19 @@ class PostgresAuditStore:
             if size == 0 or size <= signed:
                 self._signed_size = max(self._signed_size, signed)
                 return None
-            checkpoint = self.signer.sign(size, self._frontier.root())
             cur.execute(
-                "INSERT INTO checkpoints (size, log_id, root, time, signature)"
-                " VALUES (%s,%s,%s,%s,%s)",
-                (size, checkpoint.log_id, checkpoint.root, checkpoint.time, checkpoint.signature),
+                "SELECT size FROM key_transitions WHERE from_key_id = %s", (self.signer.key_id,)
             )
+            retired = cur.fetchone()
+            if retired is not None:
+                if not self._retired_warned:
+                    self._retired_warned = True
+                    log.critical(
+                        "%s", retired_key_message(self.signer, self.where, int(retired[0]))
+                    )
+                return None
+            checkpoint = self.signer.sign(size, self._frontier.root())
+            _insert_checkpoint(cur, checkpoint)
         self._signed_size = size
         return checkpoint
 
@@ -517,15 +532,134 @@ class PostgresAuditStore:
             conn.execute(
                 "INSERT INTO log_identity (log_id, public_key) VALUES (%s, %s)"
                 " ON CONFLICT DO NOTHING",
-                (signer.log_id, signer.public_key.hex()),
+                (signer.log_id, signer.log_public_key.hex()),
             )
             (log_id,) = self._one(conn, "SELECT log_id FROM log_identity", ())
+            handed_over = conn.execute(
+                "SELECT from_key_id, to_public_key, size FROM key_transitions ORDER BY seq"
+            ).fetchall()
         if log_id != signer.log_id:
             raise AuditStoreUnavailable(
                 f"the audit log in {self.where} is signed by key {log_id}, but this proxy's "
                 f"signing key is {signer.log_id}; give every replica the same "
-                "audit-signing-key.pem in its data dir"
+                "audit-signing-key.pem (and, after a rotation, audit-log-key.pub) in its data dir"
             )
+        for from_key_id, _, size in handed_over:
+            if from_key_id == signer.key_id:
+                raise AuditStoreUnavailable(retired_key_message(signer, self.where, int(size)))
+        current = bytes.fromhex(str(handed_over[-1][1])) if handed_over else signer.log_public_key
+        if current != signer.public_key:
+            raise AuditStoreUnavailable(
+                f"this proxy's signing key {signer.key_id[:16]} is not the current key of the "
+                f"audit log in {self.where}; copy audit-signing-key.pem, audit-log-key.pub and "
+                "audit-retired-keys.json from the data dir where `bastion audit rotate-key` ran"
+            )
+
+    def rotate_signing_key(self, outgoing: Signer, incoming: Signer) -> KeyTransition:
+        """Hand the log's signing from `outgoing` to `incoming` (`bastion audit rotate-key`).
+
+        One transaction under the append lock, so that it falls between two replicas' appends:
+        a checkpoint of the whole log by the outgoing key (when it grew), and the transition
+        both keys sign. Replicas still on the outgoing key keep appending but sign no more
+        checkpoints (they log why) until they get the new key. Run again after the same
+        hand-over it returns the transition already made. Raises `AuditStoreUnavailable`.
+        """
+        conn = self._connect()
+        try:
+            migrate(conn)
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+                cur.execute(
+                    f"SELECT {TRANSITION_COLUMNS} FROM key_transitions"  # noqa: S608
+                    " WHERE from_key_id = %s",
+                    (outgoing.key_id,),
+                )
+                done = cur.fetchone()
+                if done is not None:
+                    return same_hand_over(transition_of(done), incoming)
+                cur.execute(
+                    f"SELECT {TRANSITION_COLUMNS} FROM key_transitions"  # noqa: S608
+                    " ORDER BY seq DESC LIMIT 1"
+                )
+                last = cur.fetchone()
+                check_current(outgoing, transition_of(last) if last is not None else None)
+                frontier = Frontier()
+                cur.execute("SELECT leaf_hash FROM leaves ORDER BY seq")
+                for (digest,) in cur:
+                    frontier.append(bytes(digest))
+                size, root = frontier.size, frontier.root()
+                cur.execute("SELECT COALESCE(MAX(size), 0) FROM checkpoints")
+                signed_row = cur.fetchone()
+                if size > (int(signed_row[0]) if signed_row is not None else 0):
+                    _insert_checkpoint(cur, outgoing.sign(size, root))
+                transition = outgoing.hand_over(incoming, size, root)
+                cur.execute(
+                    f"INSERT INTO key_transitions ({TRANSITION_COLUMNS})"  # noqa: S608
+                    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+                    tuple(transition.as_dict().values()),
+                )
+            return transition
+        except SchemaError as exc:
+            raise AuditStoreUnavailable(str(exc)) from exc
+        except psycopg.Error as exc:
+            raise self._unavailable("cannot record the key rotation in", exc) from exc
+        finally:
+            conn.close()
+
+    def key_transitions(self) -> list[KeyTransition]:
+        """Every hand-over of the log's signing key, oldest first."""
+        if not self._has_key_transitions():
+            return []
+        rows = self._read(
+            f"SELECT {TRANSITION_COLUMNS} FROM key_transitions ORDER BY seq"  # noqa: S608
+        )
+        return [transition_of(row) for row in rows]
+
+    def _has_key_transitions(self) -> bool:
+        (found,) = self._read("SELECT to_regclass('key_transitions') IS NOT NULL")[0]
+        return bool(found)
+
+    def rewrap_payload_keys(self, old: KeyWrap | None, new: KeyWrap) -> int:
+        """Wrap every stored payload key under `new`, in batches; returns how many changed.
+
+        Keys a replica on the outgoing key writes later stay under the old key-encryption key
+        (readable through the retired keys); running this again wraps them too. As with a purge
+        (see `purge_payloads`), PostgreSQL keeps old row versions until VACUUM, and its WAL and
+        backups keep them longer.
+        """
+        conn = self._connect()
+        changed = 0
+        after = ("", "")
+        try:
+            while True:
+                rows = conn.execute(
+                    "SELECT kind, record_id, key FROM payload_keys"
+                    " WHERE (kind, record_id) > (%s, %s) AND key IS NOT NULL"
+                    " ORDER BY kind, record_id LIMIT %s",
+                    (*after, PURGE_BATCH),
+                ).fetchall()
+                if not rows:
+                    break
+                after = (str(rows[-1][0]), str(rows[-1][1]))
+                updates = [
+                    (stored, kind, record_id)
+                    for kind, record_id, key in rows
+                    if (stored := rewrapped(bytes(key), old, new)) is not None
+                ]
+                if updates:
+                    with conn.transaction(), conn.cursor() as cur:
+                        cur.executemany(
+                            "UPDATE payload_keys SET key = %s WHERE kind = %s AND record_id = %s",
+                            updates,
+                        )
+                    changed += len(updates)
+            _vacuum(conn, ("payload_keys",))
+        except psycopg.Error as exc:
+            raise self._unavailable("cannot wrap the payload keys anew in", exc) from exc
+        finally:
+            conn.close()
+        self._key_wrap = new
+        return changed
 
     # -- connections ------------------------------------------------------------------------------
 
@@ -758,13 +892,27 @@ class PostgresAuditStore:
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every signed checkpoint, smallest first."""
+        key_id = "key_id" if self._has_key_transitions() else "NULL"
         rows = self._read(
-            "SELECT log_id, size, root, time, signature FROM checkpoints ORDER BY size"
+            f"SELECT log_id, size, root, time, signature, {key_id} FROM checkpoints"  # noqa: S608
+            " ORDER BY size"
         )
-        return [
-            Checkpoint(str(log_id), _int(size), str(root), str(time), str(signature))
-            for log_id, size, root, time, signature in rows
-        ]
+        return [checkpoint_of(row) for row in rows]
+
+
+def _insert_checkpoint(cur: psycopg.Cursor[Any], checkpoint: Checkpoint) -> None:
+    cur.execute(
+        "INSERT INTO checkpoints (size, log_id, root, time, signature, key_id)"
+        " VALUES (%s,%s,%s,%s,%s,%s)",
+        (
+            checkpoint.size,
+            checkpoint.log_id,
+            checkpoint.root,
+            checkpoint.time,
+            checkpoint.signature,
+            checkpoint.key_id,
+        ),
+    )
 
 
 def _int(value: object) -> int:

@@ -66,6 +66,7 @@ from audit_proxy.checkpoints import (
     CHECKPOINT_EVERY_RECORDS,
     CHECKPOINT_EVERY_S,
     Checkpoint,
+    KeyTransition,
     Signer,
     SigningKeyError,
 )
@@ -75,6 +76,7 @@ from audit_proxy.payload_crypto import (
     KeyWrap,
     PayloadSealError,
     payload_key,
+    rewrapped,
     seal,
     stored_key,
     unseal,
@@ -151,7 +153,31 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     time TEXT NOT NULL,
     signature TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS key_transitions (
+    seq INTEGER PRIMARY KEY,
+    log_id TEXT NOT NULL,
+    from_key_id TEXT NOT NULL UNIQUE,
+    to_public_key TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    root TEXT NOT NULL,
+    time TEXT NOT NULL,
+    from_signature TEXT NOT NULL,
+    to_signature TEXT NOT NULL
+);
 """
+TRANSITION_COLUMNS = (
+    "log_id, from_key_id, to_public_key, size, root, time, from_signature, to_signature"
+)
+
+
+def _add_key_id_column(conn: sqlite3.Connection) -> None:
+    """Migrate a store made before key rotation: checkpoints name a signing key other than the
+    log's own in the nullable `key_id` column."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(checkpoints)")}
+    if "key_id" not in columns:
+        conn.execute("ALTER TABLE checkpoints ADD COLUMN key_id TEXT")
+
+
 # kind -> (table, key column, payload column); the payload stays out of the leaf.
 LEAF_SOURCES = {
     "request": ("requests", "id", "body"),
@@ -660,6 +686,7 @@ class AuditStore:
             self._conn.executescript(_SCHEMA)
             _add_policy_column(self._conn)
             self._conn.executescript(_LOG_SCHEMA)
+            _add_key_id_column(self._conn)
             self._conn.executescript(_PAYLOAD_KEYS_SCHEMA)
             if durability == "fsync":
                 # Filing must be on disk before the staging file that held the records is emptied.
@@ -680,6 +707,9 @@ class AuditStore:
         self._leafing_loop: asyncio.AbstractEventLoop | None = None
         self.file_staged()
         self.signer = signer
+        self._retired_warned = False
+        if signer is not None:
+            self._refuse_retired(signer)
         self._checkpoint_every = checkpoint_every
         self._frontier = self._load_frontier()
         self._signed_size = self._last_signed_size()
@@ -700,6 +730,20 @@ class AuditStore:
                 target=self._tick, args=(checkpoint_every_s,), name="audit-checkpoints", daemon=True
             )
             self._ticker.start()
+
+    def _refuse_retired(self, signer: Signer) -> None:
+        """A signer whose key a rotation retired must not sign this log again."""
+        retired = self._retired_at(signer)
+        if retired is not None:
+            self._conn.close()
+            raise AuditStoreUnavailable(retired_key_message(signer, str(self.path), retired))
+
+    def _retired_at(self, signer: Signer) -> int | None:
+        """The tree size at which `signer`'s key was rotated out, or None."""
+        row = self._conn.execute(
+            "SELECT size FROM key_transitions WHERE from_key_id = ?", (signer.key_id,)
+        ).fetchone()
+        return int(row[0]) if row is not None else None
 
     def claim_writer(self) -> None:
         """Become the store's one writer now, as the proxy does at start (a store otherwise
@@ -1228,22 +1272,130 @@ class AuditStore:
                 if size == 0 or size <= signed:
                     self._signed_size = max(self._signed_size, int(signed))
                     return None
-                checkpoint = self.signer.sign(size, self._frontier.root())
-                self._conn.execute(
-                    "INSERT INTO checkpoints (size, log_id, root, time, signature)"
-                    " VALUES (?,?,?,?,?)",
-                    (
-                        size,
-                        checkpoint.log_id,
-                        checkpoint.root,
-                        checkpoint.time,
-                        checkpoint.signature,
-                    ),
-                )
-                self._signed_size = size
-                return checkpoint
+                retired = self._retired_at(self.signer)
+                if retired is not None:
+                    self._warn_retired(retired)
+                    return None
+                return self._insert_checkpoint(self.signer.sign(size, self._frontier.root()))
         except sqlite3.Error as exc:
             raise AuditStoreUnavailable(f"the audit store {self.path} cannot sign: {exc}") from exc
+
+    def _warn_retired(self, size: int) -> None:
+        if not self._retired_warned and self.signer is not None:
+            self._retired_warned = True
+            log.critical("%s", retired_key_message(self.signer, str(self.path), size))
+
+    def _insert_checkpoint(self, checkpoint: Checkpoint) -> Checkpoint:
+        """Under the lock: store a signed checkpoint."""
+        self._conn.execute(
+            "INSERT INTO checkpoints (size, log_id, root, time, signature, key_id)"
+            " VALUES (?,?,?,?,?,?)",
+            (
+                checkpoint.size,
+                checkpoint.log_id,
+                checkpoint.root,
+                checkpoint.time,
+                checkpoint.signature,
+                checkpoint.key_id,
+            ),
+        )
+        self._signed_size = checkpoint.size
+        return checkpoint
+
+    def rotate_signing_key(self, outgoing: Signer, incoming: Signer) -> KeyTransition:
+        """Hand the log's signing from `outgoing` to `incoming` (`bastion audit rotate-key`).
+
+        One transaction: a checkpoint of the current tree by the outgoing key (when it grew),
+        and the transition both keys sign. Run again after the same hand-over it returns the
+        transition already made. Then every stored payload key is wrapped anew under the
+        incoming key (`rewrap_payload_keys`). Raises `AuditStoreUnavailable`.
+        """
+        try:
+            with self._lock:
+                done = self._transition_from(outgoing.key_id)
+                if done is not None:
+                    return same_hand_over(done, incoming)
+                last = self._conn.execute(
+                    f"SELECT {TRANSITION_COLUMNS} FROM key_transitions"  # noqa: S608
+                    " ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+                check_current(outgoing, transition_of(last) if last is not None else None)
+                while self._staged:
+                    self._file_own_batch()
+                self._frontier = self._read_frontier()
+                size, root = self._frontier.size, self._frontier.root()
+                (signed,) = self._conn.execute(
+                    "SELECT COALESCE(MAX(size), 0) FROM checkpoints"
+                ).fetchone()
+                transition = outgoing.hand_over(incoming, size, root)
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if size > int(signed):
+                        self._insert_checkpoint(outgoing.sign(size, root))
+                    self._conn.execute(
+                        f"INSERT INTO key_transitions ({TRANSITION_COLUMNS})"  # noqa: S608
+                        " VALUES (?,?,?,?,?,?,?,?)",
+                        tuple(transition.as_dict().values()),
+                    )
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise AuditStoreUnavailable(
+                f"the audit store {self.path} cannot record the key rotation: {exc}"
+            ) from exc
+        return transition
+
+    def _transition_from(self, key_id: str) -> KeyTransition | None:
+        row = self._conn.execute(
+            f"SELECT {TRANSITION_COLUMNS} FROM key_transitions WHERE from_key_id = ?",  # noqa: S608
+            (key_id,),
+        ).fetchone()
+        return transition_of(row) if row is not None else None
+
+    def key_transitions(self) -> list[KeyTransition]:
+        """Every hand-over of the log's signing key, oldest first."""
+        rows = self._read(
+            f"SELECT {TRANSITION_COLUMNS} FROM key_transitions ORDER BY seq"  # noqa: S608
+        )
+        return [transition_of(row) for row in rows]
+
+    def rewrap_payload_keys(self, old: KeyWrap | None, new: KeyWrap) -> int:
+        """Wrap every stored payload key under `new`; returns how many changed.
+
+        Batches of short transactions with `secure_delete`, then the WAL is truncated, as a
+        purge does, so that no copy under the old key-encryption key is left behind.
+        """
+        self.file_staged()
+        with self._lock:
+            self._conn.execute("PRAGMA secure_delete = ON")
+        changed = 0
+        after = -1
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT seq, key FROM payload_keys WHERE seq > ? AND key IS NOT NULL"
+                    " ORDER BY seq LIMIT ?",
+                    (after, PURGE_BATCH),
+                ).fetchall()
+                if not rows:
+                    break
+                after = int(rows[-1][0])
+                updates = [
+                    (stored, seq)
+                    for seq, key in rows
+                    if (stored := rewrapped(bytes(key), old, new)) is not None
+                ]
+                if updates:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._conn.executemany("UPDATE payload_keys SET key = ? WHERE seq = ?", updates)
+                    self._conn.execute("COMMIT")
+                    changed += len(updates)
+        self._key_wrap = new
+        self._truncate_wal()
+        return changed
 
     def leaves(self, limit: int | None = None) -> list[tuple[int, str, str, bytes, bytes]]:
         """(seq, kind, record id, leaf hash, canonical bytes) of the first `limit` leaves."""
@@ -1415,14 +1567,68 @@ class AuditStore:
     def checkpoints(self) -> list[Checkpoint]:
         """Every signed checkpoint, smallest first."""
         rows = self._read(
-            "SELECT log_id, size, root, time, signature FROM checkpoints ORDER BY size"
+            "SELECT log_id, size, root, time, signature, key_id FROM checkpoints ORDER BY size"
         )
-        return [
-            Checkpoint(str(a), int(b), str(c), str(d), str(e))  # type: ignore[call-overload]
-            for a, b, c, d, e in rows
-        ]
+        return [checkpoint_of(row) for row in rows]
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         self.file_staged()
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
+
+
+def checkpoint_of(row: Sequence[object]) -> Checkpoint:
+    """A checkpoint from (log_id, size, root, time, signature, key_id)."""
+    log_id, size, root, time_, signature, key_id = row
+    return Checkpoint(
+        str(log_id),
+        int(str(size)),
+        str(root),
+        str(time_),
+        str(signature),
+        None if key_id is None else str(key_id),
+    )
+
+
+def transition_of(row: Sequence[object]) -> KeyTransition:
+    log_id, from_key_id, to_public_key, size, root, time_, from_sig, to_sig = row
+    return KeyTransition(
+        str(log_id),
+        str(from_key_id),
+        str(to_public_key),
+        int(str(size)),
+        str(root),
+        str(time_),
+        str(from_sig),
+        str(to_sig),
+    )
+
+
+def same_hand_over(done: KeyTransition, incoming: Signer) -> KeyTransition:
+    """A rotation run again: it must be the hand-over already made, to the same key."""
+    if done.to_public_key != incoming.public_key.hex():
+        raise AuditStoreUnavailable(
+            f"the signing key {done.from_key_id[:16]} was already rotated out, to key "
+            f"{done.to_key_id[:16]}; rotate from the current key"
+        )
+    return done
+
+
+def check_current(outgoing: Signer, last: KeyTransition | None) -> None:
+    """A rotation starts from the log's current key: its own, or the last one handed to."""
+    current = last.to_key_id if last is not None else outgoing.log_id
+    if current != outgoing.key_id:
+        raise AuditStoreUnavailable(
+            f"the signing key in this data dir ({outgoing.key_id[:16]}) is not the log's current "
+            f"one ({current[:16]}); rotate from the data dir that holds the current key"
+        )
+
+
+def retired_key_message(signer: Signer, where: str, size: int) -> str:
+    """Why a retired key may not sign, and what to do."""
+    return (
+        f"this proxy's signing key {signer.key_id[:16]} was rotated out of the audit log in "
+        f"{where} at size {size}, so it signs no more checkpoints there: give this proxy the "
+        "current audit-signing-key.pem (with audit-log-key.pub and audit-retired-keys.json) "
+        "from the data dir where `bastion audit rotate-key` ran, and restart it"
+    )

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 EXPORT_FORMAT = "bastion-audit-export/1"
 CHECKPOINT_DOMAIN = b"bastion-audit-checkpoint/1\n"
+TRANSITION_DOMAIN = b"bastion-audit-key-transition/1\n"
 KINDS = frozenset({"request", "outcome"})
 # Which field of a record binds its payload: (sha256 field, size field).
 PAYLOAD_FIELDS = {"request": ("body_sha256", "body_size"), "outcome": ("sha256", "bytes_out")}
@@ -139,8 +140,85 @@ def checkpoint_signed(checkpoint: dict[str, Any], public_key: bytes) -> bool:
 
 
 def log_id_of(public_key: bytes) -> str:
-    """A log is named by its signing key: SHA-256 of the raw public key, hex."""
+    """A log is named by its first signing key: SHA-256 of the raw public key, hex. A signing
+    key is named the same way (its key id)."""
     return hashlib.sha256(public_key).hexdigest()
+
+
+def _signed_by(public_key: bytes, signature: Any, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            bytes.fromhex(str(signature)), message
+        )
+    except (InvalidSignature, TypeError, ValueError):
+        return False
+    return True
+
+
+class KeyChain:
+    """Which key may sign which checkpoint: the log's own key, then each key a transition
+    hands the signing to. A transition must be signed by the key it retires and by the key
+    it introduces; a key signs nothing past the tree size at which it was retired."""
+
+    def __init__(self, log_key: bytes) -> None:
+        self.log_id = log_id_of(log_key)
+        self.current = log_key
+        self._keys = {self.log_id: log_key}
+        self._retired_at: dict[str, int] = {}
+        self._size = 0
+
+    def hand_over(self, transition: dict[str, Any]) -> str | None:
+        """Take the next transition; None when good, else why not (the chain then stops)."""
+        try:
+            target = _hex32(transition.get("to_public_key"), "the incoming key")
+            size = transition["size"]
+            if not isinstance(size, int) or size < self._size:
+                return f"its size {size!r} is before the previous hand-over's"
+            message = TRANSITION_DOMAIN + canonical_json(
+                {name: transition[name] for name in _TRANSITION_FIELDS}
+            )
+        except (_Unreadable, KeyError) as exc:
+            return f"it is unreadable ({exc})"
+        outgoing = log_id_of(self.current)
+        if transition.get("log_id") != self.log_id:
+            return "it belongs to another log"
+        if transition.get("from_key_id") != outgoing:
+            named = str(transition.get("from_key_id"))[:16]
+            return f"it hands over from key {named}, not from the current key {outgoing[:16]}"
+        if not _signed_by(self.current, transition.get("from_signature"), message):
+            return "the outgoing key's signature is not valid"
+        if not _signed_by(target, transition.get("to_signature"), message):
+            return "the incoming key's signature is not valid"
+        incoming = log_id_of(target)
+        if incoming in self._keys:
+            return f"key {incoming[:16]} was in use before"
+        self._retired_at[outgoing] = size
+        self._keys[incoming] = target
+        self.current = target
+        self._size = size
+        return None
+
+    def key_for(self, checkpoint: dict[str, Any]) -> tuple[bytes | None, str | None]:
+        """The key that must have signed `checkpoint`, or None and why no key may."""
+        key_id = checkpoint.get("key_id", self.log_id)
+        key = self._keys.get(str(key_id))
+        if key is None:
+            return (
+                None,
+                f"it names signing key {str(key_id)[:16]}, which no valid key transition "
+                "introduces",
+            )
+        retired = self._retired_at.get(str(key_id))
+        size = checkpoint.get("size")
+        if retired is not None and isinstance(size, int) and size > retired:
+            return (
+                None,
+                f"its key {str(key_id)[:16]} signed it after it was rotated out at size {retired}",
+            )
+        return key, None
+
+
+_TRANSITION_FIELDS = ("from_key_id", "log_id", "root", "size", "time", "to_public_key")
 
 
 @dataclass
@@ -167,6 +245,8 @@ class Report:
     # Payloads the export leaves out without saying why (say, an export made without them).
     payloads_absent: int = 0
     signed_size: int = 0
+    # Hand-overs of the signing key that verified (`bastion audit rotate-key`).
+    key_transitions: int = 0
     # The first record no signed checkpoint covers yet (None: all are covered).
     unsigned_from: int | None = None
     public_key: str = ""
@@ -205,6 +285,7 @@ def verify_export(lines: Iterable[str], public_key: bytes | None = None) -> Repo
     header: dict[str, Any] | None = None
     leaves: list[dict[str, Any]] = []
     checkpoints: list[dict[str, Any]] = []
+    transitions: list[dict[str, Any]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -220,6 +301,8 @@ def verify_export(lines: Iterable[str], public_key: bytes | None = None) -> Repo
             leaves.append(doc)
         elif kind == "checkpoint":
             checkpoints.append(doc)
+        elif kind == "key_transition":
+            transitions.append(doc)
         else:
             report.problems.append(Problem(len(leaves), f"line {number} is not a known entry"))
     if header is None or header.get("format") != EXPORT_FORMAT:
@@ -241,8 +324,45 @@ def verify_export(lines: Iterable[str], public_key: bytes | None = None) -> Repo
 
     hashes, hinted = _check_leaves(leaves, report)
     report.records = len(leaves)
-    _check_checkpoints(checkpoints, hashes, hinted, key, report)
+    chain = _key_chain(key, transitions, hashes, report)
+    _check_checkpoints(checkpoints, hashes, hinted, chain, report)
     return report
+
+
+def _key_chain(
+    key: bytes, transitions: list[dict[str, Any]], hashes: list[bytes], report: Report
+) -> KeyChain:
+    """Follow the key transitions from the log's key; each must also match the records."""
+    chain = KeyChain(key)
+    for transition in transitions:
+        size = transition.get("size")
+        first = size if isinstance(size, int) and 0 <= size <= len(hashes) else len(hashes)
+        label = f"key transition to key {log_id_of(_raw_or_empty(transition))[:16]}"
+        problem = chain.hand_over(transition)
+        if problem is None and isinstance(size, int):
+            try:
+                root = _hex32(transition.get("root"), "root")
+            except _Unreadable as exc:
+                problem = str(exc)
+            else:
+                if size > len(hashes):
+                    problem = f"it is at size {size}, past the end of the export"
+                elif root_of(hashes[:size]) != root:
+                    problem = f"its root is not that of the records before seq {size}"
+        if problem is not None:
+            report.problems.append(
+                Problem(first, f"{label}: {problem}; checkpoints signed by later keys are refused")
+            )
+            break
+        report.key_transitions += 1
+    return chain
+
+
+def _raw_or_empty(transition: dict[str, Any]) -> bytes:
+    try:
+        return _hex32(transition.get("to_public_key"), "key")
+    except _Unreadable:
+        return b""
 
 
 def _check_leaves(
@@ -325,7 +445,7 @@ def _check_checkpoints(
     checkpoints: list[dict[str, Any]],
     hashes: list[bytes],
     hinted: list[bytes | None],
-    key: bytes,
+    chain: KeyChain,
     report: Report,
 ) -> None:
     if not checkpoints:
@@ -344,6 +464,10 @@ def _check_checkpoints(
         label = f"checkpoint of size {size}"
         if checkpoint.get("log_id") != report.log_id:
             report.problems.append(Problem(first, f"{label} belongs to another log"))
+            continue
+        key, refused = chain.key_for(checkpoint)
+        if key is None:
+            report.problems.append(Problem(first, f"{label}: {refused}"))
             continue
         if not checkpoint_signed(checkpoint, key):
             report.problems.append(Problem(first, f"{label}: the signature is not valid"))
@@ -436,33 +560,41 @@ def verify_proof(doc: dict[str, Any], public_key: bytes | None = None) -> str | 
         return str(exc)
     if public_key is not None and key != public_key:
         return "signed by another key than the pinned one"
-    log_id = log_id_of(key)
-    if doc.get("log_id") != log_id:
+    chain = KeyChain(key)
+    if doc.get("log_id") != chain.log_id:
         return "the log id does not match the public key"
+    transitions = doc.get("key_transitions") or []
+    if not isinstance(transitions, list):
+        return "unreadable proof: key_transitions is not a list"
+    for transition in transitions:
+        problem = chain.hand_over(transition) if isinstance(transition, dict) else "not an object"
+        if problem is not None:
+            return f"a key transition does not verify: {problem}"
     try:
         proof = [_hex32(p, "proof") for p in doc.get("proof") or []]
         if doc.get("type") == "inclusion":
-            return _inclusion_problem(doc, proof, key, log_id)
+            return _inclusion_problem(doc, proof, chain)
         if doc.get("type") == "consistency":
-            return _consistency_problem(doc, proof, key, log_id)
+            return _consistency_problem(doc, proof, chain)
     except (_Unreadable, KeyError, TypeError, ValueError) as exc:
         return f"unreadable proof: {exc}"
     return f"unknown proof type {doc.get('type')!r}"
 
 
-def _signed(checkpoint: Any, key: bytes, log_id: str) -> dict[str, Any]:
-    if not isinstance(checkpoint, dict) or checkpoint.get("log_id") != log_id:
+def _signed(checkpoint: Any, chain: KeyChain) -> dict[str, Any]:
+    if not isinstance(checkpoint, dict) or checkpoint.get("log_id") != chain.log_id:
         raise ValueError("the checkpoint is not this log's")
+    key, refused = chain.key_for(checkpoint)
+    if key is None:
+        raise ValueError(f"the checkpoint cannot be trusted: {refused}")
     if not checkpoint_signed(checkpoint, key):
         raise ValueError("the checkpoint's signature is not valid")
     return checkpoint
 
 
-def _inclusion_problem(
-    doc: dict[str, Any], proof: list[bytes], key: bytes, log_id: str
-) -> str | None:
+def _inclusion_problem(doc: dict[str, Any], proof: list[bytes], chain: KeyChain) -> str | None:
     try:
-        checkpoint = _signed(doc.get("checkpoint"), key, log_id)
+        checkpoint = _signed(doc.get("checkpoint"), chain)
     except ValueError as exc:
         return str(exc)
     leaf = _hex32(doc["leaf_hash"], "leaf hash")
@@ -476,12 +608,10 @@ def _inclusion_problem(
     return None
 
 
-def _consistency_problem(
-    doc: dict[str, Any], proof: list[bytes], key: bytes, log_id: str
-) -> str | None:
+def _consistency_problem(doc: dict[str, Any], proof: list[bytes], chain: KeyChain) -> str | None:
     try:
-        older = _signed(doc.get("checkpoint1"), key, log_id)
-        newer = _signed(doc.get("checkpoint2"), key, log_id)
+        older = _signed(doc.get("checkpoint1"), chain)
+        newer = _signed(doc.get("checkpoint2"), chain)
     except ValueError as exc:
         return str(exc)
     size1, size2 = int(doc["size1"]), int(doc["size2"])

@@ -22,7 +22,8 @@ PROG = "bastion audit"
 
 
 def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `audit export|verify|prove|verify-proof|tail|public-key|evidence-digest|purge`."""
+    """Register `audit export|verify|prove|verify-proof|tail|public-key|evidence-digest|purge|
+    rotate-key`."""
     audit = sub.add_parser("audit", help="export the audit log; verify it and its proofs offline")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
 
@@ -93,10 +94,16 @@ def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     purge.set_defaults(func=purge_command)
 
-    for parser in (export, prove, tail, public_key, evidence, purge):
+    rotate = audit_sub.add_parser(
+        "rotate-key",
+        help="hand the log's signing to a new key (the log keeps its id and pinned public key)",
+    )
+    rotate.set_defaults(func=rotate_key_command)
+
+    for parser in (export, prove, tail, public_key, evidence, purge, rotate):
         parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
         parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where the stores live")
-    for parser in (export, prove, tail, purge):
+    for parser in (export, prove, tail, purge, rotate):
         parser.add_argument(
             "--store-url",
             metavar="URL",
@@ -177,6 +184,8 @@ def verify_command(args: argparse.Namespace) -> int:
         f"(signed through size {report.signed_size}), {payloads}"
     )
     print(f"log {report.log_id} (public key {report.public_key})")
+    if report.key_transitions:
+        print(f"signing key rotated {report.key_transitions} time(s); every hand-over verified")
     for note in report.notes:
         print(f"note: {note}")
     return 0
@@ -270,7 +279,7 @@ def evidence_digest_command(args: argparse.Namespace) -> int:
     from audit_proxy.policy.engine import evidence_digest
 
     try:
-        key = Signer.load(_data_dir(args)).evidence_key()
+        keys = Signer.load(_data_dir(args)).evidence_keys()
     except ConfigError as exc:
         print(f"{PROG} evidence-digest: {exc}", file=sys.stderr)
         return 1
@@ -285,7 +294,11 @@ def evidence_digest_command(args: argparse.Namespace) -> int:
     if not value:
         print(f"{PROG} evidence-digest: give the value on stdin", file=sys.stderr)
         return 2
-    print(evidence_digest(key, value))
+    # After a key rotation, records of each key's time hold digests under its evidence key.
+    current, *retired = keys
+    print(evidence_digest(current[1], value))
+    for key_id, key in retired:
+        print(f"{evidence_digest(key, value)}  (records signed by key {key_id[:16]}, retired)")
     return 0
 
 
@@ -373,6 +386,37 @@ def purge_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def rotate_key_command(args: argparse.Namespace) -> int:
+    """`bastion audit rotate-key`: with the proxy stopped (SQLite), or with the replicas running
+    (PostgreSQL: each then needs the new key files, see the message)."""
+    from audit_proxy.key_rotation import RotationError, rotate_signing_key
+
+    try:
+        data_dir, database = _location(args)
+        rotation = rotate_signing_key(
+            data_dir,
+            database.url if database is not None else None,
+            database.password if database is not None else None,
+        )
+    except (ConfigError, RotationError, OSError) as exc:
+        print(f"{PROG} rotate-key: {exc}", file=sys.stderr)
+        return 1
+    transition = rotation.transition
+    print(
+        f"signing key {transition.from_key_id[:16]} retired at size {transition.size}; "
+        f"key {transition.to_key_id[:16]} signs from now on "
+        f"({rotation.rewrapped} payload keys wrapped anew). The log's id and the public key "
+        "auditors pin are unchanged."
+    )
+    if database is not None:
+        print(
+            "Replicas still on the old key keep recording but sign no checkpoint: copy "
+            f"audit-signing-key.pem, audit-log-key.pub and audit-retired-keys.json from {data_dir} "
+            "into each replica's data dir and restart it."
+        )
     return 0
 
 

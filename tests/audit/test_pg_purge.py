@@ -227,6 +227,8 @@ def test_a_v2_database_with_plaintext_rows_migrates_reads_and_purges(
         conn.execute("DROP TABLE siem_cursors")
         conn.execute("DROP TABLE rate_usage")
         conn.execute("DROP TABLE rate_replicas")
+        conn.execute("DROP TABLE key_transitions")
+        conn.execute("ALTER TABLE checkpoints DROP COLUMN key_id")
         conn.execute("DELETE FROM schema_version WHERE version > 2")
 
     reader = PostgresAuditStore(db_url, cluster.password, migrate_schema=False)
@@ -236,7 +238,7 @@ def test_a_v2_database_with_plaintext_rows_migrates_reads_and_purges(
 
     store = PostgresAuditStore(db_url, cluster.password, signer=signer)
     with psycopg.connect(db_url, password=cluster.password) as conn:
-        assert schema_version(conn) == LATEST == 5
+        assert schema_version(conn) == LATEST == 6
     assert store.requests()[0].body == legacy_prompt
     cutoff = a_moment_after_now()
     sealed = record(store, b"sealed " + CANARY)
