@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from audit_proxy import verify
+from audit_proxy.checkpoints import read_public_key
 from bastion import audit_commands
 from tests.proxy.conftest import REPO, Proxy, start_proxy, stop_proxy
 from tests.proxy.fake_upstream import FakeUpstream
@@ -127,6 +128,43 @@ def test_admin_route_serves_proofs_that_verify(upstream: FakeUpstream, tmp_path:
             assert bad.status_code == 400
     finally:
         stop_proxy(proxy)
+
+
+def test_a_proxy_restarted_after_a_key_rotation_signs_with_the_new_key(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "bastion"
+    first = start_proxy(upstream.url, data_dir, tmp_path / "proxy1.log")
+    try:
+        before = run_traffic(first)
+    finally:
+        stop_proxy(first)
+    pinned = read_public_key(data_dir / "audit-signing-key.pub")
+    env_cmd = [sys.executable, "-m", "bastion.audit_commands"]
+    rotate = [*env_cmd, "audit", "rotate-key", "--data-dir", str(data_dir)]
+    done = subprocess.run(rotate, capture_output=True, text=True, cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr
+    proxy = start_proxy(upstream.url, data_dir, tmp_path / "proxy2.log")
+    try:
+        after = run_traffic(proxy, user="carol")
+        deadline = time.monotonic() + 5
+        while len(proxy.store().outcomes()) < before + after and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop_proxy(proxy)  # its last checkpoint, by the new key, covers the new records
+    prove = [*env_cmd, "audit", "prove", "--data-dir", str(data_dir), str(2 * before)]
+    proved = subprocess.run(prove, capture_output=True, text=True, cwd=REPO, check=True)
+    proof = json.loads(proved.stdout)
+    assert bytes.fromhex(proof["public_key"]) == pinned
+    assert len(proof["key_transitions"]) == 1 and "key_id" in proof["checkpoint"]
+    assert verify.verify_proof(proof, pinned) is None
+    out = tmp_path / "export.jsonl"
+    export = [*env_cmd, "audit", "export", "--data-dir", str(data_dir), str(out)]
+    subprocess.run(export, check=True, cwd=REPO)
+    report = verify.verify_export_file(out, pinned)
+    assert report.ok, report.problems
+    assert (report.key_transitions, report.records) == (1, 2 * (before + after))
+    assert report.payloads_checked == report.records
 
 
 def test_the_log_survives_kill_9_and_verifies(upstream: FakeUpstream, tmp_path: Path) -> None:
