@@ -1630,5 +1630,6 @@ def retired_key_message(signer: Signer, where: str, size: int) -> str:
         f"this proxy's signing key {signer.key_id[:16]} was rotated out of the audit log in "
         f"{where} at size {size}, so it signs no more checkpoints there: give this proxy the "
         "current audit-signing-key.pem (with audit-log-key.pub and audit-retired-keys.json) "
-        "from the data dir where `bastion audit rotate-key` ran, and restart it"
+        "from the data dir where `bastion audit rotate-key` ran, and restart it (if the "
+        "rotation ran in this data dir and stopped half-way, run it again to finish it)"
     )
