@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 EXPORT_FORMAT = "bastion-audit-export/1"
 AUDIT_DB = "audit.sqlite3"
+EXPORT_BATCH = 2000
 
 
 class ExportError(Exception):
@@ -110,10 +111,9 @@ def export_log(
         # Checkpoints first: every leaf they cover is then already in the table.
         transitions = store.key_transitions()
         checkpoints = store.checkpoints()
-        leaves = store.leaves()
         out.write(json.dumps(_header(signer)) + "\n")
         hashes: list[bytes] = []
-        for seq, kind, record_id, digest, canonical in leaves:
+        for seq, kind, record_id, digest, canonical in _all_leaves(store):
             payload, shredded = _payload(store, kind, record_id) if payloads else (None, False)
             entry = {
                 "type": "leaf",
@@ -129,20 +129,36 @@ def export_log(
                 entry["payload_shredded"] = True
             out.write(json.dumps(entry, ensure_ascii=False) + "\n")
             hashes.append(digest)
+        # One tree for every checkpoint's proof: a proof per checkpoint over the whole log
+        # would make an export grow with records x checkpoints.
+        tree = merkle.MerkleTree(hashes)
         for transition in transitions:
             out.write(json.dumps({"type": "key_transition", **transition.as_dict()}) + "\n")
         previous: Checkpoint | None = None
         for checkpoint in checkpoints:
             entry = {"type": "checkpoint", **checkpoint.as_dict()}
             if previous is not None:
-                proof = merkle.consistency_proof(hashes[: checkpoint.size], previous.size)
+                proof = tree.consistency_proof(previous.size, checkpoint.size)
                 entry["consistency_from"] = previous.size
                 entry["consistency"] = [p.hex() for p in proof]
             out.write(json.dumps(entry) + "\n")
             previous = checkpoint
-        return len(leaves), len(checkpoints)
+        return len(hashes), len(checkpoints)
     finally:
         store.close()
+
+
+def _all_leaves(
+    store: AuditStore | PostgresAuditStore,
+) -> Iterator[tuple[int, str, str, bytes, bytes]]:
+    """Every leaf in order, read a batch at a time (a log can be larger than memory)."""
+    seq = 0
+    while True:
+        batch = store.leaves_from(seq, EXPORT_BATCH)
+        yield from batch
+        if len(batch) < EXPORT_BATCH:
+            return
+        seq = batch[-1][0] + 1
 
 
 def _payload(
@@ -172,9 +188,8 @@ def prove_inclusion(
         raise ExportError(
             f"record seq {seq} is not under the signed checkpoint of size {checkpoint.size}"
         )
-    leaves = store.leaves(checkpoint.size)
-    hashes = [leaf[3] for leaf in leaves]
-    _, kind, record_id, digest, canonical = leaves[seq]
+    hashes = store.leaf_hashes(checkpoint.size)
+    _, kind, record_id, digest, canonical = store.leaves_from(seq, 1)[0]
     return {
         "type": "inclusion",
         "log_id": signer.log_id,

@@ -34,48 +34,95 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
+class MerkleTree:
+    """Every perfect subtree's hash over a list of leaf hashes, built once in O(n).
+
+    Any subtree RFC 6962's recursion visits starts at a multiple of its left part's width, so
+    its hash is one lookup plus O(log n) for its right edge: a proof costs O(log² n), however
+    many are drawn from one tree (an export draws one per checkpoint).
+    """
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        self.size = len(leaves)
+        self._levels: list[list[bytes]] = [list(leaves)]
+        while len(self._levels[-1]) > 1:
+            below = self._levels[-1]
+            self._levels.append(
+                [node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
+            )
+
+    def range_hash(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]) for a range RFC 6962's recursion visits (or any perfect one)."""
+        width = end - start
+        if width <= 0:
+            return EMPTY_ROOT
+        if width & (width - 1) == 0 and start % width == 0:
+            level = width.bit_length() - 1
+            return self._levels[level][start >> level]
+        k = _split(width)
+        return node_hash(self.range_hash(start, start + k), self.range_hash(start + k, end))
+
+    def root(self, size: int | None = None) -> bytes:
+        """MTH of the first `size` leaves (all by default)."""
+        return self.range_hash(0, self.size if size is None else self._within(size))
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """PATH(index, D[size]): the audit path of one leaf in the tree of the first `size`."""
+        n = self.size if size is None else self._within(size)
+        if not 0 <= index < n:
+            raise ValueError(f"leaf {index} is not in a tree of size {n}")
+        path: list[bytes] = []
+        start, end = 0, n
+        while end - start > 1:
+            k = _split(end - start)
+            if index < start + k:
+                path.append(self.range_hash(start + k, end))
+                end = start + k
+            else:
+                path.append(self.range_hash(start, start + k))
+                start += k
+        return path[::-1]
+
+    def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
+        """PROOF(size1, D[size2]): the tree of size1 is a prefix of the tree of size2."""
+        n = self.size if size2 is None else self._within(size2)
+        if not 0 <= size1 <= n:
+            raise ValueError(f"size {size1} is not within a tree of size {n}")
+        if size1 in (0, n):
+            return []
+        path: list[bytes] = []
+        start, end, m, whole = 0, n, size1, True
+        while m != end - start:
+            k = _split(end - start)
+            if m <= k:
+                path.append(self.range_hash(start + k, end))
+                end = start + k
+            else:
+                path.append(self.range_hash(start, start + k))
+                start, m, whole = start + k, m - k, False
+        if not whole:
+            path.append(self.range_hash(start, end))
+        return path[::-1]
+
+    def _within(self, size: int) -> int:
+        if not 0 <= size <= self.size:
+            raise ValueError(f"size {size} is not within a tree of size {self.size}")
+        return size
+
+
 def tree_hash(leaves: Sequence[bytes]) -> bytes:
     """MTH(D[n]) over leaf hashes (not leaf data)."""
-    n = len(leaves)
-    if n == 0:
-        return EMPTY_ROOT
-    if n == 1:
-        return leaves[0]
-    k = _split(n)
-    return node_hash(tree_hash(leaves[:k]), tree_hash(leaves[k:]))
+    return MerkleTree(leaves).root()
 
 
 def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
     """PATH(index, D[n]) over leaf hashes: the audit path of one leaf."""
-    n = len(leaves)
-    if not 0 <= index < n:
-        raise ValueError(f"leaf {index} is not in a tree of size {n}")
-    if n == 1:
-        return []
-    k = _split(n)
-    if index < k:
-        return [*inclusion_proof(leaves[:k], index), tree_hash(leaves[k:])]
-    return [*inclusion_proof(leaves[k:], index - k), tree_hash(leaves[:k])]
+    return MerkleTree(leaves).inclusion_proof(index)
 
 
 def consistency_proof(leaves: Sequence[bytes], size1: int) -> list[bytes]:
     """PROOF(size1, D[n]) over leaf hashes: the tree of size1 is a prefix of this one."""
-    n = len(leaves)
-    if not 0 <= size1 <= n:
-        raise ValueError(f"size {size1} is not within a tree of size {n}")
-    if size1 in (0, n):
-        return []
-    return _subproof(leaves, size1, True)
-
-
-def _subproof(leaves: Sequence[bytes], m: int, whole: bool) -> list[bytes]:
-    n = len(leaves)
-    if m == n:
-        return [] if whole else [tree_hash(leaves)]
-    k = _split(n)
-    if m <= k:
-        return [*_subproof(leaves[:k], m, whole), tree_hash(leaves[k:])]
-    return [*_subproof(leaves[k:], m - k, False), tree_hash(leaves[:k])]
+    return MerkleTree(leaves).consistency_proof(size1)
 
 
 class Frontier:

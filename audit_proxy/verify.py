@@ -59,6 +59,55 @@ def root_of(leaves: Sequence[bytes]) -> bytes:
     return level[0]
 
 
+class LeafHashes:
+    """Leaf hashes packed 32 bytes apiece: a log of millions fits in memory as its hashes."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def append(self, digest: bytes) -> None:
+        self._data += digest
+
+    def __len__(self) -> int:
+        return len(self._data) // 32
+
+    def __getitem__(self, index: int) -> bytes:
+        return bytes(self._data[32 * index : 32 * index + 32])
+
+    def prefix(self, size: int) -> list[bytes]:
+        """The first `size` hashes."""
+        return [bytes(self._data[i : i + 32]) for i in range(0, 32 * size, 32)]
+
+
+class RunningRoot:
+    """Tree heads of a growing list of leaves without going over it again: the roots of its
+    perfect subtrees, held like the digits of a binary counter (level i: 2**i leaves)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._peaks: list[bytes | None] = []
+
+    def add(self, leaf: bytes) -> None:
+        carry, level = leaf, 0
+        while level < len(self._peaks) and (peak := self._peaks[level]) is not None:
+            carry = node_hash(peak, carry)
+            self._peaks[level] = None
+            level += 1
+        if level == len(self._peaks):
+            self._peaks.append(carry)
+        else:
+            self._peaks[level] = carry
+        self.size += 1
+
+    def root(self) -> bytes:
+        """The RFC 6962 tree head: larger (left) subtrees over the smaller ones to their right."""
+        head: bytes | None = None
+        for peak in self._peaks:
+            if peak is not None:
+                head = peak if head is None else node_hash(peak, head)
+        return head if head is not None else hashlib.sha256(b"").digest()
+
+
 def verify_inclusion(
     index: int, size: int, leaf: bytes, proof: Sequence[bytes], root: bytes
 ) -> bool:
@@ -283,7 +332,8 @@ def verify_export(lines: Iterable[str], public_key: bytes | None = None) -> Repo
     """Check every leaf, payload, root, signature and consistency proof of an export."""
     report = Report()
     header: dict[str, Any] | None = None
-    leaves: list[dict[str, Any]] = []
+    # Leaves are checked as they stream by: only their hashes stay in memory.
+    leaves = _LeafChecks(report)
     checkpoints: list[dict[str, Any]] = []
     transitions: list[dict[str, Any]] = []
     for number, line in enumerate(lines, 1):
@@ -292,19 +342,21 @@ def verify_export(lines: Iterable[str], public_key: bytes | None = None) -> Repo
         try:
             doc = json.loads(line)
         except ValueError:
-            report.problems.append(Problem(len(leaves), f"line {number} is not JSON"))
+            report.problems.append(Problem(len(leaves.hashes), f"line {number} is not JSON"))
             continue
         kind = doc.get("type") if isinstance(doc, dict) else None
         if kind == "log" and header is None:
             header = doc
         elif kind == "leaf":
-            leaves.append(doc)
+            leaves.check(doc)
         elif kind == "checkpoint":
             checkpoints.append(doc)
         elif kind == "key_transition":
             transitions.append(doc)
         else:
-            report.problems.append(Problem(len(leaves), f"line {number} is not a known entry"))
+            report.problems.append(
+                Problem(len(leaves.hashes), f"line {number} is not a known entry")
+            )
     if header is None or header.get("format") != EXPORT_FORMAT:
         report.problems.append(Problem(None, f"no {EXPORT_FORMAT} header line"))
         return report
@@ -322,15 +374,15 @@ def verify_export(lines: Iterable[str], public_key: bytes | None = None) -> Repo
     if header.get("log_id") != report.log_id:
         report.problems.append(Problem(None, "the log id does not match the public key"))
 
-    hashes, hinted = _check_leaves(leaves, report)
-    report.records = len(leaves)
+    hashes, hinted = leaves.hashes, leaves.hinted
+    report.records = len(hashes)
     chain = _key_chain(key, transitions, hashes, report)
     _check_checkpoints(checkpoints, hashes, hinted, chain, report)
     return report
 
 
 def _key_chain(
-    key: bytes, transitions: list[dict[str, Any]], hashes: list[bytes], report: Report
+    key: bytes, transitions: list[dict[str, Any]], hashes: LeafHashes, report: Report
 ) -> KeyChain:
     """Follow the key transitions from the log's key; each must also match the records."""
     chain = KeyChain(key)
@@ -347,7 +399,7 @@ def _key_chain(
             else:
                 if size > len(hashes):
                     problem = f"it is at size {size}, past the end of the export"
-                elif root_of(hashes[:size]) != root:
+                elif root_of(hashes.prefix(size)) != root:
                     problem = f"its root is not that of the records before seq {size}"
         if problem is not None:
             report.problems.append(
@@ -365,21 +417,25 @@ def _raw_or_empty(transition: dict[str, Any]) -> bytes:
         return b""
 
 
-def _check_leaves(
-    leaves: list[dict[str, Any]], report: Report
-) -> tuple[list[bytes], list[bytes | None]]:
-    """Per-record checks; returns recomputed leaf hashes and the writer's (hints)."""
-    hashes: list[bytes] = []
-    hinted: list[bytes | None] = []
-    requests: set[str] = set()
-    outcomes: set[str] = set()
-    in_order = True
-    for position, entry in enumerate(leaves):
+class _LeafChecks:
+    """Per-record checks, one leaf at a time; keeps the recomputed leaf hashes and the
+    writer's (hints: all zeros where it gave none readable)."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self.hashes = LeafHashes()
+        self.hinted = LeafHashes()
+        self._requests: set[str] = set()
+        self._outcomes: set[str] = set()
+        self._in_order = True
+
+    def check(self, entry: dict[str, Any]) -> None:
+        report, position = self.report, len(self.hashes)
         seq, kind, record = entry.get("seq"), entry.get("kind"), entry.get("record")
         claimed = entry.get("canonical")
         # After the first record out of order every later one is too: report only the first.
-        if seq != position and in_order:
-            in_order = False
+        if seq != position and self._in_order:
+            self._in_order = False
             if isinstance(seq, int) and seq > position:
                 why = f"missing or moved: the export has seq {seq} in its place"
             else:
@@ -391,14 +447,14 @@ def _check_leaves(
             report.problems.append(Problem(position, "the record differs from its leaf bytes"))
             if isinstance(claimed, str):
                 data = claimed.encode()
-        hashes.append(leaf_hash(data))
+        self.hashes.append(leaf_hash(data))
         try:
-            hinted.append(_hex32(entry.get("leaf_hash"), "leaf hash"))
+            self.hinted.append(_hex32(entry.get("leaf_hash"), "leaf hash"))
         except _Unreadable:
-            hinted.append(None)
+            self.hinted.append(_NO_HINT)
         if kind not in KINDS or not isinstance(record, dict):
             report.problems.append(Problem(position, f"unknown record kind {kind!r}"))
-            continue
+            return
         if entry.get("payload") is None:
             if entry.get("payload_shredded") is True:
                 report.payloads_shredded += 1
@@ -406,22 +462,29 @@ def _check_leaves(
                 report.payloads_absent += 1
         else:
             _check_payload(position, kind, record, entry["payload"], report)
+        self._check_pairing(position, kind, record)
+
+    def _check_pairing(self, position: int, kind: str, record: dict[str, Any]) -> None:
+        """Each request once; each outcome once, after its request."""
+        problems = self.report.problems
         record_id = record.get("id") if kind == "request" else record.get("request_id")
         if not isinstance(record_id, str):
-            report.problems.append(Problem(position, "the record has no id"))
+            problems.append(Problem(position, "the record has no id"))
         elif kind == "request":
-            if record_id in requests:
-                report.problems.append(Problem(position, f"request {record_id} appears twice"))
-            requests.add(record_id)
+            if record_id in self._requests:
+                problems.append(Problem(position, f"request {record_id} appears twice"))
+            self._requests.add(record_id)
         else:
-            if record_id not in requests:
-                report.problems.append(
+            if record_id not in self._requests:
+                problems.append(
                     Problem(position, f"outcome of request {record_id}, which is not before it")
                 )
-            elif record_id in outcomes:
-                report.problems.append(Problem(position, f"second outcome of {record_id}"))
-            outcomes.add(record_id)
-    return hashes, hinted
+            elif record_id in self._outcomes:
+                problems.append(Problem(position, f"second outcome of {record_id}"))
+            self._outcomes.add(record_id)
+
+
+_NO_HINT = bytes(32)
 
 
 def _check_payload(
@@ -443,8 +506,8 @@ def _check_payload(
 
 def _check_checkpoints(
     checkpoints: list[dict[str, Any]],
-    hashes: list[bytes],
-    hinted: list[bytes | None],
+    hashes: LeafHashes,
+    hinted: LeafHashes,
     chain: KeyChain,
     report: Report,
 ) -> None:
@@ -454,6 +517,9 @@ def _check_checkpoints(
         return
     previous: dict[str, Any] | None = None
     good_size = 0
+    # Checkpoints come in order of size: each root extends the last one's work (a log with a
+    # checkpoint every few records would otherwise cost records x checkpoints).
+    running = RunningRoot()
     for checkpoint in checkpoints:
         report.checkpoints += 1
         size = checkpoint.get("size")
@@ -489,7 +555,7 @@ def _check_checkpoints(
                 )
             )
             continue
-        if root_of(hashes[:size]) != root:
+        if _root(hashes, size, running) != root:
             culprit = _culprit(hashes, hinted, size, first, report)
             message = f"the records before seq {size} do not match the signed {label}"
             report.problems.append(Problem(culprit, message))
@@ -503,9 +569,16 @@ def _check_checkpoints(
         )
 
 
-def _culprit(
-    hashes: list[bytes], hinted: list[bytes | None], size: int, first: int, report: Report
-) -> int:
+def _root(hashes: LeafHashes, size: int, running: RunningRoot) -> bytes:
+    """The tree head of the first `size` records, by `running` when it is not past them."""
+    if size < running.size:
+        return root_of(hashes.prefix(size))
+    for seq in range(running.size, size):
+        running.add(hashes[seq])
+    return running.root()
+
+
+def _culprit(hashes: LeafHashes, hinted: LeafHashes, size: int, first: int, report: Report) -> int:
     """Which record to name when a signed root does not match the records under it.
 
     The verdict never rests on this, only the name: a record that already failed its own
@@ -515,8 +588,9 @@ def _culprit(
     flagged = [p.seq for p in report.problems if p.seq is not None and p.seq < size]
     if flagged:
         return min(flagged)
-    for seq, (mine, theirs) in enumerate(zip(hashes[:size], hinted[:size], strict=True)):
-        if theirs is not None and mine != theirs:
+    for seq in range(size):
+        theirs = hinted[seq]
+        if theirs != _NO_HINT and hashes[seq] != theirs:
             return seq
     return first
 

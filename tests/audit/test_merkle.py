@@ -231,3 +231,18 @@ def test_generated_proofs_verify_for_every_pair() -> None:
             proof = merkle.consistency_proof(leaves[:size], size1)
             root1 = merkle.tree_hash(leaves[:size1])
             assert verify.verify_consistency(size1, size, proof, root1, root)
+
+
+def test_one_tree_answers_for_every_prefix_as_a_tree_of_that_size_would() -> None:
+    leaves = [merkle.leaf_hash(str(i).encode()) for i in range(70)]
+    tree = merkle.MerkleTree(leaves)
+    for size in range(71):
+        assert tree.root(size) == verify.root_of(leaves[:size])
+        for size1 in range(0, size + 1, 3):
+            proof = tree.consistency_proof(size1, size)
+            assert proof == merkle.consistency_proof(leaves[:size], size1)
+            assert verify.verify_consistency(size1, size, proof, tree.root(size1), tree.root(size))
+        for index in range(0, size, 5):
+            assert tree.inclusion_proof(index, size) == merkle.inclusion_proof(leaves[:size], index)
+    with pytest.raises(ValueError, match="not within a tree of size 70"):
+        tree.consistency_proof(3, 71)

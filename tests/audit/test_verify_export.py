@@ -319,3 +319,13 @@ def test_follow_picks_up_new_records(tmp_path: Path) -> None:
     assert next(entries)["kind"] == "request"
     reader.close()
     store.close()
+
+
+def test_an_export_read_in_small_batches_is_the_same_export(
+    log_dir: Path, entries: Entries, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export, "EXPORT_BATCH", 5)
+    out = io.StringIO()
+    assert export.export_log(log_dir, out) == (12, 3)
+    batched = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert batched[1:] == entries[1:]  # all but the header's export time

@@ -1,0 +1,128 @@
+"""How exporting and verifying the audit log grow with its size: linear, or worse?
+
+A proxy signs a checkpoint every 1,000 records or every 10 s, so a quiet deployment leaves about
+one checkpoint per few records, and a year's log holds millions of records and checkpoints. Each
+checkpoint in an export carries a consistency proof from the one before, and the verifier checks
+every checkpoint's root; if either costs time in proportion to the log, the whole export or
+verify grows with records x checkpoints.
+
+For each size it writes a real SQLite audit log (`AuditStore`, a checkpoint every
+`--checkpoint-every` records), then times `bastion audit export` and `verify` (in process), side
+by side in one run, and reports the time per record; `per_record_growth` is the per-record time
+of the largest log over that of the smallest (about 1 when the cost is linear, the size ratio
+when it is quadratic).
+
+    .venv/bin/python benchmarks/audit_log_scale.py [--sizes 4000,32000] [--checkpoint-every 50]
+
+Prints a JSON line per size, a one-line summary, and last
+`{"sizes": [...], "export_s": [...], "verify_s": [...], "per_record_growth": {"export", "verify"}}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from audit_proxy import export, verify  # noqa: E402
+from audit_proxy.checkpoints import Signer  # noqa: E402
+from audit_proxy.store import AuditStore  # noqa: E402
+from tests.audit.records import record_pair_async  # noqa: E402
+
+
+def write_log(data_dir: Path, records: int, checkpoint_every: int) -> int:
+    """A log of `records` records (request/outcome pairs); returns its checkpoint count."""
+    store = AuditStore(data_dir / "audit.sqlite3", Signer.load_or_create(data_dir), 10**9)
+
+    async def fill() -> None:
+        for i in range(records // 2):
+            await record_pair_async(store, json.dumps({"prompt": f"def f{i}():"}).encode())
+            if (2 * (i + 1)) % checkpoint_every == 0:
+                store.checkpoint()
+
+    asyncio.run(fill())
+    store.close()
+    return _count_checkpoints(data_dir)
+
+
+def _count_checkpoints(data_dir: Path) -> int:
+    reader = AuditStore(data_dir / "audit.sqlite3")
+    try:
+        return len(reader.checkpoints())
+    finally:
+        reader.close()
+
+
+def measure(records: int, checkpoint_every: int) -> dict[str, float | int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        checkpoints = write_log(data_dir, records, checkpoint_every)
+        out = io.StringIO()
+        started = time.perf_counter()
+        export.export_log(data_dir, out, payloads=False)
+        export_s = time.perf_counter() - started
+        lines = out.getvalue().splitlines()
+        started = time.perf_counter()
+        report = verify.verify_export(lines)
+        verify_s = time.perf_counter() - started
+        if not report.ok or report.records != records:
+            raise SystemExit(f"the log of {records} records did not verify: {report.problems[:3]}")
+    return {
+        "records": records,
+        "checkpoints": checkpoints,
+        "export_s": round(export_s, 3),
+        "verify_s": round(verify_s, 3),
+        "export_us_per_record": round(export_s / records * 1e6, 1),
+        "verify_us_per_record": round(verify_s / records * 1e6, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes", default="4000,32000", help="log sizes in records, comma-separated"
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="records per checkpoint")
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    rows = []
+    for size in sizes:
+        row = measure(size, args.checkpoint_every)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    small, large = rows[0], rows[-1]
+    growth = {
+        step: round(
+            float(large[f"{step}_us_per_record"]) / float(small[f"{step}_us_per_record"]), 2
+        )
+        for step in ("export", "verify")
+    }
+    print(
+        f"{large['records']} records, {large['checkpoints']} checkpoints: export "
+        f"{large['export_s']} s, verify {large['verify_s']} s; per-record time grew "
+        f"{growth['export']}x (export) and {growth['verify']}x (verify) from "
+        f"{small['records']} records ({large['records'] // small['records']}x the size)"
+    )
+    print(
+        json.dumps(
+            {
+                "sizes": sizes,
+                "export_s": [r["export_s"] for r in rows],
+                "verify_s": [r["verify_s"] for r in rows],
+                "per_record_growth": growth,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
