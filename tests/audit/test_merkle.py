@@ -246,3 +246,12 @@ def test_one_tree_answers_for_every_prefix_as_a_tree_of_that_size_would() -> Non
             assert tree.inclusion_proof(index, size) == merkle.inclusion_proof(leaves[:size], index)
     with pytest.raises(ValueError, match="not within a tree of size 70"):
         tree.consistency_proof(3, 71)
+
+
+def test_the_verifiers_running_root_matches_its_tree_heads() -> None:
+    leaves = [merkle.leaf_hash(str(i).encode()) for i in range(70)]
+    running = verify.RunningRoot()
+    assert running.root() == EMPTY_ROOT
+    for size, leaf in enumerate(leaves, 1):
+        running.add(leaf)
+        assert running.root() == verify.root_of(leaves[:size]) == merkle.tree_hash(leaves[:size])

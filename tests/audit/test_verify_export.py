@@ -329,3 +329,16 @@ def test_an_export_read_in_small_batches_is_the_same_export(
     assert export.export_log(log_dir, out) == (12, 3)
     batched = [json.loads(line) for line in out.getvalue().splitlines()]
     assert batched[1:] == entries[1:]  # all but the header's export time
+
+
+def test_checkpoints_out_of_order_are_named_and_their_roots_still_checked(
+    entries: Entries,
+) -> None:
+    swapped = [dict(e) for e in entries]
+    places = [i for i, e in enumerate(swapped) if e["type"] == "checkpoint"]
+    swapped[places[0]], swapped[places[1]] = swapped[places[1]], swapped[places[0]]
+    report = check(swapped)
+    messages = [str(p) for p in report.problems]
+    assert any("smaller than the one before it" in m for m in messages), messages
+    # The smaller tree's root is recomputed on its own, and still matches its records.
+    assert not any("do not match the signed" in m for m in messages), messages
