@@ -70,6 +70,10 @@ class Checkpoint:
             doc["key_id"] = self.key_id
         return doc
 
+    def as_row(self) -> tuple[int, str, str, str, str, str | None]:
+        """The values of (size, log_id, root, time, signature, key_id), as stores keep them."""
+        return (self.size, self.log_id, self.root, self.time, self.signature, self.key_id)
+
 
 @dataclass(frozen=True)
 class KeyTransition:

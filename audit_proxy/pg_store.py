@@ -904,14 +904,7 @@ def _insert_checkpoint(cur: psycopg.Cursor[Any], checkpoint: Checkpoint) -> None
     cur.execute(
         "INSERT INTO checkpoints (size, log_id, root, time, signature, key_id)"
         " VALUES (%s,%s,%s,%s,%s,%s)",
-        (
-            checkpoint.size,
-            checkpoint.log_id,
-            checkpoint.root,
-            checkpoint.time,
-            checkpoint.signature,
-            checkpoint.key_id,
-        ),
+        checkpoint.as_row(),
     )
 
 

@@ -1290,14 +1290,7 @@ class AuditStore:
         self._conn.execute(
             "INSERT INTO checkpoints (size, log_id, root, time, signature, key_id)"
             " VALUES (?,?,?,?,?,?)",
-            (
-                checkpoint.size,
-                checkpoint.log_id,
-                checkpoint.root,
-                checkpoint.time,
-                checkpoint.signature,
-                checkpoint.key_id,
-            ),
+            checkpoint.as_row(),
         )
         self._signed_size = checkpoint.size
         return checkpoint
