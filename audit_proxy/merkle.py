@@ -149,3 +149,19 @@ class Frontier:
         for _, left in reversed(self._stack[:-1]):
             root = node_hash(left, root)
         return root
+
+    def packed(self) -> bytes:
+        """The subtree hashes, largest first, 32 bytes apiece (their widths follow from size)."""
+        return b"".join(digest for _, digest in self._stack)
+
+    @classmethod
+    def unpacked(cls, size: int, packed: bytes, root_hex: str) -> Frontier | None:
+        """The frontier `packed` saved at `size`, if it has the signed root `root_hex`; None if
+        it is damaged (the caller then rebuilds it from the leaves)."""
+        widths = [1 << bit for bit in reversed(range(size.bit_length())) if size >> bit & 1]
+        if size < 0 or len(packed) != 32 * len(widths):
+            return None
+        frontier = cls()
+        frontier.size = size
+        frontier._stack = [(w, packed[32 * i : 32 * i + 32]) for i, w in enumerate(widths)]
+        return frontier if frontier.root().hex() == root_hex else None

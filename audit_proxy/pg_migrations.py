@@ -130,8 +130,14 @@ CREATE INDEX rate_usage_updated_at ON rate_usage (updated_at);
 """
 
 # Key rotation (`bastion audit rotate-key`): the hand-overs of the log's signing key, and which
-# key signed a checkpoint when it is not the log's own (NULL: the log's own key).
+# key signed a checkpoint when it is not the log's own (NULL: the log's own key). And the
+# frontier of the Merkle tree at the last checkpoint: a replica starts from it, not from leaf 0.
 _V6 = """
+CREATE TABLE frontier (
+    only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    size BIGINT NOT NULL,
+    packed BYTEA NOT NULL
+);
 ALTER TABLE checkpoints ADD COLUMN key_id TEXT;
 CREATE TABLE key_transitions (
     seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

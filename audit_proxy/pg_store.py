@@ -492,18 +492,9 @@ class PostgresAuditStore:
         assert self.signer is not None
         with conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-            cur.execute(
-                "SELECT seq, leaf_hash FROM leaves WHERE seq >= %s ORDER BY seq",
-                (self._frontier.size,),
-            )
-            for seq, digest in cur:
-                if seq != self._frontier.size:
-                    raise AuditStoreUnavailable(
-                        f"the audit log in {self.where} has a gap at seq {self._frontier.size}"
-                    )
-                # Committed leaves never change, so the frontier may keep them even if this
-                # transaction fails.
-                self._frontier.append(bytes(digest))
+            # Committed leaves never change, so the frontier may keep them even if this
+            # transaction fails.
+            self._frontier = self._caught_up(cur, self._frontier)
             cur.execute("SELECT COALESCE(MAX(size), 0) FROM checkpoints")
             signed_row = cur.fetchone()
             signed = int(signed_row[0]) if signed_row is not None else 0
@@ -523,9 +514,32 @@ class PostgresAuditStore:
                     )
                 return None
             checkpoint = self.signer.sign(size, self._frontier.root())
-            _insert_checkpoint(cur, checkpoint)
+            _insert_checkpoint(cur, checkpoint, self._frontier)
         self._signed_size = size
         return checkpoint
+
+    def _caught_up(self, cur: psycopg.Cursor[Any], frontier: Frontier) -> Frontier:
+        """Under the append lock: `frontier` extended with every leaf after it. A new one
+        starts from the frontier the last checkpoint saved, not from the first leaf."""
+        if frontier.size == 0:
+            cur.execute(
+                "SELECT f.size, f.packed, c.root FROM frontier f"
+                " JOIN checkpoints c ON c.size = f.size"
+            )
+            saved = cur.fetchone()
+            if saved is not None:
+                packed = bytes(saved[1])
+                frontier = Frontier.unpacked(int(saved[0]), packed, str(saved[2])) or frontier
+        cur.execute(
+            "SELECT seq, leaf_hash FROM leaves WHERE seq >= %s ORDER BY seq", (frontier.size,)
+        )
+        for seq, digest in cur:
+            if seq != frontier.size:
+                raise AuditStoreUnavailable(
+                    f"the audit log in {self.where} has a gap at seq {frontier.size}"
+                )
+            frontier.append(bytes(digest))
+        return frontier
 
     def _bind_identity(self, conn: Conn, signer: Signer) -> None:
         with conn.transaction():
@@ -583,15 +597,12 @@ class PostgresAuditStore:
                 )
                 last = cur.fetchone()
                 check_current(outgoing, transition_of(last) if last is not None else None)
-                frontier = Frontier()
-                cur.execute("SELECT leaf_hash FROM leaves ORDER BY seq")
-                for (digest,) in cur:
-                    frontier.append(bytes(digest))
+                frontier = self._caught_up(cur, Frontier())
                 size, root = frontier.size, frontier.root()
                 cur.execute("SELECT COALESCE(MAX(size), 0) FROM checkpoints")
                 signed_row = cur.fetchone()
                 if size > (int(signed_row[0]) if signed_row is not None else 0):
-                    _insert_checkpoint(cur, outgoing.sign(size, root))
+                    _insert_checkpoint(cur, outgoing.sign(size, root), frontier)
                 transition = outgoing.hand_over(incoming, size, root)
                 cur.execute(
                     f"INSERT INTO key_transitions ({TRANSITION_COLUMNS})"  # noqa: S608
@@ -900,11 +911,20 @@ class PostgresAuditStore:
         return [checkpoint_of(row) for row in rows]
 
 
-def _insert_checkpoint(cur: psycopg.Cursor[Any], checkpoint: Checkpoint) -> None:
+def _insert_checkpoint(
+    cur: psycopg.Cursor[Any], checkpoint: Checkpoint, frontier: Frontier
+) -> None:
+    """Store a signed checkpoint and the frontier at its size (where a replica starts from)."""
     cur.execute(
         "INSERT INTO checkpoints (size, log_id, root, time, signature, key_id)"
         " VALUES (%s,%s,%s,%s,%s,%s)",
         checkpoint.as_row(),
+    )
+    cur.execute(
+        "INSERT INTO frontier (only_row, size, packed) VALUES (TRUE, %s, %s)"
+        " ON CONFLICT (only_row) DO UPDATE SET size = EXCLUDED.size, packed = EXCLUDED.packed"
+        " WHERE frontier.size < EXCLUDED.size",
+        (frontier.size, frontier.packed()),
     )
 
 

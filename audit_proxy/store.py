@@ -153,6 +153,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     time TEXT NOT NULL,
     signature TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS frontier (
+    only_row INTEGER PRIMARY KEY CHECK (only_row = 1),
+    size INTEGER NOT NULL,
+    packed BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS key_transitions (
     seq INTEGER PRIMARY KEY,
     log_id TEXT NOT NULL,
@@ -1227,12 +1232,24 @@ class AuditStore:
     def _read_frontier(self) -> Frontier:
         """The tree of every leaf: filed, then this writer's staged (under the lock)."""
         self._leaf_staged()
-        frontier = Frontier()
-        for (digest,) in self._conn.execute("SELECT leaf_hash FROM leaves ORDER BY seq"):
+        frontier = self._saved_frontier()
+        for (digest,) in self._conn.execute(
+            "SELECT leaf_hash FROM leaves WHERE seq >= ? ORDER BY seq", (frontier.size,)
+        ):
             frontier.append(digest)
         for record in self._staged:
             frontier.append(record.leaf_hash)
         return frontier
+
+    def _saved_frontier(self) -> Frontier:
+        """The frontier the last checkpoint saved, when it still holds (else an empty one)."""
+        row = self._conn.execute(
+            "SELECT f.size, f.packed, c.root FROM frontier f JOIN checkpoints c ON c.size = f.size"
+            " WHERE f.size <= (SELECT COALESCE(MAX(seq), -1) + 1 FROM leaves)"
+        ).fetchone()
+        if row is None:
+            return Frontier()
+        return Frontier.unpacked(int(row[0]), bytes(row[1]), str(row[2])) or Frontier()
 
     def _load_frontier(self) -> Frontier:
         with self._lock:
@@ -1286,12 +1303,18 @@ class AuditStore:
             log.critical("%s", retired_key_message(self.signer, str(self.path), size))
 
     def _insert_checkpoint(self, checkpoint: Checkpoint) -> Checkpoint:
-        """Under the lock: store a signed checkpoint."""
+        """Under the lock: store a signed checkpoint, and the frontier at its size (so that
+        the next start reads the leaves after it, not the whole log)."""
         self._conn.execute(
             "INSERT INTO checkpoints (size, log_id, root, time, signature, key_id)"
             " VALUES (?,?,?,?,?,?)",
             checkpoint.as_row(),
         )
+        if self._frontier.size == checkpoint.size:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO frontier (only_row, size, packed) VALUES (1, ?, ?)",
+                (checkpoint.size, self._frontier.packed()),
+            )
         self._signed_size = checkpoint.size
         return checkpoint
 

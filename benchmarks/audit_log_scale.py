@@ -12,10 +12,15 @@ by side in one run, and reports the time per record; `per_record_growth` is the 
 of the largest log over that of the smallest (about 1 when the cost is linear, the size ratio
 when it is quadratic).
 
+It also times what a proxy's start costs on that log (opening the store as its writer, which
+needs the Merkle frontier): from the frontier the last checkpoint saved, and again with that
+saved frontier deleted (every leaf hash read, as before it was saved).
+
     .venv/bin/python benchmarks/audit_log_scale.py [--sizes 4000,32000] [--checkpoint-every 50]
 
 Prints a JSON line per size, a one-line summary, and last
-`{"sizes": [...], "export_s": [...], "verify_s": [...], "per_record_growth": {"export", "verify"}}`.
+`{"sizes": [...], "export_s": [...], "verify_s": [...], "open_s": [...],
+"open_without_saved_frontier_s": [...], "per_record_growth": {"export", "verify"}}`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import asyncio
 import io
 import json
+import sqlite3
 import sys
 import tempfile
 import time
@@ -75,6 +81,12 @@ def measure(records: int, checkpoint_every: int) -> dict[str, float | int]:
         verify_s = time.perf_counter() - started
         if not report.ok or report.records != records:
             raise SystemExit(f"the log of {records} records did not verify: {report.problems[:3]}")
+        open_s = time_open(data_dir)
+        conn = sqlite3.connect(data_dir / "audit.sqlite3")
+        conn.execute("DELETE FROM frontier")
+        conn.commit()
+        conn.close()
+        open_unsaved_s = time_open(data_dir)
     return {
         "records": records,
         "checkpoints": checkpoints,
@@ -82,7 +94,20 @@ def measure(records: int, checkpoint_every: int) -> dict[str, float | int]:
         "verify_s": round(verify_s, 3),
         "export_us_per_record": round(export_s / records * 1e6, 1),
         "verify_us_per_record": round(verify_s / records * 1e6, 1),
+        "open_s": round(open_s, 4),
+        "open_without_saved_frontier_s": round(open_unsaved_s, 4),
     }
+
+
+def time_open(data_dir: Path) -> float:
+    """Seconds to open the store as a proxy does at start (median of three)."""
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        store = AuditStore(data_dir / "audit.sqlite3", Signer.load(data_dir))
+        times.append(time.perf_counter() - started)
+        store.close()
+    return sorted(times)[1]
 
 
 def main() -> int:
@@ -109,7 +134,9 @@ def main() -> int:
         f"{large['records']} records, {large['checkpoints']} checkpoints: export "
         f"{large['export_s']} s, verify {large['verify_s']} s; per-record time grew "
         f"{growth['export']}x (export) and {growth['verify']}x (verify) from "
-        f"{small['records']} records ({large['records'] // small['records']}x the size)"
+        f"{small['records']} records ({large['records'] // small['records']}x the size); "
+        f"a proxy opens it in {large['open_s']} s ({large['open_without_saved_frontier_s']} s "
+        "without the saved frontier)"
     )
     print(
         json.dumps(
@@ -117,6 +144,8 @@ def main() -> int:
                 "sizes": sizes,
                 "export_s": [r["export_s"] for r in rows],
                 "verify_s": [r["verify_s"] for r in rows],
+                "open_s": [r["open_s"] for r in rows],
+                "open_without_saved_frontier_s": [r["open_without_saved_frontier_s"] for r in rows],
                 "per_record_growth": growth,
             }
         )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sqlite3
 import stat
 from dataclasses import replace
 from pathlib import Path
 
-from audit_proxy import merkle, verify
+from audit_proxy import export, merkle, verify
 from audit_proxy.checkpoints import KEY_FILE, Signer
 from audit_proxy.payload_crypto import seal, unseal
 from audit_proxy.staging import PREALLOCATED, read_staged
@@ -238,3 +239,60 @@ def test_a_writer_zeroes_all_a_larger_staging_file_left_to_it(tmp_path: Path) ->
     writer.claim_writer()
     assert path.read_bytes() == bytes(3 * PREALLOCATED + 123)
     writer.close()
+
+
+def test_a_reopened_store_goes_on_from_the_frontier_its_last_checkpoint_saved(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.sqlite3"
+    store = AuditStore(path, Signer.load_or_create(tmp_path), 4)
+    for _ in range(5):
+        record_pair(store)
+    store.close()
+    conn = sqlite3.connect(path)
+    (saved,) = conn.execute("SELECT size FROM frontier").fetchone()
+    # A leaf the saved frontier covers is not read again: its damage goes unseen here (the
+    # verifier sees it), while the tree goes on from the signed root.
+    conn.execute("UPDATE leaves SET leaf_hash = zeroblob(32) WHERE seq = 0")
+    conn.commit()
+    store = AuditStore(path, Signer.load_or_create(tmp_path), 4)
+    record_pair(store)
+    store.close()
+    (signed_root,) = conn.execute(
+        "SELECT root FROM checkpoints ORDER BY size DESC LIMIT 1"
+    ).fetchone()
+    conn.close()
+    assert saved == 10
+    reader = AuditStore(path)
+    leaves = reader.leaf_hashes()
+    reader.close()
+    assert signed_root != merkle.tree_hash(leaves).hex()
+    assert signed_root == merkle.tree_hash([merkle.leaf_hash(c) for c in _canonicals(path)]).hex()
+
+
+def test_a_damaged_saved_frontier_is_rebuilt_from_the_leaves(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    store = AuditStore(path, Signer.load_or_create(tmp_path), 4)
+    for _ in range(3):
+        record_pair(store)
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE frontier SET packed = zeroblob(length(packed))")
+    conn.commit()
+    store = AuditStore(path, Signer.load_or_create(tmp_path), 4)
+    record_pair(store)
+    store.close()
+    out = io.StringIO()
+    export.export_log(tmp_path, out)
+    report = verify.verify_export(out.getvalue().splitlines())
+    assert report.ok, report.problems
+    assert report.signed_size == 8
+    conn.close()
+
+
+def _canonicals(path: Path) -> list[bytes]:
+    conn = sqlite3.connect(path)
+    try:
+        return [bytes(c) for (c,) in conn.execute("SELECT canonical FROM leaves ORDER BY seq")]
+    finally:
+        conn.close()

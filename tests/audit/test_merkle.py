@@ -255,3 +255,25 @@ def test_the_verifiers_running_root_matches_its_tree_heads() -> None:
     for size, leaf in enumerate(leaves, 1):
         running.add(leaf)
         assert running.root() == verify.root_of(leaves[:size]) == merkle.tree_hash(leaves[:size])
+
+
+def test_a_packed_frontier_unpacks_only_with_its_signed_root() -> None:
+    leaves = [merkle.leaf_hash(str(i).encode()) for i in range(70)]
+    for size in (0, 1, 2, 5, 64, 70):
+        frontier = merkle.Frontier()
+        for leaf in leaves[:size]:
+            frontier.append(leaf)
+        root = frontier.root().hex()
+        restored = merkle.Frontier.unpacked(size, frontier.packed(), root)
+        assert restored is not None and restored.size == size and restored.root().hex() == root
+        for leaf in leaves[size:]:
+            restored.append(leaf)
+        assert restored.root() == merkle.tree_hash(leaves)
+    frontier = merkle.Frontier()
+    for leaf in leaves[:5]:
+        frontier.append(leaf)
+    packed, root = frontier.packed(), frontier.root().hex()
+    assert merkle.Frontier.unpacked(5, packed[:-1] + b"x", root) is None  # damaged
+    root_of_six = merkle.tree_hash(leaves[:6]).hex()
+    assert merkle.Frontier.unpacked(6, packed, root_of_six) is None  # saved at another size
+    assert merkle.Frontier.unpacked(5, packed, "00" * 32) is None  # not the signed root
