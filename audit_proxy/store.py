@@ -1278,8 +1278,9 @@ class AuditStore:
                 # A checkpoint covers filed leaves only, so an export never ends short of one.
                 while self._staged:
                     self._file_own_batch()
-                (count,) = self._conn.execute("SELECT COUNT(*) FROM leaves").fetchone()
-                if count != self._frontier.size:
+                # Leaves are numbered without gaps; COUNT(*) would scan them all (about 1 s at
+                # ten million, under the lock that filing needs).
+                if self._next_unfiled_seq() != self._frontier.size:
                     # Another process appended to the same file: rebuild from the table.
                     self._frontier = self._read_frontier()
                 (signed,) = self._conn.execute(
