@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 EXPORT_FORMAT = "bastion-audit-export/1"
 AUDIT_DB = "audit.sqlite3"
 EXPORT_BATCH = 2000
+# Tiles computed from one read of leaves (each read holds the store's lock for its length).
+TILES_AT_ONCE = 256
 
 
 class ExportError(Exception):
@@ -169,26 +171,26 @@ def _payload(
     return stored.data, stored.shredded
 
 
-def _checkpoint_of_size(checkpoints: list[Checkpoint], size: int) -> Checkpoint:
-    for checkpoint in checkpoints:
-        if checkpoint.size == size:
-            return checkpoint
-    raise ExportError(f"no signed checkpoint of size {size}")
+def _signed(store: AuditStore | PostgresAuditStore, size: int | None = None) -> Checkpoint:
+    """The checkpoint of `size` (the latest by default); `ExportError` when there is none."""
+    checkpoint = store.signed_checkpoint(size)
+    if checkpoint is None:
+        raise ExportError(
+            "no signed checkpoint yet" if size is None else f"no signed checkpoint of size {size}"
+        )
+    return checkpoint
 
 
 def prove_inclusion(
     store: AuditStore | PostgresAuditStore, signer: Signer, seq: int, size: int | None = None
 ) -> dict[str, Any]:
     """An inclusion proof of leaf `seq` in the signed tree of `size` (the latest by default)."""
-    checkpoints = store.checkpoints()
-    if not checkpoints:
-        raise ExportError("no signed checkpoint yet")
-    checkpoint = checkpoints[-1] if size is None else _checkpoint_of_size(checkpoints, size)
+    checkpoint = _signed(store, size)
     if not 0 <= seq < checkpoint.size:
         raise ExportError(
             f"record seq {seq} is not under the signed checkpoint of size {checkpoint.size}"
         )
-    hashes = store.leaf_hashes(checkpoint.size)
+    tree = tiled_tree(store, checkpoint.size)
     _, kind, record_id, digest, canonical = store.leaves_from(seq, 1)[0]
     return {
         "type": "inclusion",
@@ -201,7 +203,7 @@ def prove_inclusion(
         "record_id": record_id,
         "canonical": canonical.decode(),
         "leaf_hash": digest.hex(),
-        "proof": [p.hex() for p in merkle.inclusion_proof(hashes, seq)],
+        "proof": [p.hex() for p in tree.inclusion_proof(seq)],
         "checkpoint": checkpoint.as_dict(),
     }
 
@@ -213,14 +215,11 @@ def prove_consistency(
     size2: int | None = None,
 ) -> dict[str, Any]:
     """A consistency proof between the signed trees of `size1` and `size2` (latest default)."""
-    checkpoints = store.checkpoints()
-    if not checkpoints:
-        raise ExportError("no signed checkpoint yet")
-    newer = checkpoints[-1] if size2 is None else _checkpoint_of_size(checkpoints, size2)
-    older = _checkpoint_of_size(checkpoints, size1)
+    newer = _signed(store, size2)
+    older = _signed(store, size1)
     if older.size > newer.size:
         raise ExportError(f"size {older.size} is after size {newer.size}")
-    hashes = store.leaf_hashes(newer.size)
+    tree = tiled_tree(store, newer.size)
     return {
         "type": "consistency",
         "log_id": signer.log_id,
@@ -228,10 +227,36 @@ def prove_consistency(
         "key_transitions": _key_chain(store),
         "size1": older.size,
         "size2": newer.size,
-        "proof": [p.hex() for p in merkle.consistency_proof(hashes, older.size)],
+        "proof": [p.hex() for p in tree.consistency_proof(older.size)],
         "checkpoint1": older.as_dict(),
         "checkpoint2": newer.as_dict(),
     }
+
+
+def tiled_tree(store: AuditStore | PostgresAuditStore, size: int) -> merkle.TiledTree:
+    """The tree of the first `size` leaves for proofs: kept tile hashes, the missing ones
+    computed from the leaves (and kept), and the leaves of a tile only where a proof needs them.
+    A proof then reads about size / 256 hashes instead of every leaf hash."""
+    wanted = size // merkle.TILE
+    tiles = store.saved_tiles(wanted)
+    while len(tiles) < wanted:
+        first = len(tiles)
+        last = min(wanted, first + TILES_AT_ONCE)
+        leaves = store.leaf_hashes_between(first * merkle.TILE, last * merkle.TILE)
+        if len(leaves) != (last - first) * merkle.TILE:
+            raise ExportError(f"the log has fewer than the {size} leaves its checkpoint covers")
+        made = [
+            merkle.MerkleTree(leaves[i : i + merkle.TILE]).root()
+            for i in range(0, len(leaves), merkle.TILE)
+        ]
+        store.save_tiles(first, made)
+        tiles += made
+
+    def tile_leaves(index: int) -> list[bytes]:
+        start = index * merkle.TILE
+        return store.leaf_hashes_between(start, min(size, start + merkle.TILE))
+
+    return merkle.TiledTree(size, tiles, tile_leaves)
 
 
 def inclusion_proof(
@@ -285,13 +310,10 @@ class ProofRoutes:
         try:
             doc: dict[str, Any]
             if path == "/v1/audit/checkpoint":
-                checkpoints = self.store.checkpoints()
-                if not checkpoints:
-                    raise ExportError("no signed checkpoint yet")
                 doc = {
                     "type": "checkpoint",
                     "public_key": signer.log_public_key.hex(),
-                    **checkpoints[-1].as_dict(),
+                    **_signed(self.store).as_dict(),
                     "key_transitions": _key_chain(self.store),
                 }
             elif path == "/v1/audit/proof":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -34,33 +34,14 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-class MerkleTree:
-    """Every perfect subtree's hash over a list of leaf hashes, built once in O(n).
+class _Proofs:
+    """RFC 6962 tree heads and proofs, given the hashes of the subtrees its recursion visits."""
 
-    Any subtree RFC 6962's recursion visits starts at a multiple of its left part's width, so
-    its hash is one lookup plus O(log n) for its right edge: a proof costs O(log² n), however
-    many are drawn from one tree (an export draws one per checkpoint).
-    """
-
-    def __init__(self, leaves: Sequence[bytes]) -> None:
-        self.size = len(leaves)
-        self._levels: list[list[bytes]] = [list(leaves)]
-        while len(self._levels[-1]) > 1:
-            below = self._levels[-1]
-            self._levels.append(
-                [node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
-            )
+    size: int
 
     def range_hash(self, start: int, end: int) -> bytes:
-        """MTH(D[start:end]) for a range RFC 6962's recursion visits (or any perfect one)."""
-        width = end - start
-        if width <= 0:
-            return EMPTY_ROOT
-        if width & (width - 1) == 0 and start % width == 0:
-            level = width.bit_length() - 1
-            return self._levels[level][start >> level]
-        k = _split(width)
-        return node_hash(self.range_hash(start, start + k), self.range_hash(start + k, end))
+        """MTH(D[start:end]) for a range RFC 6962's recursion visits."""
+        raise NotImplementedError
 
     def root(self, size: int | None = None) -> bytes:
         """MTH of the first `size` leaves (all by default)."""
@@ -108,6 +89,74 @@ class MerkleTree:
         if not 0 <= size <= self.size:
             raise ValueError(f"size {size} is not within a tree of size {self.size}")
         return size
+
+
+class MerkleTree(_Proofs):
+    """Every perfect subtree's hash over a list of leaf hashes, built once in O(n).
+
+    Any subtree RFC 6962's recursion visits starts at a multiple of its left part's width, so
+    its hash is one lookup plus O(log n) for its right edge: a proof costs O(log² n), however
+    many are drawn from one tree (an export draws one per checkpoint).
+    """
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        self.size = len(leaves)
+        self._levels: list[list[bytes]] = [list(leaves)]
+        while len(self._levels[-1]) > 1:
+            below = self._levels[-1]
+            self._levels.append(
+                [node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
+            )
+
+    def range_hash(self, start: int, end: int) -> bytes:
+        width = end - start
+        if width <= 0:
+            return EMPTY_ROOT
+        if width & (width - 1) == 0 and start % width == 0:
+            level = width.bit_length() - 1
+            return self._levels[level][start >> level]
+        k = _split(width)
+        return node_hash(self.range_hash(start, start + k), self.range_hash(start + k, end))
+
+
+# A tile: the perfect subtree over TILE leaves aligned to TILE. Stores keep each tile's hash
+# once the log has it whole, so one proof reads n / TILE hashes and a few tiles' leaves.
+TILE = 256
+
+
+class TiledTree(_Proofs):
+    """A tree of `size` leaves known by the hashes of its whole tiles (in order) and, on
+    demand, the leaf hashes of one tile (`tile_leaves(index)`: the last may be partial)."""
+
+    def __init__(
+        self, size: int, tiles: Sequence[bytes], tile_leaves: Callable[[int], Sequence[bytes]]
+    ) -> None:
+        if len(tiles) != size // TILE:
+            raise ValueError(
+                f"a tree of size {size} has {size // TILE} whole tiles, not {len(tiles)}"
+            )
+        self.size = size
+        self._tiles = MerkleTree(tiles)
+        self._tile_leaves = tile_leaves
+        self._within_tile: dict[int, MerkleTree] = {}
+
+    def range_hash(self, start: int, end: int) -> bytes:
+        width = end - start
+        if width <= 0:
+            return EMPTY_ROOT
+        if start % TILE == 0 and width % TILE == 0 and width & (width - 1) == 0:
+            return self._tiles.range_hash(start // TILE, end // TILE)
+        tile = start // TILE
+        if (end - 1) // TILE == tile:
+            offset = tile * TILE
+            return self._tile(tile).range_hash(start - offset, end - offset)
+        k = _split(width)
+        return node_hash(self.range_hash(start, start + k), self.range_hash(start + k, end))
+
+    def _tile(self, index: int) -> MerkleTree:
+        if index not in self._within_tile:
+            self._within_tile[index] = MerkleTree(self._tile_leaves(index))
+        return self._within_tile[index]
 
 
 def tree_hash(leaves: Sequence[bytes]) -> bytes:

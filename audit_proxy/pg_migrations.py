@@ -132,7 +132,12 @@ CREATE INDEX rate_usage_updated_at ON rate_usage (updated_at);
 # Key rotation (`bastion audit rotate-key`): the hand-overs of the log's signing key, and which
 # key signed a checkpoint when it is not the log's own (NULL: the log's own key). And the
 # frontier of the Merkle tree at the last checkpoint: a replica starts from it, not from leaf 0.
+# And the hashes of whole tiles of 256 leaves, kept as proofs need them (`merkle.TiledTree`).
 _V6 = """
+CREATE TABLE tiles (
+    idx BIGINT PRIMARY KEY,
+    hash BYTEA NOT NULL
+);
 CREATE TABLE frontier (
     only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
     size BIGINT NOT NULL,

@@ -76,6 +76,7 @@ from audit_proxy.store import (
     TokenUsage,
     check_current,
     checkpoint_of,
+    contiguous_tiles,
     new_record_id,
     open_payload,
     outcome_from_row,
@@ -779,6 +780,36 @@ class PostgresAuditStore:
         rows = self._read("SELECT leaf_hash FROM leaves ORDER BY seq LIMIT %s", (size,))
         return [_bytes(row[0]) for row in rows]
 
+    def leaf_hashes_between(self, start: int, end: int) -> list[bytes]:
+        """The leaf hashes of seq `start` up to (not including) `end`."""
+        rows = self._read(
+            "SELECT leaf_hash FROM leaves WHERE seq >= %s AND seq < %s ORDER BY seq", (start, end)
+        )
+        return [_bytes(row[0]) for row in rows]
+
+    def saved_tiles(self, count: int) -> list[bytes]:
+        """The kept hashes of the first `count` tiles, up to the first one missing."""
+        (found,) = self._read("SELECT to_regclass('tiles') IS NOT NULL")[0]
+        if not found:
+            return []
+        rows = self._read("SELECT idx, hash FROM tiles WHERE idx < %s ORDER BY idx", (count,))
+        return contiguous_tiles(rows)
+
+    def save_tiles(self, first: int, hashes: Sequence[bytes]) -> None:
+        """Keep tile hashes from tile `first` on; a role that cannot write keeps none."""
+        try:
+            with (
+                contextlib.closing(self._connect()) as conn,
+                conn.transaction(),
+                conn.cursor() as cur,
+            ):
+                cur.executemany(
+                    "INSERT INTO tiles (idx, hash) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    [(first + i, digest) for i, digest in enumerate(hashes)],
+                )
+        except (psycopg.Error, AuditStoreUnavailable) as exc:
+            log.info("tile hashes of %s not kept (%s): proofs compute them again", self.where, exc)
+
     def payload(self, kind: str, record_id: str) -> bytes | None:
         """The payload a leaf binds by hash, or None where it is gone (shredded)."""
         return self.stored_payload(kind, record_id).data
@@ -909,6 +940,17 @@ class PostgresAuditStore:
             " ORDER BY size"
         )
         return [checkpoint_of(row) for row in rows]
+
+    def signed_checkpoint(self, size: int | None = None) -> Checkpoint | None:
+        """The checkpoint of `size` (the latest by default), or None."""
+        key_id = "key_id" if self._has_key_transitions() else "NULL"
+        where = "" if size is None else " WHERE size = %s"
+        rows = self._read(
+            f"SELECT log_id, size, root, time, signature, {key_id} FROM checkpoints"  # noqa: S608
+            f"{where} ORDER BY size DESC LIMIT 1",
+            () if size is None else (size,),
+        )
+        return checkpoint_of(rows[0]) if rows else None
 
 
 def _insert_checkpoint(

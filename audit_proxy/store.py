@@ -153,6 +153,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     time TEXT NOT NULL,
     signature TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tiles (
+    idx INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS frontier (
     only_row INTEGER PRIMARY KEY CHECK (only_row = 1),
     size INTEGER NOT NULL,
@@ -1438,6 +1442,36 @@ class AuditStore:
         )
         return [bytes(h) for (h,) in rows]  # type: ignore[call-overload]
 
+    def leaf_hashes_between(self, start: int, end: int) -> list[bytes]:
+        """The leaf hashes of seq `start` up to (not including) `end`."""
+        rows = self._read(
+            "SELECT leaf_hash FROM leaves WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end)
+        )
+        return [bytes(h) for (h,) in rows]  # type: ignore[call-overload]
+
+    def saved_tiles(self, count: int) -> list[bytes]:
+        """The kept hashes of the first `count` tiles, up to the first one missing."""
+        rows = self._read("SELECT idx, hash FROM tiles WHERE idx < ? ORDER BY idx", (count,))
+        return contiguous_tiles(rows)
+
+    def save_tiles(self, first: int, hashes: Sequence[bytes]) -> None:
+        """Keep tile hashes from tile `first` on; a store that cannot write keeps none."""
+        try:
+            with self._lock:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._conn.executemany(
+                        "INSERT OR IGNORE INTO tiles (idx, hash) VALUES (?, ?)",
+                        [(first + i, digest) for i, digest in enumerate(hashes)],
+                    )
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            log.info("tile hashes of %s not kept (%s): proofs compute them again", self.path, exc)
+
     def payload(self, kind: str, record_id: str) -> bytes | None:
         """The payload a leaf binds by hash, or None where it is gone (shredded)."""
         return self.stored_payload(kind, record_id).data
@@ -1588,6 +1622,15 @@ class AuditStore:
         )
         return [checkpoint_of(row) for row in rows]
 
+    def signed_checkpoint(self, size: int | None = None) -> Checkpoint | None:
+        """The checkpoint of `size` (the latest by default), or None."""
+        rows = self._read(
+            "SELECT log_id, size, root, time, signature, key_id FROM checkpoints"
+            " WHERE size = ? OR ? IS NULL ORDER BY size DESC LIMIT 1",
+            (size, size),
+        )
+        return checkpoint_of(rows[0]) if rows else None
+
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         self.file_staged()
         with self._lock:
@@ -1650,3 +1693,13 @@ def retired_key_message(signer: Signer, where: str, size: int) -> str:
         "from the data dir where `bastion audit rotate-key` ran, and restart it (if the "
         "rotation ran in this data dir and stopped half-way, run it again to finish it)"
     )
+
+
+def contiguous_tiles(rows: Sequence[Sequence[object]]) -> list[bytes]:
+    """(idx, hash) rows in order, as hashes, up to the first missing index."""
+    tiles: list[bytes] = []
+    for idx, digest in rows:
+        if idx != len(tiles) or not isinstance(digest, bytes | bytearray | memoryview):
+            break
+        tiles.append(bytes(digest))
+    return tiles

@@ -277,3 +277,27 @@ def test_a_packed_frontier_unpacks_only_with_its_signed_root() -> None:
     root_of_six = merkle.tree_hash(leaves[:6]).hex()
     assert merkle.Frontier.unpacked(6, packed, root_of_six) is None  # saved at another size
     assert merkle.Frontier.unpacked(5, packed, "00" * 32) is None  # not the signed root
+
+
+@pytest.mark.parametrize("size", [1, 255, 256, 257, 512, 700, 1024, 1100])
+def test_a_tiled_tree_gives_the_proofs_of_the_whole_tree(size: int) -> None:
+    leaves = [merkle.leaf_hash(str(i).encode()) for i in range(size)]
+    whole = merkle.MerkleTree(leaves)
+    tile = merkle.TILE
+    tiles = [whole.range_hash(i * tile, (i + 1) * tile) for i in range(size // tile)]
+    read: list[int] = []
+
+    def tile_leaves(index: int) -> list[bytes]:
+        read.append(index)
+        return leaves[index * tile : min(size, (index + 1) * tile)]
+
+    tiled = merkle.TiledTree(size, tiles, tile_leaves)
+    assert tiled.root() == whole.root()
+    for index in sorted({0, 1, size // 2, size - 1} & set(range(size))):
+        assert tiled.inclusion_proof(index) == whole.inclusion_proof(index)
+    for size1 in sorted({0, 1, 255, 256, 300, size - 1, size} & set(range(size + 1))):
+        assert tiled.consistency_proof(size1) == whole.consistency_proof(size1)
+    # Only the tiles the proofs go through are read leaf by leaf.
+    assert len(set(read)) <= 5
+    with pytest.raises(ValueError, match="whole tiles"):
+        merkle.TiledTree(size + tile, tiles, tile_leaves)

@@ -229,6 +229,7 @@ def test_a_v2_database_with_plaintext_rows_migrates_reads_and_purges(
         conn.execute("DROP TABLE rate_replicas")
         conn.execute("DROP TABLE key_transitions")
         conn.execute("DROP TABLE frontier")
+        conn.execute("DROP TABLE tiles")
         conn.execute("ALTER TABLE checkpoints DROP COLUMN key_id")
         conn.execute("DELETE FROM schema_version WHERE version > 2")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -342,3 +343,30 @@ def test_checkpoints_out_of_order_are_named_and_their_roots_still_checked(
     assert any("smaller than the one before it" in m for m in messages), messages
     # The smaller tree's root is recomputed on its own, and still matches its records.
     assert not any("do not match the signed" in m for m in messages), messages
+
+
+def test_proofs_on_a_larger_log_keep_tile_hashes_and_verify(tmp_path: Path) -> None:
+    store = AuditStore(tmp_path / "audit.sqlite3", Signer.load_or_create(tmp_path), 10**6)
+    for i in range(300):
+        record_pair(store, json.dumps({"prompt": f"def f{i}():"}).encode())
+    store.checkpoint()
+    for i in range(10):
+        record_pair(store, json.dumps({"prompt": f"def g{i}():"}).encode())
+    store.close()  # checkpoints at 600 and 620
+    for seq in (0, 255, 256, 599, 619):
+        assert verify.verify_proof(export.inclusion_proof(tmp_path, seq)) is None
+    assert verify.verify_proof(export.consistency_proof(tmp_path, 600, 620)) is None
+    reader = AuditStore(tmp_path / "audit.sqlite3")
+    try:
+        kept = reader.saved_tiles(10)
+        assert len(kept) == 620 // 256
+        reader.save_tiles(0, [b"\x00" * 32])  # kept already: left as it is
+        assert reader.saved_tiles(10) == kept
+    finally:
+        reader.close()
+    # A kept tile is what proofs use: a wrong one makes them fail, and verify says so.
+    conn = sqlite3.connect(tmp_path / "audit.sqlite3")
+    conn.execute("UPDATE tiles SET hash = zeroblob(32) WHERE idx = 0")
+    conn.commit()
+    conn.close()
+    assert verify.verify_proof(export.inclusion_proof(tmp_path, 300)) is not None
