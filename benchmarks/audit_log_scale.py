@@ -14,13 +14,16 @@ when it is quadratic).
 
 It also times what a proxy's start costs on that log (opening the store as its writer, which
 needs the Merkle frontier): from the frontier the last checkpoint saved, and again with that
-saved frontier deleted (every leaf hash read, as before it was saved).
+saved frontier deleted (every leaf hash read, as before it was saved). And one inclusion proof
+(`bastion audit prove`, the admin route): the first, which computes and keeps the tile hashes;
+the next, from the kept tiles; and one from every leaf hash, as proofs were made before tiles.
 
     .venv/bin/python benchmarks/audit_log_scale.py [--sizes 4000,32000] [--checkpoint-every 50]
 
 Prints a JSON line per size, a one-line summary, and last
 `{"sizes": [...], "export_s": [...], "verify_s": [...], "open_s": [...],
-"open_without_saved_frontier_s": [...], "per_record_growth": {"export", "verify"}}`.
+"open_without_saved_frontier_s": [...], "prove_s": [...], "prove_from_all_leaves_s": [...],
+"per_record_growth": {"export", "verify"}}`.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from audit_proxy import export, verify  # noqa: E402
+from audit_proxy import export, merkle, verify  # noqa: E402
 from audit_proxy.checkpoints import Signer  # noqa: E402
 from audit_proxy.store import AuditStore  # noqa: E402
 from tests.audit.records import record_pair_async  # noqa: E402
@@ -81,6 +84,7 @@ def measure(records: int, checkpoint_every: int) -> dict[str, float | int]:
         verify_s = time.perf_counter() - started
         if not report.ok or report.records != records:
             raise SystemExit(f"the log of {records} records did not verify: {report.problems[:3]}")
+        proofs = time_proofs(data_dir, records // 2)
         open_s = time_open(data_dir)
         conn = sqlite3.connect(data_dir / "audit.sqlite3")
         conn.execute("DELETE FROM frontier")
@@ -94,9 +98,30 @@ def measure(records: int, checkpoint_every: int) -> dict[str, float | int]:
         "verify_s": round(verify_s, 3),
         "export_us_per_record": round(export_s / records * 1e6, 1),
         "verify_us_per_record": round(verify_s / records * 1e6, 1),
+        **proofs,
         "open_s": round(open_s, 4),
         "open_without_saved_frontier_s": round(open_unsaved_s, 4),
     }
+
+
+def time_proofs(data_dir: Path, seq: int) -> dict[str, float]:
+    """Seconds for an inclusion proof of `seq`: first (tiles made), next, and from all leaves."""
+    times: dict[str, float] = {}
+    for name in ("prove_first_s", "prove_s"):
+        started = time.perf_counter()
+        proof = export.inclusion_proof(data_dir, seq)
+        times[name] = round(time.perf_counter() - started, 4)
+        if verify.verify_proof(proof) is not None:
+            raise SystemExit(f"the proof of record {seq} did not verify")
+    reader = AuditStore(data_dir / "audit.sqlite3")
+    try:
+        started = time.perf_counter()
+        size = reader.signed_checkpoint().size  # type: ignore[union-attr]
+        merkle.inclusion_proof(reader.leaf_hashes(size), seq)
+        times["prove_from_all_leaves_s"] = round(time.perf_counter() - started, 4)
+    finally:
+        reader.close()
+    return times
 
 
 def time_open(data_dir: Path) -> float:
@@ -136,7 +161,9 @@ def main() -> int:
         f"{growth['export']}x (export) and {growth['verify']}x (verify) from "
         f"{small['records']} records ({large['records'] // small['records']}x the size); "
         f"a proxy opens it in {large['open_s']} s ({large['open_without_saved_frontier_s']} s "
-        "without the saved frontier)"
+        f"without the saved frontier); a proof takes {large['prove_s']} s "
+        f"({large['prove_first_s']} s the first time, {large['prove_from_all_leaves_s']} s from "
+        "every leaf hash)"
     )
     print(
         json.dumps(
@@ -145,6 +172,8 @@ def main() -> int:
                 "export_s": [r["export_s"] for r in rows],
                 "verify_s": [r["verify_s"] for r in rows],
                 "open_s": [r["open_s"] for r in rows],
+                "prove_s": [r["prove_s"] for r in rows],
+                "prove_from_all_leaves_s": [r["prove_from_all_leaves_s"] for r in rows],
                 "open_without_saved_frontier_s": [r["open_without_saved_frontier_s"] for r in rows],
                 "per_record_growth": growth,
             }
