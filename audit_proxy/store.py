@@ -741,11 +741,28 @@ class AuditStore:
             self._ticker.start()
 
     def _refuse_retired(self, signer: Signer) -> None:
-        """A signer whose key a rotation retired must not sign this log again."""
+        """Only the log's current key signs it: not a key a rotation retired, not another
+        log's key, not a rotated-in key without the log's own public key beside it."""
         retired = self._retired_at(signer)
         if retired is not None:
             self._conn.close()
             raise AuditStoreUnavailable(retired_key_message(signer, str(self.path), retired))
+        (log_id,) = self._conn.execute(
+            "SELECT log_id FROM checkpoints ORDER BY size DESC LIMIT 1"
+        ).fetchone() or (signer.log_id,)
+        last = self._conn.execute(
+            f"SELECT {TRANSITION_COLUMNS} FROM key_transitions"  # noqa: S608
+            " ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        current = transition_of(last).to_key_id if last is not None else signer.log_id
+        if log_id != signer.log_id or current != signer.key_id:
+            self._conn.close()
+            raise AuditStoreUnavailable(
+                f"the audit log {self.path} is signed by another key than the one in its data "
+                f"dir (log {str(log_id)[:16]}, current key {current[:16]}; this key "
+                f"{signer.key_id[:16]} of log {signer.log_id[:16]}): restore the data dir's "
+                "audit-signing-key.pem, audit-log-key.pub and audit-retired-keys.json together"
+            )
 
     def _retired_at(self, signer: Signer) -> int | None:
         """The tree size at which `signer`'s key was rotated out, or None."""

@@ -301,3 +301,18 @@ def test_a_rotation_must_start_from_the_current_key(rotated: tuple[Path, Signer,
         assert len(store.key_transitions()) == 1
     finally:
         store.close()
+
+
+def test_only_the_current_key_of_this_log_may_sign_it(
+    rotated: tuple[Path, Signer, str], tmp_path: Path
+) -> None:
+    path = rotated[0] / "audit.sqlite3"
+    with pytest.raises(AuditStoreUnavailable, match="signed by another key"):
+        AuditStore(path, Signer.load_or_create(tmp_path / "another-log"))
+    # The current key without the log's own public key beside it names another log.
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / KEY_FILE).write_bytes((rotated[0] / KEY_FILE).read_bytes())
+    with pytest.raises(AuditStoreUnavailable, match=r"audit-log-key\.pub"):
+        AuditStore(path, Signer.load(lone))
+    AuditStore(path, Signer.load(rotated[0])).close()
