@@ -17,6 +17,7 @@ data names the record (kind and id), so a ciphertext moved to another record doe
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ _VERSION = b"\x01"
 _WRAPPED = b"\x01"
 WRAPPED_KEY_BYTES = len(_WRAPPED) + KEY_BYTES + 8  # RFC 3394 adds one 8-byte block
 _AAD_DOMAIN = b"bastion-audit-payload/1"
+
+log = logging.getLogger("bastion.proxy")
 
 
 class PayloadSealError(Exception):
@@ -139,9 +142,16 @@ def payload_key(stored: bytes, key_wrap: KeyWrap | None) -> bytes:
     return stored
 
 
-def rewrapped(stored: bytes, old: KeyWrap | None, new: KeyWrap) -> bytes | None:
+def rewrapped_or_kept(
+    stored: bytes, old: KeyWrap | None, new: KeyWrap, where: object
+) -> bytes | None:
     """A stored payload key wrapped under `new`'s current key-encryption key; None when it is
-    already. Raises `PayloadSealError` for a key that unwraps under neither."""
+    already, or when it unwraps under no key known here (it is kept as it is, and logged:
+    its payload did not open before either)."""
     if new.wrapped_by_current(stored):
         return None
-    return new.wrap(payload_key(stored, old))
+    try:
+        return new.wrap(payload_key(stored, old))
+    except PayloadSealError as exc:
+        log.warning("payload key %s left as it is: %s", where, exc)
+        return None

@@ -51,7 +51,7 @@ from audit_proxy.checkpoints import (
     Signer,
 )
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
-from audit_proxy.payload_crypto import KeyWrap, rewrapped, seal, stored_key
+from audit_proxy.payload_crypto import KeyWrap, rewrapped_or_kept, seal, stored_key
 from audit_proxy.pg_connection import Conn, LiveConnection
 from audit_proxy.pg_limits import PostgresUsageBoard
 from audit_proxy.pg_migrations import (
@@ -656,7 +656,8 @@ class PostgresAuditStore:
                 updates = [
                     (stored, kind, record_id)
                     for kind, record_id, key in rows
-                    if (stored := rewrapped(bytes(key), old, new)) is not None
+                    if (stored := rewrapped_or_kept(bytes(key), old, new, (kind, record_id)))
+                    is not None
                 ]
                 if updates:
                     with conn.transaction(), conn.cursor() as cur:

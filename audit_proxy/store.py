@@ -76,7 +76,7 @@ from audit_proxy.payload_crypto import (
     KeyWrap,
     PayloadSealError,
     payload_key,
-    rewrapped,
+    rewrapped_or_kept,
     seal,
     stored_key,
     unseal,
@@ -718,7 +718,7 @@ class AuditStore:
         self.signer = signer
         self._retired_warned = False
         if signer is not None:
-            self._refuse_retired(signer)
+            self._refuse_other_keys(signer)
         self._checkpoint_every = checkpoint_every
         self._frontier = self._load_frontier()
         self._signed_size = self._last_signed_size()
@@ -740,7 +740,7 @@ class AuditStore:
             )
             self._ticker.start()
 
-    def _refuse_retired(self, signer: Signer) -> None:
+    def _refuse_other_keys(self, signer: Signer) -> None:
         """Only the log's current key signs it: not a key a rotation retired, not another
         log's key, not a rotated-in key without the log's own public key beside it."""
         retired = self._retired_at(signer)
@@ -1407,8 +1407,19 @@ class AuditStore:
         purge does, so that no copy under the old key-encryption key is left behind.
         """
         self.file_staged()
-        with self._lock:
-            self._conn.execute("PRAGMA secure_delete = ON")
+        try:
+            with self._lock:
+                self._conn.execute("PRAGMA secure_delete = ON")
+            changed = self._rewrap_batches(old, new)
+            self._truncate_wal()
+        except sqlite3.Error as exc:
+            raise AuditStoreUnavailable(
+                f"the payload keys in {self.path} cannot be wrapped anew: {exc}"
+            ) from exc
+        self._key_wrap = new
+        return changed
+
+    def _rewrap_batches(self, old: KeyWrap | None, new: KeyWrap) -> int:
         changed = 0
         after = -1
         while True:
@@ -1419,21 +1430,25 @@ class AuditStore:
                     (after, PURGE_BATCH),
                 ).fetchall()
                 if not rows:
-                    break
+                    return changed
                 after = int(rows[-1][0])
                 updates = [
                     (stored, seq)
                     for seq, key in rows
-                    if (stored := rewrapped(bytes(key), old, new)) is not None
+                    if (stored := rewrapped_or_kept(bytes(key), old, new, seq)) is not None
                 ]
                 if updates:
                     self._conn.execute("BEGIN IMMEDIATE")
-                    self._conn.executemany("UPDATE payload_keys SET key = ? WHERE seq = ?", updates)
-                    self._conn.execute("COMMIT")
+                    try:
+                        self._conn.executemany(
+                            "UPDATE payload_keys SET key = ? WHERE seq = ?", updates
+                        )
+                        self._conn.execute("COMMIT")
+                    except BaseException:
+                        if self._conn.in_transaction:
+                            self._conn.execute("ROLLBACK")
+                        raise
                     changed += len(updates)
-        self._key_wrap = new
-        self._truncate_wal()
-        return changed
 
     def leaves(self, limit: int | None = None) -> list[tuple[int, str, str, bytes, bytes]]:
         """(seq, kind, record id, leaf hash, canonical bytes) of the first `limit` leaves."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sqlite3
 import stat
 from pathlib import Path
@@ -316,3 +317,21 @@ def test_only_the_current_key_of_this_log_may_sign_it(
     with pytest.raises(AuditStoreUnavailable, match=r"audit-log-key\.pub"):
         AuditStore(path, Signer.load(lone))
     AuditStore(path, Signer.load(rotated[0])).close()
+
+
+def test_a_payload_key_no_known_key_unwraps_is_left_as_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from audit_proxy.key_rotation import rotate_signing_key
+
+    write_pairs(tmp_path, 2, 0)
+    conn = sqlite3.connect(tmp_path / "audit.sqlite3")
+    conn.execute("UPDATE payload_keys SET key = ? WHERE seq = 1", (b"\x01" + b"\x07" * 40,))
+    conn.commit()
+    with caplog.at_level(logging.WARNING, logger="bastion.proxy"):
+        rotation = rotate_signing_key(tmp_path)
+    assert rotation.rewrapped == 3
+    assert "payload key 1 left as it is" in caplog.text
+    (kept,) = conn.execute("SELECT key FROM payload_keys WHERE seq = 1").fetchone()
+    conn.close()
+    assert kept == b"\x01" + b"\x07" * 40
