@@ -54,7 +54,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1072,12 +1072,23 @@ class AuditStore:
         filed = self._next_unfiled_seq()
         return all(record.seq < filed for record in read_staged(self.staging_path))
 
+    @contextlib.contextmanager
+    def _immediate(self) -> Iterator[None]:
+        """Under the lock: one write transaction, taken at once, rolled back on any error."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+
     def _file_batch(self, staged: Sequence[StagedRecord]) -> int:
         """Under the lock: file up to FILE_BATCH of `staged` in one transaction, skipping what
         is filed already (the writer and any reader may both file). Returns the next unfiled
         leaf number."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._immediate():
             filed = self._next_unfiled_seq()
             batch = [record for record in staged if record.seq >= filed][:FILE_BATCH]
             for offset, record in enumerate(batch):
@@ -1087,11 +1098,6 @@ class AuditStore:
                     )
             self._file_records(batch)
             filed += len(batch)
-            self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
         return filed
 
     def _file_records(self, batch: Sequence[StagedRecord]) -> None:
@@ -1366,8 +1372,7 @@ class AuditStore:
                     "SELECT COALESCE(MAX(size), 0) FROM checkpoints"
                 ).fetchone()
                 transition = outgoing.hand_over(incoming, size, root)
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
+                with self._immediate():
                     if size > int(signed):
                         self._insert_checkpoint(outgoing.sign(size, root))
                     self._conn.execute(
@@ -1375,11 +1380,6 @@ class AuditStore:
                         " VALUES (?,?,?,?,?,?,?,?)",
                         tuple(transition.as_dict().values()),
                     )
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                    raise
         except sqlite3.Error as exc:
             raise AuditStoreUnavailable(
                 f"the audit store {self.path} cannot record the key rotation: {exc}"
@@ -1438,16 +1438,10 @@ class AuditStore:
                     if (stored := rewrapped_or_kept(bytes(key), old, new, seq)) is not None
                 ]
                 if updates:
-                    self._conn.execute("BEGIN IMMEDIATE")
-                    try:
+                    with self._immediate():
                         self._conn.executemany(
                             "UPDATE payload_keys SET key = ? WHERE seq = ?", updates
                         )
-                        self._conn.execute("COMMIT")
-                    except BaseException:
-                        if self._conn.in_transaction:
-                            self._conn.execute("ROLLBACK")
-                        raise
                     changed += len(updates)
 
     def leaves(self, limit: int | None = None) -> list[tuple[int, str, str, bytes, bytes]]:
@@ -1489,18 +1483,11 @@ class AuditStore:
     def save_tiles(self, first: int, hashes: Sequence[bytes]) -> None:
         """Keep tile hashes from tile `first` on; a store that cannot write keeps none."""
         try:
-            with self._lock:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    self._conn.executemany(
-                        "INSERT OR IGNORE INTO tiles (idx, hash) VALUES (?, ?)",
-                        [(first + i, digest) for i, digest in enumerate(hashes)],
-                    )
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                    raise
+            with self._lock, self._immediate():
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO tiles (idx, hash) VALUES (?, ?)",
+                    [(first + i, digest) for i, digest in enumerate(hashes)],
+                )
         except sqlite3.Error as exc:
             log.info("tile hashes of %s not kept (%s): proofs compute them again", self.path, exc)
 
@@ -1594,8 +1581,7 @@ class AuditStore:
         """One transaction: shred the payloads of requests `scope` selects, and their outcomes."""
         in_scope = "IN (SELECT id FROM requests WHERE seq BETWEEN ? AND ? AND received_at < ?)"
         shredded = 0
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._immediate():
             for kind, (table, key, payload) in LEAF_SOURCES.items():
                 # Payloads stored before payloads were sealed (names from LEAF_SOURCES).
                 unsealed = (
@@ -1618,11 +1604,6 @@ class AuditStore:
                     (shredded_at, kind, *scope),
                 )
                 shredded += cursor.rowcount
-            self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
         return shredded
 
     def _truncate_wal(self) -> bool:
