@@ -307,20 +307,20 @@ def write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+    _create_private(path, pem)
+
+
+def _create_private(path: Path, data: bytes) -> None:
+    """Write `data` as a new file (O_EXCL), 0600, fsynced."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        out.write(pem)
+        out.write(data)
         out.flush()
         os.fsync(out.fileno())
 
 
 def _read_log_key(path: Path) -> bytes | None:
-    if not path.exists():
-        return None
-    raw = bytes.fromhex(path.read_text().strip())
-    if len(raw) != 32:
-        raise SigningKeyError(f"{path}: not a 32-byte Ed25519 public key in hex")
-    return raw
+    return read_public_key(path) if path.exists() else None
 
 
 def read_retired_keys(data_dir: Path) -> list[RetiredKey]:
@@ -361,11 +361,7 @@ def write_private_text(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
     with contextlib.suppress(FileNotFoundError):
         partial.unlink()
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
+    _create_private(partial, text.encode())
     os.replace(partial, path)
     sync_dir(path.parent)
 

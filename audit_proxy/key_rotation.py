@@ -36,13 +36,13 @@ from audit_proxy.checkpoints import (
     write_private_text,
     write_retired_keys,
 )
+from audit_proxy.export import AUDIT_DB
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
 
 if TYPE_CHECKING:
     from audit_proxy.pg_store import PostgresAuditStore
 
 NEXT_KEY_FILE = "audit-signing-key.next.pem"
-AUDIT_DB = "audit.sqlite3"
 
 
 class RotationError(Exception):

@@ -64,6 +64,7 @@ from audit_proxy.pg_migrations import (
 
 # The SQLite store's readers of a row with its key row: one place decides what a key row means.
 from audit_proxy.store import (
+    CHECKPOINT_COLUMNS,
     LEAF_SOURCES,
     PURGE_BATCH,
     TRANSITION_COLUMNS,
@@ -628,8 +629,15 @@ class PostgresAuditStore:
         return [transition_of(row) for row in rows]
 
     def _has_key_transitions(self) -> bool:
+        """Whether the schema is at v6 (key rotation, tiles) yet: readers do not migrate."""
         (found,) = self._read("SELECT to_regclass('key_transitions') IS NOT NULL")[0]
         return bool(found)
+
+    def _checkpoint_columns(self) -> str:
+        """`CHECKPOINT_COLUMNS`, with a NULL `key_id` before v6."""
+        if self._has_key_transitions():
+            return CHECKPOINT_COLUMNS
+        return CHECKPOINT_COLUMNS.replace("key_id", "NULL")
 
     def rewrap_payload_keys(self, old: KeyWrap | None, new: KeyWrap) -> int:
         """Wrap every stored payload key under `new`, in batches; returns how many changed.
@@ -790,8 +798,7 @@ class PostgresAuditStore:
 
     def saved_tiles(self, count: int) -> list[bytes]:
         """The kept hashes of the first `count` tiles, up to the first one missing."""
-        (found,) = self._read("SELECT to_regclass('tiles') IS NOT NULL")[0]
-        if not found:
+        if not self._has_key_transitions():
             return []
         rows = self._read("SELECT idx, hash FROM tiles WHERE idx < %s ORDER BY idx", (count,))
         return contiguous_tiles(rows)
@@ -935,19 +942,16 @@ class PostgresAuditStore:
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every signed checkpoint, smallest first."""
-        key_id = "key_id" if self._has_key_transitions() else "NULL"
         rows = self._read(
-            f"SELECT log_id, size, root, time, signature, {key_id} FROM checkpoints"  # noqa: S608
-            " ORDER BY size"
+            f"SELECT {self._checkpoint_columns()} FROM checkpoints ORDER BY size"  # noqa: S608
         )
         return [checkpoint_of(row) for row in rows]
 
     def signed_checkpoint(self, size: int | None = None) -> Checkpoint | None:
         """The checkpoint of `size` (the latest by default), or None."""
-        key_id = "key_id" if self._has_key_transitions() else "NULL"
         where = "" if size is None else " WHERE size = %s"
         rows = self._read(
-            f"SELECT log_id, size, root, time, signature, {key_id} FROM checkpoints"  # noqa: S608
+            f"SELECT {self._checkpoint_columns()} FROM checkpoints"  # noqa: S608
             f"{where} ORDER BY size DESC LIMIT 1",
             () if size is None else (size,),
         )

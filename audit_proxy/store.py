@@ -69,6 +69,7 @@ from audit_proxy.checkpoints import (
     KeyTransition,
     Signer,
     SigningKeyError,
+    sync_dir,
 )
 from audit_proxy.file_stamp import FileStamp, file_stamp
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
@@ -174,6 +175,7 @@ CREATE TABLE IF NOT EXISTS key_transitions (
     to_signature TEXT NOT NULL
 );
 """
+CHECKPOINT_COLUMNS = "log_id, size, root, time, signature, key_id"  # as `checkpoint_of` reads
 TRANSITION_COLUMNS = (
     "log_id, from_key_id, to_public_key, size, root, time, from_signature, to_signature"
 )
@@ -594,11 +596,7 @@ class _GroupSyncer:
     def __init__(self, staging_path: Path) -> None:
         self._fd = os.open(staging_path, os.O_RDONLY)
         # The staging file's directory entry must be durable too.
-        dir_fd = os.open(staging_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        sync_dir(staging_path.parent)
         self.fsyncs = 0
         self._cond = threading.Condition()
         self._waiting: list[_Pending] = []
@@ -750,11 +748,8 @@ class AuditStore:
         (log_id,) = self._conn.execute(
             "SELECT log_id FROM checkpoints ORDER BY size DESC LIMIT 1"
         ).fetchone() or (signer.log_id,)
-        last = self._conn.execute(
-            f"SELECT {TRANSITION_COLUMNS} FROM key_transitions"  # noqa: S608
-            " ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        current = transition_of(last).to_key_id if last is not None else signer.log_id
+        last = self._last_transition()
+        current = last.to_key_id if last is not None else signer.log_id
         if log_id != signer.log_id or current != signer.key_id:
             self._conn.close()
             raise AuditStoreUnavailable(
@@ -766,10 +761,8 @@ class AuditStore:
 
     def _retired_at(self, signer: Signer) -> int | None:
         """The tree size at which `signer`'s key was rotated out, or None."""
-        row = self._conn.execute(
-            "SELECT size FROM key_transitions WHERE from_key_id = ?", (signer.key_id,)
-        ).fetchone()
-        return int(row[0]) if row is not None else None
+        retired = self._transition_from(signer.key_id)
+        return retired.size if retired is not None else None
 
     def claim_writer(self) -> None:
         """Become the store's one writer now, as the proxy does at start (a store otherwise
@@ -1359,11 +1352,7 @@ class AuditStore:
                 done = self._transition_from(outgoing.key_id)
                 if done is not None:
                     return same_hand_over(done, incoming)
-                last = self._conn.execute(
-                    f"SELECT {TRANSITION_COLUMNS} FROM key_transitions"  # noqa: S608
-                    " ORDER BY seq DESC LIMIT 1"
-                ).fetchone()
-                check_current(outgoing, transition_of(last) if last is not None else None)
+                check_current(outgoing, self._last_transition())
                 while self._staged:
                     self._file_own_batch()
                 self._frontier = self._read_frontier()
@@ -1390,6 +1379,13 @@ class AuditStore:
         row = self._conn.execute(
             f"SELECT {TRANSITION_COLUMNS} FROM key_transitions WHERE from_key_id = ?",  # noqa: S608
             (key_id,),
+        ).fetchone()
+        return transition_of(row) if row is not None else None
+
+    def _last_transition(self) -> KeyTransition | None:
+        row = self._conn.execute(
+            f"SELECT {TRANSITION_COLUMNS} FROM key_transitions"  # noqa: S608
+            " ORDER BY seq DESC LIMIT 1"
         ).fetchone()
         return transition_of(row) if row is not None else None
 
@@ -1630,15 +1626,13 @@ class AuditStore:
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every signed checkpoint, smallest first."""
-        rows = self._read(
-            "SELECT log_id, size, root, time, signature, key_id FROM checkpoints ORDER BY size"
-        )
+        rows = self._read(f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY size")  # noqa: S608
         return [checkpoint_of(row) for row in rows]
 
     def signed_checkpoint(self, size: int | None = None) -> Checkpoint | None:
         """The checkpoint of `size` (the latest by default), or None."""
         rows = self._read(
-            "SELECT log_id, size, root, time, signature, key_id FROM checkpoints"
+            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints"  # noqa: S608
             " WHERE size = ? OR ? IS NULL ORDER BY size DESC LIMIT 1",
             (size, size),
         )
