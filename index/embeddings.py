@@ -19,11 +19,13 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .encoders.child_process import ChildJobStopped
 from .encoders.encoder import Encoder
 from .encoders.model_folder import ModelFolder, ModelFolderError, read_model_folder
 from .encoders.onnx_cache import ExportMetadata, OnnxExport, ensure_onnx_export, invalidate
@@ -32,6 +34,7 @@ from .encoders.threads import BackgroundWorker, default_batch_threads
 from .encoders.tokenizer import FastTokenizer
 
 __all__ = [
+    "ChildJobStopped",
     "Encoder",
     "EncoderConfig",
     "EncoderError",
@@ -172,8 +175,19 @@ def _onnx_variant(config: EncoderConfig, export: OnnxExport) -> str:
     return "onnx"
 
 
-def _onnx_encoder(config: EncoderConfig, folder: ModelFolder, tokenizer: FastTokenizer) -> Encoder:
-    export = ensure_onnx_export(folder, config.cache_dir, config.quality_samples)
+def _onnx_encoder(
+    config: EncoderConfig,
+    folder: ModelFolder,
+    tokenizer: FastTokenizer,
+    stop: threading.Event | None,
+) -> Encoder:
+    export = ensure_onnx_export(
+        folder,
+        config.cache_dir,
+        config.quality_samples,
+        stop=stop,
+        low_priority=config.low_priority,
+    )
     variant = _onnx_variant(config, export)
     model_file = export.int8_path if variant == "onnx-int8" else export.fp32_path
     quality = export.metadata.int8_cosine if variant == "onnx-int8" else export.metadata.fp32_cosine
@@ -200,8 +214,12 @@ def _onnx_encoder(config: EncoderConfig, folder: ModelFolder, tokenizer: FastTok
     )
 
 
-def load_encoder(config: EncoderConfig | None = None) -> Encoder:
-    """Build the encoder `config` describes (slow: call it off the server's main loop)."""
+def load_encoder(
+    config: EncoderConfig | None = None, stop: threading.Event | None = None
+) -> Encoder:
+    """Build the encoder `config` describes (slow: call it off the server's main loop).
+
+    Setting `stop` ends a first-use ONNX export with `ChildJobStopped`."""
     config = config or EncoderConfig()
     folder = read_model_folder(config.model_path)
     tokenizer = FastTokenizer(folder.tokenizer_file, folder.max_tokens, config.query_max_tokens)
@@ -220,7 +238,9 @@ def load_encoder(config: EncoderConfig | None = None) -> Encoder:
         log.info("ONNX cannot run %s (%s); using torch on the CPU", folder.name, unsupported)
         return _torch_encoder(config, folder, tokenizer, "cpu")
     try:
-        encoder = _onnx_encoder(config, folder, tokenizer)
+        encoder = _onnx_encoder(config, folder, tokenizer, stop)
+    except ChildJobStopped:
+        raise
     except Exception as exc:
         if config.backend != "auto":
             raise EncoderError(f"ONNX encoder for {folder.path} failed: {exc}") from exc

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from .encoders.child_process import ChildJobStopped
 from .store import ChunkChanges, StoredChunk
 
 if TYPE_CHECKING:
@@ -130,8 +131,10 @@ class SemanticIndex:
         assert self._vectors is not None
         return self._vectors
 
-    def load(self) -> None:
-        """Load the encoder and the saved vectors (an unusable file is dropped with a warning)."""
+    def load(self, stop: threading.Event | None = None) -> None:
+        """Load the encoder and the saved vectors (an unusable file is dropped with a warning).
+
+        Setting `stop` ends a first-use model export with `ChildJobStopped`."""
         with self._loading:
             if self._encoder is not None and self._vectors is not None:
                 return
@@ -144,7 +147,7 @@ class SemanticIndex:
             # exact search at 10k vectors took 34 ms instead of 0.6 ms on two busy cores.
             faiss.omp_set_num_threads(1)
 
-            encoder = self._encoder or load_encoder(self._config or EncoderConfig())
+            encoder = self._encoder or load_encoder(self._config or EncoderConfig(), stop)
             try:
                 vectors = VectorIndex.load(self.directory, encoder.name, encoder.dim)
             except FileNotFoundError:
@@ -190,7 +193,10 @@ class SemanticIndex:
     ) -> SyncReport:
         """Embed the chunks without a vector and drop the vectors of chunks that are gone."""
         began = time.perf_counter()
-        self.load()
+        try:
+            self.load(stop)
+        except ChildJobStopped:
+            return SyncReport(stopped=True, seconds=time.perf_counter() - began)
         assert self._vectors is not None and self._encoder is not None
         vectors, encoder = self._vectors, self._encoder
         report = SyncReport(warnings=self.warnings)

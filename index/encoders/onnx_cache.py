@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .batching import embed_texts
+from .child_process import run_in_child
 from .model_folder import ModelFolder
 from .private_files import exclusive_lock, private_dirs, staged_file, write_private_file
 from .quality_sample import code_sample
@@ -150,12 +152,20 @@ def load_metadata(directory: Path) -> ExportMetadata:
 
 
 def ensure_onnx_export(
-    folder: ModelFolder, cache_root: Path | None = None, quality_samples: int = 48
+    folder: ModelFolder,
+    cache_root: Path | None = None,
+    quality_samples: int = 48,
+    *,
+    stop: threading.Event | None = None,
+    low_priority: bool = False,
 ) -> OnnxExport:
-    """The cached export of `folder`, made (or remade, when damaged) on first use."""
+    """The cached export of `folder`, made (or remade, when damaged) on first use.
+
+    The export runs in a child process (see `child_process`): setting `stop` ends it, and the
+    wait for another process's export, with `ChildJobStopped`."""
     fingerprint = folder.fingerprint()
     directory = private_dirs(cache_root or default_cache_root(), "models", fingerprint)
-    with exclusive_lock(directory / ".lock"):
+    with exclusive_lock(directory / ".lock", stop):
         problem = _problem(directory, folder, fingerprint)
         if problem is None:
             return OnnxExport(directory, load_metadata(directory))
@@ -163,7 +173,33 @@ def ensure_onnx_export(
             log.warning(
                 "cached ONNX model in %s is unusable: %s; exporting again", directory, problem
             )
-        return _export(folder, fingerprint, directory, quality_samples)
+        _drop_staged_files(directory)
+        started = time.perf_counter()
+        run_in_child(
+            _export,
+            (folder, fingerprint, directory, quality_samples),
+            name=f"ONNX export of {folder.name}",
+            stop=stop,
+            low_priority=low_priority,
+        )
+        problem = _problem(directory, folder, fingerprint)
+        if problem is not None:
+            raise RuntimeError(f"the ONNX export into {directory} left no usable model: {problem}")
+    export = OnnxExport(directory, load_metadata(directory))
+    log.info(
+        "exported %s to ONNX in %.1fs: int8 cosine mean %.4f min %.4f vs torch fp32",
+        folder.name,
+        time.perf_counter() - started,
+        export.metadata.int8_cosine.mean,
+        export.metadata.int8_cosine.min,
+    )
+    return export
+
+
+def _drop_staged_files(directory: Path) -> None:
+    """Files a stopped or killed export staged and never renamed (only exports write here)."""
+    for staged in directory.glob(".*.tmp"):
+        staged.unlink(missing_ok=True)
 
 
 def invalidate(directory: Path) -> None:
@@ -276,13 +312,13 @@ def _measure(
     return cosine_stats(rows, reference), len(texts) / (time.perf_counter() - started)
 
 
-def _export(
-    folder: ModelFolder, fingerprint: str, directory: Path, quality_samples: int
-) -> OnnxExport:
+def _export(folder: ModelFolder, fingerprint: str, directory: Path, quality_samples: int) -> None:
+    """Export, quantise and measure into `directory`; the metadata is written last.
+
+    Runs in the child process that `ensure_onnx_export` starts."""
     import onnxruntime
     import torch
 
-    started = time.perf_counter()
     model = load_sentence_transformer(folder, "cpu")
     input_names = model_input_names(model)
     fp32_path, int8_path = directory / FP32_FILE, directory / INT8_FILE
@@ -323,11 +359,3 @@ def _export(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     write_private_file(directory / METADATA_FILE, metadata.model_dump_json(indent=2).encode())
-    log.info(
-        "exported %s to ONNX in %.1fs: int8 cosine mean %.4f min %.4f vs torch fp32",
-        folder.name,
-        time.perf_counter() - started,
-        int8_cosine.mean,
-        int8_cosine.min,
-    )
-    return OnnxExport(directory, metadata)

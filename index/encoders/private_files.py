@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from .child_process import ChildJobStopped
+
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+LOCK_POLL_S = 0.1
 
 
 def private_dirs(root: Path, *parts: str) -> Path:
@@ -54,8 +58,10 @@ def write_private_file(final: Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(lock_file: Path) -> Iterator[None]:
-    """Hold an advisory lock so two processes never export into one cache folder at once."""
+def exclusive_lock(lock_file: Path, stop: threading.Event | None = None) -> Iterator[None]:
+    """Hold an advisory lock so two processes never export into one cache folder at once.
+
+    With `stop`, the wait for the lock polls it and raises ChildJobStopped once it is set."""
     try:
         import fcntl
     except ImportError:  # Windows: atomic renames still keep every published file whole.
@@ -63,7 +69,13 @@ def exclusive_lock(lock_file: Path) -> Iterator[None]:
         return
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if stop is not None else 0))
+                break
+            except BlockingIOError:
+                if stop is not None and stop.wait(LOCK_POLL_S):
+                    raise ChildJobStopped(f"stopped while waiting for {lock_file}") from None
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)

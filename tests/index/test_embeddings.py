@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
+import queue
 import shutil
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +22,7 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from index.embeddings import (
+    ChildJobStopped,
     Encoder,
     EncoderConfig,
     EncoderError,
@@ -25,8 +30,9 @@ from index.embeddings import (
     fp32_clearly_faster,
     load_encoder,
 )
-from index.encoders.model_folder import bundled_model_path
+from index.encoders.model_folder import bundled_model_path, read_model_folder
 from index.encoders.onnx_cache import METADATA_FILE, ExportMetadata
+from index.encoders.private_files import private_dirs
 from index.encoders.quality_sample import code_sample
 
 READ_JSON = '''def load_settings(path):
@@ -47,7 +53,27 @@ def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def encoder(cache_root: Path) -> Iterator[Encoder]:
+def first_load(cache_root: Path) -> dict[str, object]:
+    """The first load on an empty cache, in a fresh process as a language server makes it."""
+    probe = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from index.embeddings import EncoderConfig, load_encoder\n"
+        f"config = EncoderConfig(cache_dir=Path({str(cache_root)!r}), quality_samples=16)\n"
+        "with load_encoder(config) as encoder:\n"
+        "    shape = list(encoder.encode(['def f(): pass']).shape)\n"
+        "heavy = ('torch', 'sentence_transformers', 'transformers')\n"
+        "print(json.dumps({'shape': shape, 'imported': [m for m in heavy if m in sys.modules]}))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=600
+    )
+    report: dict[str, object] = json.loads(run.stdout.splitlines()[-1])
+    return report
+
+
+@pytest.fixture(scope="module")
+def encoder(cache_root: Path, first_load: dict[str, object]) -> Iterator[Encoder]:
     with load_encoder(EncoderConfig(cache_dir=cache_root, quality_samples=16)) as loaded:
         yield loaded
 
@@ -88,6 +114,67 @@ def test_importing_the_module_loads_no_ml_runtime() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert json.loads(result.stdout) == []
+
+
+def test_the_first_load_exports_in_a_child_so_torch_stays_out_of_the_process(
+    first_load: dict[str, object], cache_root: Path
+) -> None:
+    assert first_load == {"shape": [1, 384], "imported": []}
+    _, metadata = _metadata(cache_root)
+    assert metadata.torch_version  # made with torch, in the child
+
+
+def test_stop_ends_a_first_export_at_once_and_leaves_no_child(tmp_path: Path) -> None:
+    stop, outcome = threading.Event(), queue.Queue[BaseException | None]()
+    config = EncoderConfig(cache_dir=tmp_path / "cache", quality_samples=8)
+
+    def load() -> None:
+        try:
+            load_encoder(config, stop).close()
+            outcome.put(None)
+        except BaseException as exc:
+            outcome.put(exc)
+
+    threading.Thread(target=load, daemon=True).start()
+    models = tmp_path / "cache" / "models"
+    while not multiprocessing.active_children():  # the export has begun
+        time.sleep(0.05)
+    time.sleep(1)
+    stop.set()
+    stopped_at = time.monotonic()
+    assert isinstance(outcome.get(timeout=30), ChildJobStopped)
+    assert time.monotonic() - stopped_at < 2
+    assert multiprocessing.active_children() == []
+    (directory,) = models.iterdir()
+    assert not (directory / METADATA_FILE).exists()
+
+
+def test_stop_ends_the_wait_for_another_process_export(tmp_path: Path) -> None:
+    folder = read_model_folder(None)
+    directory = private_dirs(tmp_path, "models", folder.fingerprint())
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(directory / '.lock')!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        stop = threading.Event()
+        threading.Timer(0.5, stop.set).start()
+        started = time.monotonic()
+        with pytest.raises(ChildJobStopped, match="waiting for"):
+            load_encoder(EncoderConfig(cache_dir=tmp_path), stop)
+        assert time.monotonic() - started < 2
+        assert multiprocessing.active_children() == []  # no export was started
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_encode_gives_unit_float32_rows_of_the_model_dimension(encoder: Encoder) -> None:
@@ -179,10 +266,13 @@ def test_truncated_cached_model_is_exported_again(
     directory, metadata = _metadata(damaged_root)
     int8_file = directory / metadata.int8.name
     int8_file.write_bytes(int8_file.read_bytes()[: metadata.int8.size // 3])
+    left_by_a_killed_export = directory / f".{metadata.fp32.name}.k1ll3d.tmp"
+    left_by_a_killed_export.write_bytes(b"half an onnx graph")
     config = EncoderConfig(cache_dir=damaged_root, quality_samples=8)
     with caplog.at_level(logging.WARNING), load_encoder(config) as rebuilt:
         rows = rebuilt.encode([READ_JSON])
     assert "unusable" in caplog.text and metadata.int8.name in caplog.text
+    assert not left_by_a_killed_export.exists()
     _, after = _metadata(damaged_root)
     assert int8_file.stat().st_size == after.int8.size > metadata.int8.size // 3
     assert float(rows[0] @ encoder.encode([READ_JSON])[0]) > 0.98

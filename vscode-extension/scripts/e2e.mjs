@@ -133,6 +133,21 @@ async function shot(name) {
   return file;
 }
 
+/** The extension's Bastion output channel (the language server's log lines too). */
+let extensionLogDir;
+function bastionLog() {
+  if (!extensionLogDir) return '(no log yet)';
+  try {
+    return execFileSync('bash', ['-c', `find "${extensionLogDir}" -iname '*Bastion*' -type f -exec cat {} +`], { encoding: 'utf8' });
+  } catch (error) {
+    return `(could not read the log: ${error.message})`;
+  }
+}
+
+function bastionLogTail(lines = 25) {
+  return bastionLog().trimEnd().split('\n').slice(-lines).join('\n');
+}
+
 async function step(name, fn) {
   const started = Date.now();
   try {
@@ -144,6 +159,7 @@ async function step(name, fn) {
   } catch (error) {
     results.push({ name, ok: false, s: (Date.now() - started) / 1000, error: error.message });
     log(`FAIL ${name}: ${error.stack ?? error.message}`);
+    log(`the Bastion log ends:\n${bastionLogTail()}`);
     try {
       await shot(`FAILED-${name.replace(/\W+/g, '-')}`);
     } catch {}
@@ -219,6 +235,7 @@ async function main() {
   fs.writeFileSync(path.join(workspace, 'fib.py'), FIB);
   const home = path.join(tmp, 'home');
   const userData = path.join(tmp, 'user-data');
+  extensionLogDir = path.join(userData, 'logs');
   const extensions = path.join(tmp, 'extensions');
   for (const dir of [home, userData, extensions, path.join(userData, 'User')]) fs.mkdirSync(dir, { recursive: true });
   fs.writeFileSync(
@@ -313,9 +330,11 @@ async function main() {
     await box.waitFor({ timeout: 10000 });
     await box.fill(key);
     await page.keyboard.press('Enter');
+    // The model's name, not just any status: the server that ran without a key may still be
+    // reporting "embedding" while the extension restarts it with the key.
     const text = await waitFor('a connected status with the model', async () => {
       const t = await statusText();
-      return /Bastion: (?!set key|error|stopped|not connected|server failed)\S/.test(t) && !t.includes('sync~spin') ? t : undefined;
+      return /Bastion: smollm2/.test(t) ? t : undefined;
     }, 90000);
     log(`status bar: "${text}"`);
     const settings = fs.readFileSync(path.join(userData, 'User', 'settings.json'), 'utf8');
@@ -383,9 +402,23 @@ async function main() {
     await page.keyboard.press('ArrowDown');
     await page.keyboard.press('End');
     const before = await editorText();
-    await page.keyboard.press('Control+Period');
     const widget = page.locator('.action-widget:not(.action-list-submenu-panel)');
-    await widget.waitFor({ state: 'visible', timeout: 20000 });
+    // A user who sees no menu presses again; each miss is logged with what the editor showed.
+    for (let attempt = 1; ; attempt++) {
+      await page.keyboard.press('Control+Period');
+      const shown = await widget.waitFor({ state: 'visible', timeout: 10000 }).then(() => true, () => false);
+      if (shown) break;
+      const message = await page.locator('.monaco-editor-overlaymessage').allTextContents().catch(() => []);
+      const focused = await page.evaluate(() => document.activeElement?.className ?? '(none)');
+      log(`attempt ${attempt}: no code action menu in 10 s; editor message ${JSON.stringify(message)}; focus on "${focused}"`);
+      if (attempt === 3) throw new Error('Ctrl+. showed no code action menu in three tries');
+      await page.keyboard.press('Escape');
+      await editor.click();
+      await page.keyboard.press('Control+Home');
+      await page.keyboard.press('ArrowDown');
+      await page.keyboard.press('ArrowDown');
+      await page.keyboard.press('End');
+    }
     const fix = widget.locator('.monaco-list-row', { hasText: 'Bastion: Fix this' }).first();
     await fix.waitFor({ timeout: 10000 });
     await shot('lightbulb-menu');
@@ -541,11 +574,7 @@ async function main() {
 
   log(`blocked non-loopback requests: ${[...blocked].join(', ') || 'none'}`);
   if (consoleErrors.length) fs.writeFileSync(path.join(shots, 'browser-console-errors.log'), consoleErrors.join('\n'));
-  // The extension's log, for the record.
-  const logs = path.join(userData, 'logs');
-  try {
-    execFileSync('bash', ['-c', `find "${logs}" -iname '*Bastion*' -type f -exec cat {} + > "${path.join(shots, 'extension-output.log')}"`]);
-  } catch {}
+  fs.writeFileSync(path.join(shots, 'extension-output.log'), bastionLog(), { mode: 0o600 });
   await context.close();
 }
 
