@@ -32,6 +32,7 @@ from .chat import (
     code_block_edit,
     run_chat,
 )
+from .client_log import ClientLogHandler, configure
 from .completions import CompletionInput, InlineCompleter
 from .connection import ProxyConnection
 from .settings import Settings, parse_settings
@@ -66,6 +67,7 @@ class BastionLanguageServer(LanguageServer):
         )
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self.chat_sessions = ChatSessions()
+        self.client_log: ClientLogHandler | None = None
 
     def chat_workspace(self) -> Workspace:
         roots = [Path(to_fs_path(f.uri) or ".") for f in self.workspace.folders.values()]
@@ -138,7 +140,6 @@ class BastionLanguageServer(LanguageServer):
 
     def log_line(self, message: str) -> None:
         log.info(message)
-        self.window_log_message(types.LogMessageParams(type=types.MessageType.Log, message=message))
 
     async def latest_only(self, uri: str, work: Awaitable[T]) -> T:
         """Run `work` as this document's only request: a newer one cancels it."""
@@ -195,6 +196,8 @@ def on_initialize(ls: BastionLanguageServer, params: types.InitializeParams) -> 
 
 @server.feature(types.INITIALIZED)
 async def on_initialized(ls: BastionLanguageServer, params: types.InitializedParams) -> None:
+    if ls.client_log is not None:
+        ls.client_log.attach(asyncio.get_running_loop())
     ls.start_indexing()
     await ls.check_connection()
 
@@ -431,7 +434,5 @@ def describe(error: ValidationError) -> str:
 
 
 def run_stdio() -> None:
-    # pygls at INFO logs every message, document text included: keep code out of the logs.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("lsp_server").setLevel(logging.INFO)
+    server.client_log = configure(server.window_log_message)
     server.start_io()
