@@ -204,8 +204,11 @@ async function editorText() {
   });
 }
 
+/** Bastion's own status bar item (VS Code ids it `<extension id>.bastion.status`), not a progress item titled "Bastion: …". */
 async function statusText() {
-  return (await page.locator('.statusbar-item', { hasText: 'Bastion' }).first().textContent({ timeout: 2000 }))?.trim() ?? '';
+  const own = page.locator('.statusbar-item[id$="bastion.status"]');
+  const item = (await own.count()) ? own.first() : page.locator('.statusbar-item', { hasText: 'Bastion' }).first();
+  return (await item.textContent({ timeout: 2000 }))?.trim() ?? '';
 }
 
 async function main() {
