@@ -90,6 +90,12 @@ export interface ServerStatus {
   embeddingPercent?: number | null;
 }
 
+/** The error to log for this status: only one that differs from the last status's (the server resends
+ * its whole status at every change, indexing percentages included). */
+export function newStatusError(previous: ServerStatus | undefined, next: ServerStatus): string | undefined {
+  return next.lastError && next.lastError !== previous?.lastError ? next.lastError : undefined;
+}
+
 export interface StatusFace {
   text: string;
   tooltip: string;

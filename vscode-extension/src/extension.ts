@@ -13,7 +13,7 @@ import {
   type CodeAction as LspCodeAction,
   type Command as LspCommand,
 } from 'vscode-languageclient/node';
-import { findServer, SETUP_HINT, serverSettings, statusFace, type ServerStatus } from './config';
+import { findServer, newStatusError, SETUP_HINT, serverSettings, statusFace, type ServerStatus } from './config';
 import { ChatViewProvider } from './chatView';
 
 const KEY_SECRET = 'bastion.apiKey';
@@ -121,8 +121,9 @@ export class Bastion implements vscode.Disposable {
     const client = new LanguageClient('bastion', 'Bastion', serverOptions, clientOptions);
     this.clientListeners.push(
       client.onNotification('bastion/status', (status: ServerStatus) => {
+        const error = newStatusError(this.status, status);
         this.status = status;
-        if (status.lastError) this.output.warn(`status: ${status.lastError}`);
+        if (error) this.output.warn(`status: ${error}`);
         this.render();
       }),
       client.onNotification('bastion/chatDelta', (params: { sessionId: string; delta: string }) => this.chat.onDelta(params)),

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { findServer, serverSettings, statusFace } from '../src/config';
+import { findServer, newStatusError, serverSettings, statusFace } from '../src/config';
 
 const reader = (values: Record<string, unknown>) => ({ get: <T>(key: string) => values[key] as T | undefined });
 
@@ -52,5 +52,16 @@ describe('statusFace', () => {
     expect(statusFace(undefined, { ...base, state: 'failed' }).error).toBe(true);
     expect(statusFace({ connected: true, model: 'qwen', indexingPercent: 42 }, base).text).toBe('$(shield) Bastion: qwen · indexing 42 %');
     expect(statusFace({ connected: true, model: 'qwen', embeddingPercent: 7 }, base).text).toBe('$(shield) Bastion: qwen · embedding 7 %');
+  });
+});
+
+describe('newStatusError', () => {
+  it('names an error once, however often the status is resent, and again when it changes', () => {
+    const denied = { connected: false, lastError: 'HTTP 401' };
+    expect(newStatusError(undefined, denied)).toBe('HTTP 401');
+    expect(newStatusError(denied, { ...denied, indexingPercent: 50 })).toBeUndefined();
+    expect(newStatusError(denied, { connected: false, lastError: 'HTTP 503' })).toBe('HTTP 503');
+    expect(newStatusError(denied, { connected: true, lastError: null })).toBeUndefined();
+    expect(newStatusError({ connected: true }, denied)).toBe('HTTP 401');
   });
 });
