@@ -25,9 +25,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +34,8 @@ from typing import Any
 from lsp_session import ROOT, instant_upstream, summary
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
-from pytest_lsp import ClientServerConfig
+
+from tests.lsp.real_server import start_on_workspace
 
 INTERVAL_S = 0.05
 EMBEDDED = "workspace embeddings:"
@@ -82,22 +81,11 @@ async def _start(name: str, upstream: str, model_cache: Path, scratch: Path) -> 
     """A real `bastion lsp` on a fresh copy of the workspace and a fresh index cache."""
     workspace = _workspace(scratch / f"workspace-{name}")
     env = {
-        **os.environ,
         "BASTION_CACHE": str(model_cache),
         "BASTION_INDEX_CACHE": str(scratch / f"index-{name}"),
     }
-    config = ClientServerConfig(
-        server_command=[sys.executable, "-m", "bastion.cli", "lsp"], server_env=env
-    )
-    client = await config.start()
-    await client.initialize_session(
-        types.InitializeParams(
-            capabilities=types.ClientCapabilities(),
-            root_uri=workspace.as_uri(),
-            workspace_folders=[types.WorkspaceFolder(uri=workspace.as_uri(), name=name)],
-            initialization_options={"proxyUrl": upstream, "apiKey": "bench"},
-        )
-    )
+    options = {"proxyUrl": upstream, "apiKey": "bench"}
+    client = await start_on_workspace(workspace, env, options)
     return client
 
 

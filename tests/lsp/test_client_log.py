@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import threading
 from pathlib import Path
 
 import pytest
 from lsprotocol import types
-from pytest_lsp import ClientServerConfig
 
 from lsp_server.client_log import ClientLogHandler
 from tests.e2e.test_inline_completion import wait_until
+from tests.lsp.real_server import start_on_workspace
 
 
 def _record(name: str, level: int, message: str) -> logging.LogRecord:
@@ -89,23 +88,9 @@ async def test_the_server_logs_to_the_client_once_and_not_to_stderr(tmp_path: Pa
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     (workspace / "geometry.py").write_text("def area(r):\n    return 3.14 * r * r\n")
-    env = {**os.environ, "BASTION_INDEX_CACHE": str(tmp_path / "index")}
-    config = ClientServerConfig(
-        server_command=[sys.executable, "-m", "bastion.cli", "lsp"], server_env=env
-    )
-    client = await config.start()
-    await client.initialize_session(
-        types.InitializeParams(
-            capabilities=types.ClientCapabilities(),
-            root_uri=workspace.as_uri(),
-            workspace_folders=[types.WorkspaceFolder(uri=workspace.as_uri(), name="w")],
-            initialization_options={
-                "proxyUrl": "http://127.0.0.1:9",
-                "apiKey": "k",
-                "embeddingsEnabled": False,
-            },
-        )
-    )
+    options = {"proxyUrl": "http://127.0.0.1:9", "apiKey": "k", "embeddingsEnabled": False}
+    env = {"BASTION_INDEX_CACHE": str(tmp_path / "index")}
+    client = await start_on_workspace(workspace, env, options)
 
     def indexed() -> list[types.LogMessageParams]:
         return [m for m in client.log_messages if m.message.startswith("workspace index:")]

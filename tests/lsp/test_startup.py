@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from lsprotocol import types
-from pytest_lsp import ClientServerConfig
+from tests.lsp.real_server import start_on_workspace
 
 HEAVY = ("torch", "onnxruntime", "faiss", "sentence_transformers", "transformers")
 
@@ -35,22 +33,11 @@ async def test_a_server_asked_to_stop_mid_export_exits_at_once(tmp_path: Path) -
     workspace.mkdir()
     (workspace / "geometry.py").write_text("def area(r):\n    return 3.14 * r * r\n")
     env = {
-        **os.environ,
         "BASTION_CACHE": str(tmp_path / "models"),
         "BASTION_INDEX_CACHE": str(tmp_path / "index"),
     }
-    config = ClientServerConfig(
-        server_command=[sys.executable, "-m", "bastion.cli", "lsp"], server_env=env
-    )
-    client = await config.start()
-    await client.initialize_session(
-        types.InitializeParams(
-            capabilities=types.ClientCapabilities(),
-            root_uri=workspace.as_uri(),
-            workspace_folders=[types.WorkspaceFolder(uri=workspace.as_uri(), name="w")],
-            initialization_options={"proxyUrl": "http://127.0.0.1:9", "apiKey": "k"},
-        )
-    )
+    options = {"proxyUrl": "http://127.0.0.1:9", "apiKey": "k"}
+    client = await start_on_workspace(workspace, env, options)
     assert client._server is not None
     children = await asyncio.to_thread(_wait_for_children, client._server.pid)
     await asyncio.sleep(1)
