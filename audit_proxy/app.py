@@ -191,7 +191,7 @@ def open_audit_store(config: ProxyConfig, signer: Signer | None) -> AuditStore |
             "pip install 'bastion[postgres]'"
         ) from None
     password = config.store_password.get_secret_value() if config.store_password else None
-    return PostgresAuditStore(config.store_url, password, signer=signer)
+    return PostgresAuditStore(config.store_url, password, signer=signer, key_dir=config.data_dir)
 
 
 def build_app(config: ProxyConfig) -> ProxyApp:

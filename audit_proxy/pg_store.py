@@ -18,7 +18,8 @@ How replicas share one log:
   leaves committed since it last looked (its own and the others'), and signs unless a checkpoint
   of that size exists. Replicas share the signing key (the same `audit-signing-key.pem` in each
   data dir); the database remembers the log's key, and a replica with another key refuses to
-  start.
+  start. After `bastion audit rotate-key`, a replica on the retired key records on but signs
+  nothing until the new key files are in its data dir; it then signs on with them, no restart.
 - The schema is migrated at start (`audit_proxy.pg_migrations`), under an advisory lock.
 
 Payloads are sealed as in the SQLite store: each under its own key in `payload_keys`, written in
@@ -38,6 +39,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -49,6 +51,7 @@ from audit_proxy.checkpoints import (
     Checkpoint,
     KeyTransition,
     Signer,
+    SigningKeyError,
 )
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
 from audit_proxy.payload_crypto import KeyWrap, rewrapped_or_kept, seal, stored_key
@@ -129,6 +132,24 @@ _SELECT_OUTCOMES = (
 )
 # `received_at` is ISO 8601 text in UTC: compared COLLATE "C", byte order is time order
 # whatever the database's collation.
+
+
+def successor_problem(retired: Signer, candidate: Signer, current: bytes | None) -> str | None:
+    """Why `candidate` may not sign in place of the `retired` key of a log whose current public
+    key is `current`, or None when it may."""
+    if candidate.log_id != retired.log_id:
+        return (
+            f"it names another log ({candidate.log_id[:16]}, not {retired.log_id[:16]}): copy "
+            "audit-log-key.pub beside it"
+        )
+    if candidate.public_key != current:
+        return f"key {candidate.key_id[:16]} is not the log's current key"
+    if all(r.key_id != retired.key_id for r in candidate.retired):
+        return (
+            "audit-retired-keys.json beside it does not name the retired key, so the payload "
+            "keys it wrapped would not open: copy that file too"
+        )
+    return None
 
 
 def redact_url(url: str) -> str:
@@ -223,19 +244,25 @@ class PostgresAuditStore:
         checkpoint_every_s: float = CHECKPOINT_EVERY_S,
         migrate_schema: bool = True,
         key_wrap: KeyWrap | None = None,
+        key_dir: Path | None = None,
     ) -> None:
         """Connect, migrate the schema (unless `migrate_schema` is off: readers) and start.
 
         `password` overrides any in the URL. With a `signer` the store signs checkpoints and
         binds the database to that key. `key_wrap` (by default the signer's) wraps the payload
-        keys it writes and unwraps those it reads. Raises `AuditStoreUnavailable`.
+        keys it writes and unwraps those it reads. Once the signer is rotated out, the log's
+        current key is taken up from `key_dir` (the proxy's data dir) when it appears there.
+        Raises `AuditStoreUnavailable`.
         """
         self.where = redact_url(url)
         self._key_wrap = key_wrap or (signer.key_wrap() if signer is not None else None)
+        self._wrap_follows_signer = key_wrap is None
         self._url = url
         self._password = password
         self.signer = signer
+        self._key_dir = key_dir
         self._retired_warned = False
+        self._refused_successors: set[str] = set()
         self._checkpoint_every = checkpoint_every
         self._frontier = Frontier()
         self.commits = 0
@@ -508,17 +535,64 @@ class PostgresAuditStore:
                 "SELECT size FROM key_transitions WHERE from_key_id = %s", (self.signer.key_id,)
             )
             retired = cur.fetchone()
-            if retired is not None:
-                if not self._retired_warned:
-                    self._retired_warned = True
-                    log.critical(
-                        "%s", retired_key_message(self.signer, self.where, int(retired[0]))
-                    )
+            if retired is not None and not self._follow_rotation(cur, int(retired[0])):
                 return None
             checkpoint = self.signer.sign(size, self._frontier.root())
             _insert_checkpoint(cur, checkpoint, self._frontier)
         self._signed_size = size
         return checkpoint
+
+    def _follow_rotation(self, cur: psycopg.Cursor[Any], retired_at: int) -> bool:
+        """This replica's key was rotated out at `retired_at`: take up the log's current key if
+        its files are now in the data dir (True), else say once what to do (False)."""
+        assert self.signer is not None
+        successor = self._successor(cur)
+        if successor is None:
+            if not self._retired_warned:
+                self._retired_warned = True
+                log.critical(
+                    "%s", retired_key_message(self.signer, self.where, retired_at, self._key_dir)
+                )
+            return False
+        log.warning(
+            "signing key %s was rotated out of the audit log in %s at size %d; this replica now "
+            "signs with %s from %s",
+            self.signer.key_id[:16], self.where, retired_at, successor.key_id[:16], self._key_dir,
+        )  # fmt: skip
+        self.signer = successor
+        if self._wrap_follows_signer:
+            self._key_wrap = successor.key_wrap()
+        self._retired_warned = False
+        return True
+
+    def _successor(self, cur: psycopg.Cursor[Any]) -> Signer | None:
+        """The key now in the data dir, if it may take over from this replica's retired one."""
+        assert self.signer is not None
+        if self._key_dir is None:
+            return None
+        try:
+            candidate = Signer.load(self._key_dir)
+        except SigningKeyError as exc:
+            self._refuse_successor(str(exc))
+            return None
+        if candidate.key_id == self.signer.key_id:
+            return None
+        cur.execute("SELECT to_public_key FROM key_transitions ORDER BY seq DESC LIMIT 1")
+        last = cur.fetchone()
+        current = bytes.fromhex(str(last[0])) if last is not None else None
+        problem = successor_problem(self.signer, candidate, current)
+        if problem is not None:
+            self._refuse_successor(problem)
+            return None
+        return candidate
+
+    def _refuse_successor(self, why: str) -> None:
+        if why not in self._refused_successors:  # once, not at every tick
+            self._refused_successors.add(why)
+            log.error(
+                "the signing key now in %s cannot take over from this replica's retired one: %s",
+                self._key_dir, why,
+            )  # fmt: skip
 
     def _caught_up(self, cur: psycopg.Cursor[Any], frontier: Frontier) -> Frontier:
         """Under the append lock: `frontier` extended with every leaf after it. A new one

@@ -105,7 +105,7 @@ def serve(config: ProxyConfig) -> None:
         config.port,
         config.upstream_url,
         "set" if config.upstream_api_key else "NOT set",
-        config.audit_db,
+        app.store.where,
     )
     if app.store.signer is not None:
         # Auditors pin this key: `bastion audit public-key`, `bastion audit verify --public-key`.

@@ -681,6 +681,7 @@ class AuditStore:
         A copy of the database without that key opens no payload.
         """
         self.path = path
+        self.where = str(path)  # as the PostgreSQL store names its database, for messages
         self.durability: Durability = durability
         try:
             self._key_wrap = key_wrap or (
@@ -1691,14 +1692,20 @@ def check_current(outgoing: Signer, last: KeyTransition | None) -> None:
         )
 
 
-def retired_key_message(signer: Signer, where: str, size: int) -> str:
-    """Why a retired key may not sign, and what to do."""
+def retired_key_message(signer: Signer, where: str, size: int, follows: Path | None = None) -> str:
+    """Why a retired key may not sign, and what to do. A proxy that `follows` a data dir takes up
+    the current key when its files appear there; any other must be restarted with them."""
+    then = (
+        f"into {follows}: it signs on with them at its next checkpoint, with no restart"
+        if follows is not None
+        else "and restart it"
+    )
     return (
         f"this proxy's signing key {signer.key_id[:16]} was rotated out of the audit log in "
-        f"{where} at size {size}, so it signs no more checkpoints there: give this proxy the "
-        "current audit-signing-key.pem (with audit-log-key.pub and audit-retired-keys.json) "
-        "from the data dir where `bastion audit rotate-key` ran, and restart it (if the "
-        "rotation ran in this data dir and stopped half-way, run it again to finish it)"
+        f"{where} at size {size}, so it signs no more checkpoints there: copy the current "
+        "audit-signing-key.pem (with audit-log-key.pub and audit-retired-keys.json) from the "
+        f"data dir where `bastion audit rotate-key` ran {then} (if the rotation ran in this data "
+        "dir and stopped half-way, run it again to finish it)"
     )
 
 

@@ -415,7 +415,8 @@ def rotate_key_command(args: argparse.Namespace) -> int:
         print(
             "Replicas still on the old key keep recording but sign no checkpoint: copy "
             f"audit-signing-key.pem, audit-log-key.pub and audit-retired-keys.json from {data_dir} "
-            "into each replica's data dir and restart it."
+            "into each replica's data dir (replicas that share this one have them already); a "
+            "running replica signs on with them at its next checkpoint, with no restart."
         )
     return 0
 

@@ -1,8 +1,9 @@
 """Rotating the signing key of a PostgreSQL log while its replicas write (scripts/postgres.sh).
 
 A replica still on the retired key keeps recording but signs nothing more; one given the new
-key files signs on; the log verifies against the key pinned before the rotation, payloads of
-both keys' time included; a retired key cannot start a replica again.
+key files in its data dir signs on with them, with no restart; the log verifies against the key
+pinned before the rotation, payloads of both keys' time included; a retired key cannot start a
+replica again.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def test_rotation_while_replicas_write(
     first = Signer.load_or_create(admin)
     dirs = [replica_dir(admin, tmp_path / f"r{i}", (KEY_FILE,)) for i in range(2)]
     replicas = [
-        PostgresAuditStore(db_url, cluster.password, signer=Signer.load(d), checkpoint_every=50)
+        PostgresAuditStore(
+            db_url, cluster.password, signer=Signer.load(d), checkpoint_every=50, key_dir=d
+        )
         for d in dirs
     ]
     for i, replica in enumerate(replicas):
@@ -60,24 +63,36 @@ def test_rotation_while_replicas_write(
         password=cluster.password,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "retired at size 80" in done.stdout and "copy" in done.stdout
+    assert "retired at size 80" in done.stdout and "with no restart" in done.stdout
     assert done.stdout.count("payload keys wrapped anew") == 1
     current = Signer.load(admin)
 
-    # Replica 0 stays on the retired key: it records on, and refuses to sign.
+    # Replica 0 stays on the retired key: it records on, and refuses to sign, saying what to do.
     record_many(replicas[0], 10, "late old-key")
     with caplog.at_level(logging.CRITICAL, logger="bastion.proxy"):
         assert replicas[0].checkpoint() is None
-    assert "rotated out" in caplog.text
-    # Replica 1 gets the new key files and restarts.
-    replicas[1].close()
-    replica_dir(admin, dirs[1], (KEY_FILE, LOG_KEY_FILE, RETIRED_KEYS_FILE))
-    renewed = Signer.load(dirs[1])
-    assert renewed.key_id == current.key_id and renewed.log_id == first.log_id
-    replicas[1] = PostgresAuditStore(db_url, cluster.password, signer=renewed)
-    record_many(replicas[1], 10, "new key")
-    signed = replicas[1].checkpoint()
+    assert "rotated out" in caplog.text and f"into {dirs[0]}: it signs on" in caplog.text
+
+    # Replica 1 gets the new key files one by one while it runs. Each file short is named.
+    steps = [
+        ((KEY_FILE,), "copy audit-log-key.pub beside it"),
+        ((LOG_KEY_FILE,), "audit-retired-keys.json beside it does not name the retired key"),
+    ]
+    for files, refusal in steps:
+        replica_dir(admin, dirs[1], files)
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="bastion.proxy"):
+            record_many(replicas[1], 5, f"copying {files}")  # may sign: 50 records unsigned
+            assert replicas[1].checkpoint() is None
+        assert refusal in caplog.text
+    # With the last one it signs on with the new key: no restart.
+    replica_dir(admin, dirs[1], (RETIRED_KEYS_FILE,))
+    with caplog.at_level(logging.WARNING, logger="bastion.proxy"):
+        signed = replicas[1].checkpoint()
     assert signed is not None and signed.key_id == current.key_id and signed.size == 120
+    assert f"now signs with {current.key_id[:16]}" in caplog.text
+    assert replicas[1].signer is not None and replicas[1].signer.key_id == current.key_id
+    record_many(replicas[1], 5, "new key")  # payload keys wrapped under the new key
     replicas[0].close()
 
     # The old key cannot start a replica again.
@@ -94,6 +109,6 @@ def test_rotation_while_replicas_write(
     report = verify.verify_export(out.getvalue().splitlines(), first.public_key)
     assert report.ok, report.problems
     assert report.key_transitions == 1
-    assert (report.records, report.signed_size) == (120, 120)
+    assert (report.records, report.signed_size) == (130, 130)  # replica 1 signed at close
     # Replica 0's late payloads were wrapped under the retired key: they still open.
-    assert report.payloads_checked == 120
+    assert report.payloads_checked == 130

@@ -326,6 +326,47 @@ def test_a_replica_killed_mid_load_leaves_no_gap_and_the_others_carry_on(
     assert report.signed_size == report.records
 
 
+def test_replicas_sharing_a_data_dir_follow_a_key_rotation_mid_load(
+    cluster: PgCluster,
+    db_url: str,
+    upstream: FakeUpstream,
+    tmp_path: Path,
+    replica_home: tuple[Path, Path, str],
+) -> None:
+    data_dir, config, key = replica_home
+    pinned = Signer.load(data_dir).public_key
+    rotated: list[str] = []
+    rotator = threading.Thread(
+        target=lambda: rotated.append(_audit_cli(data_dir, db_url, "rotate-key"))
+    )
+    with running_replicas(upstream, data_dir, config, 2, tmp_path) as replicas:
+        urls = [p.url for p in replicas]
+        results = asyncio.run(_load(urls, key, 100, 8))
+        rotator.start()  # while the next requests run
+        results += asyncio.run(_load(urls, key, 300, 8))
+        rotator.join(60)
+        results += asyncio.run(_load(urls, key, 100, 8))  # after it, for certain
+    assert rotated and "retired at size" in rotated[0]
+    assert Counter(status for _, status, _ in results) == {200: 500}
+    new_key = Signer.load(data_dir)
+    # No replica was restarted: the one that signed next took up the new key from the data dir.
+    assert any(f"now signs with {new_key.key_id[:16]}" in p.log() for p in replicas)
+    store = PostgresAuditStore(db_url, cluster.password, migrate_schema=False)
+    try:
+        (transition,) = store.key_transitions()
+        late = [c for c in store.checkpoints() if c.size > transition.size]
+    finally:
+        store.close()
+    # Every record after the rotation is under a checkpoint of the new key.
+    assert late and {c.key_id for c in late} == {new_key.key_id}
+    out = tmp_path / "export.jsonl"
+    _audit_cli(data_dir, db_url, "export", str(out))
+    report = verify.verify_export_file(out, pinned)
+    assert report.first_problem() is None, report.problems
+    assert report.key_transitions == 1
+    assert (report.records, report.signed_size, report.payloads_checked) == (1000, 1000, 1000)
+
+
 # -- (d) migrations ---------------------------------------------------------------------------
 
 
