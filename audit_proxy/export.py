@@ -16,12 +16,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 from urllib.parse import parse_qs
 
 from audit_proxy import merkle
 from audit_proxy.asgi import Receive, Scope, Send, send_error, send_json
-from audit_proxy.checkpoints import Checkpoint, Signer, SigningKeyError
+from audit_proxy.checkpoints import (
+    CHECKPOINT_EVERY_RECORDS,
+    CHECKPOINT_EVERY_S,
+    Checkpoint,
+    Signer,
+    SigningKeyError,
+)
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
 
 if TYPE_CHECKING:
@@ -32,6 +38,25 @@ AUDIT_DB = "audit.sqlite3"
 EXPORT_BATCH = 2000
 # Tiles computed from one read of leaves (each read holds the store's lock for its length).
 TILES_AT_ONCE = 256
+
+
+class Exported(NamedTuple):
+    """What an export holds: records, checkpoints, and how many records the last one covers."""
+
+    records: int
+    checkpoints: int
+    signed_size: int
+
+    def unsigned_tail_note(self) -> str | None:
+        """What to tell the exporter when the export ends with records no checkpoint covers."""
+        if self.signed_size >= self.records:
+            return None
+        return (
+            f"records seq {self.signed_size}..{self.records - 1} are not yet under a signed "
+            "checkpoint, so verify cannot vouch for them (verify --strict fails on them); the "
+            f"proxy signs every {CHECKPOINT_EVERY_RECORDS:,} records or {CHECKPOINT_EVERY_S:g} s, "
+            "and when it stops: export again after that to cover them"
+        )
 
 
 class ExportError(Exception):
@@ -106,8 +131,8 @@ def _key_chain(store: AuditStore | PostgresAuditStore) -> list[dict[str, Any]]:
 
 def export_log(
     data_dir: Path, out: TextIO, payloads: bool = True, database: AuditDatabase | None = None
-) -> tuple[int, int]:
-    """Write the export of the log in `data_dir` (or `database`); returns (records, checkpoints)."""
+) -> Exported:
+    """Write the export of the log in `data_dir` (or `database`)."""
     store, signer = _open(data_dir, database)
     try:
         # Checkpoints first: every leaf they cover is then already in the table.
@@ -145,7 +170,8 @@ def export_log(
                 entry["consistency"] = [p.hex() for p in proof]
             out.write(json.dumps(entry) + "\n")
             previous = checkpoint
-        return len(hashes), len(checkpoints)
+        signed = max((c.size for c in checkpoints), default=0)
+        return Exported(len(hashes), len(checkpoints), signed)
     finally:
         store.close()
 

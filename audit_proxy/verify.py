@@ -512,7 +512,13 @@ def _check_checkpoints(
 ) -> None:
     if not checkpoints:
         if hashes:
-            report.problems.append(Problem(0, "no signed checkpoint covers any record"))
+            report.problems.append(
+                Problem(
+                    0,
+                    "no signed checkpoint covers any record (an export taken before the log's "
+                    "first checkpoint? the proxy signs one within seconds: export again)",
+                )
+            )
         return
     previous: dict[str, Any] | None = None
     good_size = 0

@@ -142,16 +142,22 @@ def export_command(args: argparse.Namespace) -> int:
         data_dir, database = _location(args)
         payloads = not args.no_payloads
         if str(args.out) == "-":
-            records, checkpoints = export_log(data_dir, sys.stdout, payloads, database)
+            exported = export_log(data_dir, sys.stdout, payloads, database)
         else:
             # Payloads are prompts and answers: the file is for its owner only.
             fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as out:
-                records, checkpoints = export_log(data_dir, out, payloads, database)
+                exported = export_log(data_dir, out, payloads, database)
     except (ConfigError, ExportError, AuditStoreUnavailable, OSError) as exc:
         print(f"{PROG} export: {exc}", file=sys.stderr)
         return 1
-    print(f"exported {records} records and {checkpoints} checkpoints", file=sys.stderr)
+    print(
+        f"exported {exported.records} records and {exported.checkpoints} checkpoints",
+        file=sys.stderr,
+    )
+    note = exported.unsigned_tail_note()
+    if note is not None:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

@@ -37,7 +37,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def entries(log_dir: Path) -> Entries:
     out = io.StringIO()
-    assert export.export_log(log_dir, out) == (12, 3)
+    assert export.export_log(log_dir, out) == (12, 3, 12)
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
@@ -205,14 +205,17 @@ def test_an_altered_consistency_proof_fails(entries: Entries) -> None:
     assert first is not None and "not consistent" in first.message
 
 
-def test_unsigned_tail_is_reported(log_dir: Path, tmp_path: Path) -> None:
+def test_unsigned_tail_is_reported(
+    log_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data_dir = tmp_path / "d"
     store = AuditStore(data_dir / "audit.sqlite3", Signer.load_or_create(data_dir), 4)
     record_pair(store)
     record_pair(store)
     record_pair(store)
     out = io.StringIO()
-    export.export_log(data_dir, out)  # while the writer is open: 6 records, signed through 4
+    # While the writer is open: 6 records, signed through 4.
+    assert export.export_log(data_dir, out) == (6, 1, 4)
     report = verify.verify_export(out.getvalue().splitlines())
     assert report.ok and report.signed_size == 4
     assert report.notes == ["records seq 4..5 are not yet under a signed checkpoint"]
@@ -221,7 +224,31 @@ def test_unsigned_tail_is_reported(log_dir: Path, tmp_path: Path) -> None:
     export_file.write_text(out.getvalue())
     assert audit_commands.main(["audit", "verify", str(export_file)]) == 0
     assert audit_commands.main(["audit", "verify", "--strict", str(export_file)]) == 1
+    # The exporter is told which records verify cannot vouch for yet, and what to do.
+    capsys.readouterr()
+    args = ["audit", "export", "--data-dir", str(data_dir), str(tmp_path / "again.jsonl")]
+    assert audit_commands.main(args) == 0
+    told = capsys.readouterr().err
+    assert "exported 6 records and 1 checkpoints" in told
+    assert "records seq 4..5 are not yet under a signed checkpoint" in told
+    assert "export again" in told
     store.close()
+    assert audit_commands.main(args) == 0  # the writer signed at close: nothing to note
+    assert "not yet under" not in capsys.readouterr().err
+
+
+def test_an_export_before_the_first_checkpoint_fails_and_says_to_export_again(
+    tmp_path: Path,
+) -> None:
+    store = AuditStore(tmp_path / "audit.sqlite3", Signer.load_or_create(tmp_path))
+    record_pair(store)
+    out = io.StringIO()
+    assert export.export_log(tmp_path, out) == (2, 0, 0)
+    store.close()
+    first = verify.verify_export(out.getvalue().splitlines()).first_problem()
+    assert first is not None and first.seq == 0
+    assert "no signed checkpoint covers any record" in first.message
+    assert "export again" in first.message
 
 
 def test_inclusion_proofs_verify_and_fail_when_altered(log_dir: Path) -> None:
@@ -327,7 +354,7 @@ def test_an_export_read_in_small_batches_is_the_same_export(
 ) -> None:
     monkeypatch.setattr(export, "EXPORT_BATCH", 5)
     out = io.StringIO()
-    assert export.export_log(log_dir, out) == (12, 3)
+    assert export.export_log(log_dir, out) == (12, 3, 12)
     batched = [json.loads(line) for line in out.getvalue().splitlines()]
     assert batched[1:] == entries[1:]  # all but the header's export time
 
