@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from audit_proxy.access_log import AccessLog
@@ -18,6 +19,7 @@ from audit_proxy.config import ConfigError, ProxyConfig
 from audit_proxy.export import ProofRoutes
 from audit_proxy.fim_suffix import FimSuffix, FimTemplates, upstream_client_config
 from audit_proxy.forward import Upstream
+from audit_proxy.key_rotation import RotateKeyRoute
 from audit_proxy.keys import KeyStore
 from audit_proxy.metrics import CountRequests, MetricsEndpoint
 from audit_proxy.policy import DEFAULT_POLICY, ApplyPolicy, EnforceBlock, Policy, load_policy
@@ -51,6 +53,7 @@ AUDITED_ROUTES = frozenset(
 PLAIN_ROUTES = frozenset({("GET", "/v1/models")})
 _KNOWN_PATHS = frozenset(path for _, path in AUDITED_ROUTES | PLAIN_ROUTES)
 _AUDIT_PREFIX = "/v1/audit/"
+_ROTATE_KEY_PATH = "/v1/audit/rotate-key"
 _METRICS_PATH = "/metrics"
 _HEALTH = json.dumps({"status": "ok"}).encode()
 
@@ -70,6 +73,7 @@ class ProxyApp:
         limiter: RateLimiter | None = None,
         shared_limits: SharedLimits | None = None,
         evidence_key: bytes | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.keys = keys
         self.store = store
@@ -92,6 +96,12 @@ class ProxyApp:
         )
         self._plain: ASGIApp = Authenticate(upstream, keys)
         self._audit_admin: ASGIApp = Authenticate(RequireAdmin(ProofRoutes(store), roles), keys)
+        # The signing key lives in the data dir: without one there is nothing to rotate.
+        self._rotate_key: ASGIApp = (
+            Authenticate(RequireAdmin(RotateKeyRoute(store, data_dir), roles), keys)
+            if data_dir is not None
+            else self._audit_admin
+        )
         self._metrics: ASGIApp = Authenticate(RequireAdmin(MetricsEndpoint(), roles), keys)
         self._http: ASGIApp = AccessLog(
             CountRequests(
@@ -115,6 +125,8 @@ class ProxyApp:
             await self._audited(scope, receive, send)
         elif route in PLAIN_ROUTES:
             await self._plain(scope, receive, send)
+        elif scope["path"] == _ROTATE_KEY_PATH:
+            await self._rotate_key(scope, receive, send)
         elif scope["path"].startswith(_AUDIT_PREFIX):
             await self._audit_admin(scope, receive, send)
         elif scope["path"] == _METRICS_PATH:
@@ -260,5 +272,15 @@ def build_app(config: ProxyConfig) -> ProxyApp:
         else SharedLimits(limiter, store.usage_board(), config.rate_limit_sync_s)
     )
     return ProxyApp(
-        keys, store, upstream, policy, fim, siem, live, limiter, shared, signer.evidence_key()
+        keys,
+        store,
+        upstream,
+        policy,
+        fim,
+        siem,
+        live,
+        limiter,
+        shared,
+        signer.evidence_key(),
+        config.data_dir,
     )

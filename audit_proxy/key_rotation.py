@@ -14,16 +14,26 @@ finds old digests; the outgoing private key itself is deleted.
 
 Each step can be repeated after a crash; running the command again finishes a rotation that
 stopped half-way (the incoming key waits in `audit-signing-key.next.pem` until it is current).
+
+A running proxy rotates its own key on `POST /v1/audit/rotate-key` (`RotateKeyRoute`, admin
+only), with no restart: a SQLite store, which admits one writer and so cannot be rotated by the
+command while the proxy runs, switches to the incoming key in the transaction that records the
+hand-over; a PostgreSQL replica takes it up from its data dir at its next checkpoint.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from audit_proxy.asgi import Receive, Scope, Send, send_error, send_json
+from audit_proxy.auth import PRINCIPAL
 from audit_proxy.checkpoints import (
     KEY_FILE,
     LOG_KEY_FILE,
@@ -42,6 +52,8 @@ from audit_proxy.store import AuditStore, AuditStoreUnavailable
 if TYPE_CHECKING:
     from audit_proxy.pg_store import PostgresAuditStore
 
+log = logging.getLogger("bastion.proxy")
+
 NEXT_KEY_FILE = "audit-signing-key.next.pem"
 
 
@@ -58,24 +70,23 @@ class Rotation:
 
 
 def rotate_signing_key(
-    data_dir: Path, store_url: str | None = None, password: str | None = None
+    data_dir: Path,
+    store_url: str | None = None,
+    password: str | None = None,
+    live: AuditStore | PostgresAuditStore | None = None,
 ) -> Rotation:
     """Rotate the signing key in `data_dir`, for its SQLite log or the PostgreSQL one at
-    `store_url`. Raises `RotationError`."""
+    `store_url`, or for the `live` store of the proxy running on `data_dir`. Raises
+    `RotationError`."""
     try:
         outgoing = Signer.load(data_dir)
     except SigningKeyError as exc:
         raise RotationError(str(exc)) from None
-    retired = _retired_with(outgoing)
+    # The log first: a log that cannot be rotated here (another process writes it) leaves no
+    # key waiting in the data dir.
+    store = live or _open_writer(data_dir, outgoing, store_url, password)
     try:
-        if not (data_dir / LOG_KEY_FILE).exists():
-            write_private_text(data_dir / LOG_KEY_FILE, outgoing.log_public_key.hex() + "\n")
-        write_retired_keys(data_dir, retired)
-        incoming = _incoming_key(data_dir, outgoing, retired)
-    except (OSError, ValueError, SigningKeyError) as exc:
-        raise RotationError(f"cannot write the new key in {data_dir}: {exc}") from None
-    store = _open_writer(data_dir, outgoing, store_url, password)
-    try:
+        incoming = _prepare_keys(data_dir, outgoing)
         try:
             transition = store.rotate_signing_key(outgoing, incoming)
             _make_current(data_dir)
@@ -90,8 +101,21 @@ def rotate_signing_key(
                 "audit-retired-keys.json), and the next rotation wraps them"
             ) from None
     finally:
-        store.close()
+        if live is None:
+            store.close()
     return Rotation(transition, rewrapped)
+
+
+def _prepare_keys(data_dir: Path, outgoing: Signer) -> Signer:
+    """Write what the data dir keeps of the outgoing key, and the incoming key (pending)."""
+    retired = _retired_with(outgoing)
+    try:
+        if not (data_dir / LOG_KEY_FILE).exists():
+            write_private_text(data_dir / LOG_KEY_FILE, outgoing.log_public_key.hex() + "\n")
+        write_retired_keys(data_dir, retired)
+        return _incoming_key(data_dir, outgoing, retired)
+    except (OSError, ValueError, SigningKeyError) as exc:
+        raise RotationError(f"cannot write the new key in {data_dir}: {exc}") from None
 
 
 def _retired_with(outgoing: Signer) -> list[RetiredKey]:
@@ -133,7 +157,8 @@ def _open_writer(
     except AuditStoreUnavailable as exc:
         store.close()
         raise RotationError(
-            f"{exc}; stop the proxy that uses {data_dir}, rotate, then start it again"
+            f"{exc}; rotate through that proxy instead (POST /v1/audit/rotate-key with an "
+            "admin key: no restart), or stop it, rotate, then start it again"
         ) from None
     return store
 
@@ -147,3 +172,41 @@ def _make_current(data_dir: Path) -> None:
     with contextlib.suppress(OSError):
         # The public key file keeps naming the log's own key, which auditors pin.
         os.chmod(data_dir / KEY_FILE, 0o600)
+
+
+class RotateKeyRoute:
+    """`POST /v1/audit/rotate-key`, behind `Authenticate` and `RequireAdmin`: the running proxy
+    hands its log's signing to a new key and answers the transition. One rotation at a time."""
+
+    def __init__(self, store: AuditStore | PostgresAuditStore, data_dir: Path) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self._running = asyncio.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await send_error(send, 405, "only POST", "invalid_request_error", "method_not_allowed")
+            return
+        if self._running.locked():
+            await send_error(
+                send, 409, "a key rotation is running; try again when it has ended",
+                "invalid_request_error", "rotation_running",
+            )  # fmt: skip
+            return
+        async with self._running:
+            try:
+                # Rewrapping every payload key reads and writes the whole key table.
+                done = await asyncio.to_thread(rotate_signing_key, self.data_dir, live=self.store)
+            except RotationError as exc:
+                await send_error(send, 503, str(exc), "audit_unavailable", "rotation_failed")
+                return
+        transition = done.transition
+        log.warning(
+            "signing key %s rotated out at size %d by %s; key %s signs from now on "
+            "(%d payload keys wrapped anew)",
+            transition.from_key_id[:16], transition.size, scope[PRINCIPAL].name,
+            transition.to_key_id[:16], done.rewrapped,
+        )  # fmt: skip
+        answer = {**transition.as_dict(), "to_key_id": transition.to_key_id,
+                  "rewrapped": done.rewrapped}  # fmt: skip
+        await send_json(send, 200, json.dumps(answer).encode())

@@ -721,6 +721,7 @@ class PostgresAuditStore:
         (see `purge_payloads`), PostgreSQL keeps old row versions until VACUUM, and its WAL and
         backups keep them longer.
         """
+        self._key_wrap = new  # first: keys this store writes meanwhile need no second pass
         conn = self._connect()
         changed = 0
         after = ("", "")
@@ -753,7 +754,6 @@ class PostgresAuditStore:
             raise self._unavailable("cannot wrap the payload keys anew in", exc) from exc
         finally:
             conn.close()
-        self._key_wrap = new
         return changed
 
     # -- connections ------------------------------------------------------------------------------

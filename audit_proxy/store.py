@@ -1344,7 +1344,8 @@ class AuditStore:
         """Hand the log's signing from `outgoing` to `incoming` (`bastion audit rotate-key`).
 
         One transaction: a checkpoint of the current tree by the outgoing key (when it grew),
-        and the transition both keys sign. Run again after the same hand-over it returns the
+        and the transition both keys sign; a store signing with the outgoing key signs with the
+        incoming one from then on. Run again after the same hand-over it returns the
         transition already made. Then every stored payload key is wrapped anew under the
         incoming key (`rewrap_payload_keys`). Raises `AuditStoreUnavailable`.
         """
@@ -1370,6 +1371,9 @@ class AuditStore:
                         " VALUES (?,?,?,?,?,?,?,?)",
                         tuple(transition.as_dict().values()),
                     )
+                if self.signer is not None and self.signer.key_id == outgoing.key_id:
+                    # A running proxy's store: the next checkpoint is the incoming key's.
+                    self.signer = incoming
         except sqlite3.Error as exc:
             raise AuditStoreUnavailable(
                 f"the audit store {self.path} cannot record the key rotation: {exc}"
@@ -1403,6 +1407,7 @@ class AuditStore:
         Batches of short transactions with `secure_delete`, then the WAL is truncated, as a
         purge does, so that no copy under the old key-encryption key is left behind.
         """
+        self._key_wrap = new  # first: keys filed meanwhile need no second pass
         self.file_staged()
         try:
             with self._lock:
@@ -1413,7 +1418,6 @@ class AuditStore:
             raise AuditStoreUnavailable(
                 f"the payload keys in {self.path} cannot be wrapped anew: {exc}"
             ) from exc
-        self._key_wrap = new
         return changed
 
     def _rewrap_batches(self, old: KeyWrap | None, new: KeyWrap) -> int:

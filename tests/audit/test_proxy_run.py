@@ -167,6 +167,55 @@ def test_a_proxy_restarted_after_a_key_rotation_signs_with_the_new_key(
     assert report.payloads_checked == report.records
 
 
+def _all_answered(proxy: Proxy, requests: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(proxy.store().outcomes()) < requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_a_running_proxy_rotates_its_key_on_the_admin_route(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "bastion"
+    proxy = start_proxy(upstream.url, data_dir, tmp_path / "proxy.log")
+    env_cmd = [sys.executable, "-m", "bastion.audit_commands"]
+    try:
+        pinned = read_public_key(data_dir / "audit-signing-key.pub")
+        admin = {"Authorization": f"Bearer {proxy.keys().create('root', role='admin')}"}
+        user = {"Authorization": f"Bearer {proxy.keys().create('bob')}"}
+        audited = run_traffic(proxy)
+        key_ids = []
+        with httpx.Client(base_url=proxy.url, timeout=30) as client:
+            denied = client.post("/v1/audit/rotate-key", headers=user)
+            assert denied.status_code == 403 and "admin" in denied.text
+            assert client.get("/v1/audit/rotate-key", headers=admin).status_code == 405
+            for round_ in range(2):  # twice: the second from the key the first brought in
+                _all_answered(proxy, audited)
+                rotated = client.post("/v1/audit/rotate-key", headers=admin)
+                assert rotated.status_code == 200, rotated.text
+                doc = rotated.json()
+                assert doc["size"] == 2 * audited and doc["rewrapped"] == 2 * audited
+                key_ids.append((doc["from_key_id"], doc["to_key_id"]))
+                audited += run_traffic(proxy, user=f"after-{round_}")
+        _all_answered(proxy, audited)
+        # The command refuses while the proxy holds the log, and names the route.
+        rotate = [*env_cmd, "audit", "rotate-key", "--data-dir", str(data_dir)]
+        refused = subprocess.run(rotate, capture_output=True, text=True, cwd=REPO, check=False)
+        assert refused.returncode == 1 and "/v1/audit/rotate-key" in refused.stderr
+    finally:
+        stop_proxy(proxy)  # its last checkpoint is the second new key's
+    assert key_ids[1][0] == key_ids[0][1]
+    assert " CRITICAL " not in proxy.log()  # it never tried to sign with a retired key
+    assert "audit-signing-key.next.pem" not in {p.name for p in data_dir.iterdir()}
+    out = tmp_path / "export.jsonl"
+    export = [*env_cmd, "audit", "export", "--data-dir", str(data_dir), str(out)]
+    subprocess.run(export, check=True, cwd=REPO)
+    report = verify.verify_export_file(out, pinned)
+    assert report.ok, report.problems
+    assert (report.key_transitions, report.records) == (2, 2 * audited)
+    assert report.signed_size == report.payloads_checked == report.records
+
+
 def test_the_log_survives_kill_9_and_verifies(upstream: FakeUpstream, tmp_path: Path) -> None:
     data_dir = tmp_path / "bastion"
     total = 0
