@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,7 +73,7 @@ class ProxyApp:
         roles: RoleBook = BUILTIN_ROLES,
         limiter: RateLimiter | None = None,
         shared_limits: SharedLimits | None = None,
-        evidence_key: bytes | None = None,
+        evidence_key: bytes | Callable[[], bytes] | None = None,
         data_dir: Path | None = None,
     ) -> None:
         self.keys = keys
@@ -281,6 +282,7 @@ def build_app(config: ProxyConfig) -> ProxyApp:
         live,
         limiter,
         shared,
-        signer.evidence_key(),
+        # The evidence key follows the store's signer through a rotation.
+        lambda: (store.signer or signer).evidence_key(),
         config.data_dir,
     )

@@ -6,7 +6,7 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,13 +115,20 @@ def evidence_digest(key: bytes, span: str) -> str:
 class Engine:
     """A compiled policy; `apply` is a pure function of the body.
 
-    `evidence_key` keys the findings' digests; without one the engine makes its own, so its
-    digests can only be compared with each other.
+    `evidence_key` keys the findings' digests: a key, or where it may change while the engine
+    runs (a signing-key rotation), what gives the key in force. Without one the engine makes its
+    own, so its digests can only be compared with each other.
     """
 
-    def __init__(self, policy: Policy, evidence_key: bytes | None = None) -> None:
+    def __init__(
+        self, policy: Policy, evidence_key: bytes | Callable[[], bytes] | None = None
+    ) -> None:
         self.policy = policy
-        self._evidence_key = evidence_key if evidence_key is not None else os.urandom(32)
+        if evidence_key is None or isinstance(evidence_key, bytes):
+            fixed = evidence_key if evidence_key is not None else os.urandom(32)
+            self._evidence_key: Callable[[], bytes] = lambda: fixed
+        else:
+            self._evidence_key = evidence_key
         steps = policy.steps()
         # Stripping goes first, so that a secret split by zero-width characters is whole again
         # before the detectors look for it.
@@ -224,7 +231,7 @@ class Engine:
         return outcome.evidence(self.policy) if outcome.findings else self._clean_evidence
 
     def _finding(self, step: Step, original: str, field_path: str, start: int, end: int) -> Finding:
-        digest = evidence_digest(self._evidence_key, original[start:end])
+        digest = evidence_digest(self._evidence_key(), original[start:end])
         return Finding(step.rule.id, step.rule.action, field_path, start, end, digest)
 
 

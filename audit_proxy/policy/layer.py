@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from audit_proxy.asgi import (
     ASGIApp,
@@ -32,7 +33,9 @@ POLICY_BLOCKED_BY = "bastion.policy.blocked_by"
 class ApplyPolicy:
     """Rewrites the request body by the policy and leaves the evidence in the scope for audit."""
 
-    def __init__(self, app: ASGIApp, policy: Policy, evidence_key: bytes | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, policy: Policy, evidence_key: bytes | Callable[[], bytes] | None = None
+    ) -> None:
         self.app = app
         self.engine = Engine(policy, evidence_key)
 

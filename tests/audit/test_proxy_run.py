@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from audit_proxy import verify
-from audit_proxy.checkpoints import read_public_key
+from audit_proxy.checkpoints import Signer, read_public_key
+from audit_proxy.policy.engine import evidence_digest
 from bastion import audit_commands
 from tests.proxy.conftest import REPO, Proxy, start_proxy, stop_proxy
 from tests.proxy.fake_upstream import FakeUpstream
@@ -197,7 +198,21 @@ def test_a_running_proxy_rotates_its_key_on_the_admin_route(
                 assert doc["size"] == 2 * audited and doc["rewrapped"] == 2 * audited
                 key_ids.append((doc["from_key_id"], doc["to_key_id"]))
                 audited += run_traffic(proxy, user=f"after-{round_}")
+        # New policy evidence is keyed by the key in force, not the one the proxy started with.
+        secret = "ghp_" + "aB3" * 12
+        with httpx.Client(base_url=proxy.url, timeout=10) as client:
+            body = {"model": "tiny", "prompt": f'token = "{secret}"'}
+            assert client.post("/v1/completions", json=body, headers=user).status_code == 200
+        audited += 1
         _all_answered(proxy, audited)
+        store = proxy.store()
+        try:
+            (finding,) = json.loads(store.requests()[-1].policy or "")["findings"]
+        finally:
+            store.close()
+        current = Signer.load(data_dir)
+        assert current.key_id == key_ids[1][1]
+        assert finding["hmac_sha256"] == evidence_digest(current.evidence_key(), secret)
         # The command refuses while the proxy holds the log, and names the route.
         rotate = [*env_cmd, "audit", "rotate-key", "--data-dir", str(data_dir)]
         refused = subprocess.run(rotate, capture_output=True, text=True, cwd=REPO, check=False)
