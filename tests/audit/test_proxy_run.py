@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from audit_proxy.policy.engine import evidence_digest
 from bastion import audit_commands
 from tests.proxy.conftest import REPO, Proxy, start_proxy, stop_proxy
 from tests.proxy.fake_upstream import FakeUpstream
+
+from .load import concurrent_load
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +173,14 @@ def test_a_proxy_restarted_after_a_key_rotation_signs_with_the_new_key(
     assert report.payloads_checked == report.records
 
 
+def _exported(data_dir: Path, tmp_path: Path) -> Path:
+    """`bastion audit export` of the log in `data_dir`, as an auditor runs it."""
+    out = tmp_path / "export.jsonl"
+    export = [sys.executable, "-m", "bastion.audit_commands", "audit", "export"]
+    subprocess.run([*export, "--data-dir", str(data_dir), str(out)], check=True, cwd=REPO)
+    return out
+
+
 def _all_answered(proxy: Proxy, requests: int) -> None:
     deadline = time.monotonic() + 5
     while len(proxy.store().outcomes()) < requests and time.monotonic() < deadline:
@@ -222,13 +235,44 @@ def test_a_running_proxy_rotates_its_key_on_the_admin_route(
     assert key_ids[1][0] == key_ids[0][1]
     assert " CRITICAL " not in proxy.log()  # it never tried to sign with a retired key
     assert "audit-signing-key.next.pem" not in {p.name for p in data_dir.iterdir()}
-    out = tmp_path / "export.jsonl"
-    export = [*env_cmd, "audit", "export", "--data-dir", str(data_dir), str(out)]
-    subprocess.run(export, check=True, cwd=REPO)
-    report = verify.verify_export_file(out, pinned)
+    report = verify.verify_export_file(_exported(data_dir, tmp_path), pinned)
     assert report.ok, report.problems
     assert (report.key_transitions, report.records) == (2, 2 * audited)
     assert report.signed_size == report.payloads_checked == report.records
+
+
+def test_a_rotation_on_the_admin_route_under_concurrent_load_loses_nothing(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "bastion"
+    proxy = start_proxy(upstream.url, data_dir, tmp_path / "proxy.log")
+    try:
+        pinned = read_public_key(data_dir / "audit-signing-key.pub")
+        admin = {"Authorization": f"Bearer {proxy.keys().create('root', role='admin')}"}
+        key = proxy.keys().create("alice")
+        rotated: list[httpx.Response] = []
+        rotator = threading.Thread(
+            target=lambda: rotated.append(
+                httpx.post(proxy.url + "/v1/audit/rotate-key", headers=admin, timeout=60)
+            )
+        )
+
+        def rotate_at(done: int) -> None:
+            if done == 100:
+                rotator.start()
+
+        results = asyncio.run(concurrent_load([proxy.url], key, 400, 16, rotate_at))
+        rotator.join(60)
+        _all_answered(proxy, 400)
+    finally:
+        stop_proxy(proxy)
+    assert rotated and rotated[0].status_code == 200, rotated[0].text if rotated else None
+    assert Counter(status for _, status, _ in results) == {200: 400}
+    assert 200 <= rotated[0].json()["size"] < 800  # mid-load
+    report = verify.verify_export_file(_exported(data_dir, tmp_path), pinned)
+    assert report.ok, report.problems
+    assert (report.key_transitions, report.records, report.signed_size) == (1, 800, 800)
+    assert report.payloads_checked == 800
 
 
 def test_the_log_survives_kill_9_and_verifies(upstream: FakeUpstream, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from audit_proxy.store import AuditStore, AuditStoreUnavailable
 from tests.proxy.conftest import REPO, Proxy, start_proxy, stop_proxy
 from tests.proxy.fake_upstream import FakeUpstream
 
+from .load import concurrent_load
 from .pg_fixture import PgCluster
 from .records import record_outcome, record_request
 
@@ -206,33 +207,6 @@ def running_replicas(
             stop_proxy(proxy)
 
 
-async def _load(
-    urls: list[str], key: str, total: int, concurrency: int, on_done: object = None
-) -> list[tuple[int, int, str | None]]:
-    """`total` requests spread round-robin over `urls`: (replica, status, request id)."""
-    headers = {"Authorization": f"Bearer {key}", "X-Bastion-Feature": "completion"}
-    results: list[tuple[int, int, str | None]] = []
-    gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(headers=headers, timeout=20) as client:
-
-        async def one(i: int) -> None:
-            replica = i % len(urls)
-            body = {"model": "tiny", "prompt": f"p{i}", "stream": i % 3 == 0}
-            async with gate:
-                try:
-                    response = await client.post(urls[replica] + "/v1/completions", json=body)
-                    status = response.status_code
-                    request_id = response.headers.get("x-bastion-request-id")
-                except httpx.TransportError:
-                    status, request_id = 0, None
-            results.append((replica, status, request_id))
-            if callable(on_done):
-                on_done(len(results))
-
-        await asyncio.gather(*(one(i) for i in range(total)))
-    return results
-
-
 def _audit_cli(data_dir: Path, db_url: str, *args: str) -> str:
     """`bastion audit ARGS --data-dir D --store-url URL` (password from the environment)."""
     where = ("--data-dir", str(data_dir), "--store-url", db_url)
@@ -262,7 +236,7 @@ def test_three_replicas_write_one_gapless_log_that_verifies(
 ) -> None:
     data_dir, config, key = replica_home
     with running_replicas(upstream, data_dir, config, 3, tmp_path) as replicas:
-        results = asyncio.run(_load([p.url for p in replicas], key, 300, 30))
+        results = asyncio.run(concurrent_load([p.url for p in replicas], key, 300, 30))
     assert Counter(status for _, status, _ in results) == {200: 300}
     assert Counter(replica for replica, _, _ in results) == {0: 100, 1: 100, 2: 100}
     assert len(upstream.received) == 300
@@ -303,7 +277,9 @@ def test_a_replica_killed_mid_load_leaves_no_gap_and_the_others_carry_on(
                 killed.set()
                 os.kill(victim.process.pid, signal.SIGKILL)
 
-        results = asyncio.run(_load([p.url for p in replicas], key, 300, 24, kill_at_a_third))
+        results = asyncio.run(
+            concurrent_load([p.url for p in replicas], key, 300, 24, kill_at_a_third)
+        )
     assert killed.is_set() and victim.process.returncode == -signal.SIGKILL
     survivors = [(status, rid) for replica, status, rid in results if replica != 0]
     assert Counter(status for status, _ in survivors) == {200: 200}
@@ -327,7 +303,7 @@ def test_a_replica_killed_mid_load_leaves_no_gap_and_the_others_carry_on(
     assert report.signed_size == report.records
 
 
-def test_replicas_sharing_a_data_dir_follow_a_key_rotation_mid_load(
+def test_replicas_sharing_a_data_dir_follow_a_key_rotation_midconcurrent_load(
     cluster: PgCluster,
     db_url: str,
     upstream: FakeUpstream,
@@ -347,11 +323,11 @@ def test_replicas_sharing_a_data_dir_follow_a_key_rotation_mid_load(
                 httpx.post(urls[0] + "/v1/audit/rotate-key", headers=admin, timeout=60)
             )
         )
-        results = asyncio.run(_load(urls, key, 100, 8))
+        results = asyncio.run(concurrent_load(urls, key, 100, 8))
         rotator.start()  # while the next requests run
-        results += asyncio.run(_load(urls, key, 300, 8))
+        results += asyncio.run(concurrent_load(urls, key, 300, 8))
         rotator.join(60)
-        results += asyncio.run(_load(urls, key, 100, 8))  # after it, for certain
+        results += asyncio.run(concurrent_load(urls, key, 100, 8))  # after it, for certain
     assert rotated and rotated[0].status_code == 200, rotated[0].text if rotated else None
     assert Counter(status for _, status, _ in results) == {200: 500}
     new_key = Signer.load(data_dir)
