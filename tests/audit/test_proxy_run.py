@@ -59,6 +59,20 @@ def run_traffic(proxy: Proxy, user: str = "alice") -> int:
     return audited
 
 
+def _exported(data_dir: Path, tmp_path: Path) -> Path:
+    """`bastion audit export` of the log in `data_dir`, as an auditor runs it."""
+    out = tmp_path / "export.jsonl"
+    export = [sys.executable, "-m", "bastion.audit_commands", "audit", "export"]
+    subprocess.run([*export, "--data-dir", str(data_dir), str(out)], check=True, cwd=REPO)
+    return out
+
+
+def _all_answered(proxy: Proxy, requests: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(proxy.store().outcomes()) < requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_a_real_proxy_run_exports_and_verifies(upstream: FakeUpstream, tmp_path: Path) -> None:
     data_dir = tmp_path / "bastion"
     proxy = start_proxy(upstream.url, data_dir, tmp_path / "proxy.log")
@@ -164,27 +178,10 @@ def test_a_proxy_restarted_after_a_key_rotation_signs_with_the_new_key(
     assert bytes.fromhex(proof["public_key"]) == pinned
     assert len(proof["key_transitions"]) == 1 and "key_id" in proof["checkpoint"]
     assert verify.verify_proof(proof, pinned) is None
-    out = tmp_path / "export.jsonl"
-    export = [*env_cmd, "audit", "export", "--data-dir", str(data_dir), str(out)]
-    subprocess.run(export, check=True, cwd=REPO)
-    report = verify.verify_export_file(out, pinned)
+    report = verify.verify_export_file(_exported(data_dir, tmp_path), pinned)
     assert report.ok, report.problems
     assert (report.key_transitions, report.records) == (1, 2 * (before + after))
     assert report.payloads_checked == report.records
-
-
-def _exported(data_dir: Path, tmp_path: Path) -> Path:
-    """`bastion audit export` of the log in `data_dir`, as an auditor runs it."""
-    out = tmp_path / "export.jsonl"
-    export = [sys.executable, "-m", "bastion.audit_commands", "audit", "export"]
-    subprocess.run([*export, "--data-dir", str(data_dir), str(out)], check=True, cwd=REPO)
-    return out
-
-
-def _all_answered(proxy: Proxy, requests: int) -> None:
-    deadline = time.monotonic() + 5
-    while len(proxy.store().outcomes()) < requests and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 def test_a_running_proxy_rotates_its_key_on_the_admin_route(
