@@ -12,7 +12,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +28,7 @@ from audit_proxy.checkpoints import (
     Signer,
     SigningKeyError,
 )
-from audit_proxy.store import AuditStore, AuditStoreUnavailable
+from audit_proxy.store import NO_PAYLOAD, AuditStore, AuditStoreUnavailable, StoredPayload
 
 if TYPE_CHECKING:
     from audit_proxy.pg_store import PostgresAuditStore
@@ -140,8 +140,8 @@ def export_log(
         checkpoints = store.checkpoints()
         out.write(json.dumps(_header(signer)) + "\n")
         hashes: list[bytes] = []
-        for seq, kind, record_id, digest, canonical in _all_leaves(store):
-            payload, shredded = _payload(store, kind, record_id) if payloads else (None, False)
+        for seq, kind, _, digest, canonical, stored in _leaves_with_payloads(store, payloads):
+            payload, shredded = stored.data, stored.shredded
             entry = {
                 "type": "leaf",
                 "seq": seq,
@@ -176,25 +176,34 @@ def export_log(
         store.close()
 
 
-def _all_leaves(
-    store: AuditStore | PostgresAuditStore,
-) -> Iterator[tuple[int, str, str, bytes, bytes]]:
-    """Every leaf in order, read a batch at a time (a log can be larger than memory)."""
+def _leaves_with_payloads(
+    store: AuditStore | PostgresAuditStore, payloads: bool
+) -> Iterator[tuple[int, str, str, bytes, bytes, StoredPayload]]:
+    """Every leaf in order with its payload (with `payloads`), read a batch at a time: a log
+    can be larger than memory, and a query per payload costs a round trip each."""
     seq = 0
     while True:
         batch = store.leaves_from(seq, EXPORT_BATCH)
-        yield from batch
+        opened = payloads_of(store, batch) if payloads else {}
+        for leaf in batch:
+            yield (*leaf, opened.get((leaf[1], leaf[2]), NO_PAYLOAD))
         if len(batch) < EXPORT_BATCH:
             return
         seq = batch[-1][0] + 1
 
 
-def _payload(
-    store: AuditStore | PostgresAuditStore, kind: str, record_id: str
-) -> tuple[bytes | None, bool]:
-    """A record's payload, and whether it was shredded."""
-    stored = store.stored_payload(kind, record_id)
-    return stored.data, stored.shredded
+def payloads_of(
+    store: AuditStore | PostgresAuditStore, leaves: Sequence[Sequence[Any]]
+) -> dict[tuple[str, str], StoredPayload]:
+    """The payloads of `leaves` ((seq, kind, record id, ...) rows), by (kind, record id)."""
+    by_kind: dict[str, list[str]] = {}
+    for leaf in leaves:
+        by_kind.setdefault(str(leaf[1]), []).append(str(leaf[2]))
+    return {
+        (kind, record_id): stored
+        for kind, record_ids in by_kind.items()
+        for record_id, stored in store.stored_payloads(kind, record_ids).items()
+    }
 
 
 def _signed(store: AuditStore | PostgresAuditStore, size: int | None = None) -> Checkpoint:

@@ -69,6 +69,8 @@ from audit_proxy.pg_migrations import (
 from audit_proxy.store import (
     CHECKPOINT_COLUMNS,
     LEAF_SOURCES,
+    NO_PAYLOAD,
+    PAYLOAD_READ_BATCH,
     PURGE_BATCH,
     TRANSITION_COLUMNS,
     AbortedBy,
@@ -898,25 +900,30 @@ class PostgresAuditStore:
 
     def stored_payload(self, kind: str, record_id: str) -> StoredPayload:
         """The payload a leaf binds by hash, and whether it was shredded."""
+        return self.stored_payloads(kind, [record_id]).get(record_id, NO_PAYLOAD)
+
+    def stored_payloads(self, kind: str, record_ids: Sequence[str]) -> dict[str, StoredPayload]:
+        """`stored_payload` of many records of one kind, by record id (absent: no row)."""
         table, key, payload = LEAF_SOURCES[kind]
         parts = _key_columns(kind, "t", key, self._has_payload_keys())
-        # Names from LEAF_SOURCES only.
+        # Names from LEAF_SOURCES only; the ids are bound.
         query = (
-            f"SELECT t.{payload}{parts['keys']} FROM {table} t{parts['join']}"  # noqa: S608
-            f" WHERE t.{key} = %s"
+            f"SELECT t.{key}, t.{payload}{parts['keys']}"  # noqa: S608
+            f" FROM {table} t{parts['join']} WHERE t.{key} = ANY(%s)"
         )
-        rows = self._read(query, (record_id,))
-        if not rows:
-            return StoredPayload(None, False)
-        stored, has_key_row, key_stored = rows[0]
-        return open_payload(
-            kind,
-            record_id,
-            _maybe_bytes(stored),
-            has_key_row,
-            _maybe_bytes(key_stored),
-            self._key_wrap,
-        )
+        found: dict[str, StoredPayload] = {}
+        for start in range(0, len(record_ids), PAYLOAD_READ_BATCH):
+            rows = self._read(query, (list(record_ids[start : start + PAYLOAD_READ_BATCH]),))
+            for record_id, stored, has_key_row, key_stored in rows:
+                found[str(record_id)] = open_payload(
+                    kind,
+                    str(record_id),
+                    _maybe_bytes(stored),
+                    has_key_row,
+                    _maybe_bytes(key_stored),
+                    self._key_wrap,
+                )
+        return found
 
     def count_unshredded(self, before: datetime) -> int:
         """How many payloads of records received before `before` are still readable."""

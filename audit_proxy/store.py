@@ -363,6 +363,11 @@ class StoredPayload:
     shredded: bool
 
 
+NO_PAYLOAD = StoredPayload(None, False)  # no row holds it
+# Record ids per payload query: well under SQLite's limit on bound parameters.
+PAYLOAD_READ_BATCH = 500
+
+
 def open_payload(
     kind: str,
     record_id: str,
@@ -1498,18 +1503,26 @@ class AuditStore:
 
     def stored_payload(self, kind: str, record_id: str) -> StoredPayload:
         """The payload a leaf binds by hash, and whether it was shredded."""
+        return self.stored_payloads(kind, [record_id]).get(record_id, NO_PAYLOAD)
+
+    def stored_payloads(self, kind: str, record_ids: Sequence[str]) -> dict[str, StoredPayload]:
+        """`stored_payload` of many records of one kind, by record id (absent: no row)."""
         table, key, payload = LEAF_SOURCES[kind]
-        # Names from LEAF_SOURCES only.
-        query = (
-            f"SELECT t.{payload}, k.record_id IS NOT NULL, k.key FROM {table} t"  # noqa: S608
-            f" LEFT JOIN payload_keys k ON k.kind = ? AND k.record_id = t.{key}"
-            f" WHERE t.{key} = ?"
-        )
-        rows = self._read(query, (kind, record_id))
-        if not rows:
-            return StoredPayload(None, False)
-        stored, has_key_row, key_stored = rows[0]
-        return open_payload(kind, record_id, stored, has_key_row, key_stored, self._key_wrap)
+        found: dict[str, StoredPayload] = {}
+        for start in range(0, len(record_ids), PAYLOAD_READ_BATCH):
+            chunk = record_ids[start : start + PAYLOAD_READ_BATCH]
+            # Names from LEAF_SOURCES only; the ids are bound.
+            query = (
+                f"SELECT t.{key}, t.{payload}, k.record_id IS NOT NULL, k.key"  # noqa: S608
+                f" FROM {table} t"
+                f" LEFT JOIN payload_keys k ON k.kind = ? AND k.record_id = t.{key}"
+                f" WHERE t.{key} IN ({','.join('?' * len(chunk))})"
+            )
+            for record_id, stored, has_key_row, key_stored in self._read(query, (kind, *chunk)):
+                found[str(record_id)] = open_payload(
+                    kind, str(record_id), stored, has_key_row, key_stored, self._key_wrap
+                )
+        return found
 
     def count_unshredded(self, before: datetime) -> int:
         """How many payloads of records received before `before` are still readable."""

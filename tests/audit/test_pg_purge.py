@@ -27,6 +27,7 @@ from audit_proxy.store import AuditStoreUnavailable
 from .cli import bastion
 from .pg_fixture import PgCluster
 from .records import a_moment_after_now, record_pair_async
+from .test_purge import check_batched_payload_reads
 
 CANARY = b"canary-5c2e77-do-not-keep"
 ANSWER = b'{"text":"ok"}'
@@ -352,4 +353,12 @@ def test_a_bad_date_is_refused_with_exit_2(
     assert done.returncode == 2
     assert "argument --before" in done.stderr and problem in done.stderr
     assert store.payload("request", request_id) == b"kept"
+    store.close()
+
+
+def test_many_payloads_are_read_in_chunks_as_one_is_read(
+    cluster: PgCluster, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = PostgresAuditStore(db_url, cluster.password, signer=Signer.load_or_create(tmp_path))
+    check_batched_payload_reads(store, monkeypatch)
     store.close()

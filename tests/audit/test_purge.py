@@ -16,6 +16,7 @@ import pytest
 
 from audit_proxy.checkpoints import Signer
 from audit_proxy.payload_crypto import PayloadSealError, unseal
+from audit_proxy.pg_store import PostgresAuditStore
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
 from bastion.audit_commands import purge_cutoff
 from tests.audit.cli import bastion
@@ -50,6 +51,33 @@ def key_of(data_dir: Path, kind: str, record_id: str) -> bytes:
         raw.close()
     assert isinstance(key, bytes) and len(key) == 32
     return key
+
+
+def check_batched_payload_reads(
+    store: AuditStore | PostgresAuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store's `stored_payloads` reads many records' payloads (in chunks) as `stored_payload`
+    reads one each: shredded ones flagged, unknown ids left out. Purges the oldest pair."""
+    monkeypatch.setattr(f"{type(store).__module__}.PAYLOAD_READ_BATCH", 3)
+    old = record_pair(store, b'{"prompt": "old"}')
+    cutoff = a_moment_after_now()
+    ids = [old] + [record_pair(store, f'{{"prompt": "p{i}"}}'.encode()) for i in range(6)]
+    assert store.purge_payloads(cutoff).shredded == 2
+    for kind in ("request", "outcome"):
+        batched = store.stored_payloads(kind, [*ids, "no-such-record"])
+        assert set(batched) == set(ids)
+        assert batched == {record_id: store.stored_payload(kind, record_id) for record_id in ids}
+        assert batched[old].shredded and batched[old].data is None
+        assert all(batched[i].data for i in ids[1:])
+    assert store.stored_payloads("request", [ids[3]])[ids[3]].data == b'{"prompt": "p2"}'
+
+
+def test_many_payloads_are_read_in_chunks_as_one_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = AuditStore(tmp_path / "audit.sqlite3", Signer.load_or_create(tmp_path))
+    check_batched_payload_reads(store, monkeypatch)
+    store.close()
 
 
 def test_payloads_are_sealed_on_disk_and_read_back_in_clear(tmp_path: Path) -> None:
