@@ -85,13 +85,14 @@ def rotate_signing_key(
     # The log first: a log that cannot be rotated here (another process writes it) leaves no
     # key waiting in the data dir.
     store = live or _open_writer(data_dir, outgoing, store_url, password)
+    again = "post to /v1/audit/rotate-key again" if live is not None else "run the command again"
     try:
         incoming = _prepare_keys(data_dir, outgoing)
         try:
             transition = store.rotate_signing_key(outgoing, incoming)
             _make_current(data_dir)
         except (AuditStoreUnavailable, OSError) as exc:
-            raise RotationError(f"{exc}; run the command again to finish the rotation") from None
+            raise RotationError(f"{exc}; {again} to finish the rotation") from None
         try:
             rewrapped = store.rewrap_payload_keys(outgoing.key_wrap(), incoming.key_wrap())
         except AuditStoreUnavailable as exc:
