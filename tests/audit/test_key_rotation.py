@@ -3,6 +3,7 @@ retired key can neither sign on nor be slipped past the verifier."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from audit_proxy import export, verify
+from audit_proxy.auth import PRINCIPAL
 from audit_proxy.checkpoints import (
     KEY_FILE,
     LOG_KEY_FILE,
@@ -21,6 +23,8 @@ from audit_proxy.checkpoints import (
     RETIRED_KEYS_FILE,
     Signer,
 )
+from audit_proxy.key_rotation import RotateKeyRoute
+from audit_proxy.keys import Principal
 from audit_proxy.merkle import Frontier
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
 
@@ -336,3 +340,40 @@ def test_a_payload_key_no_known_key_unwraps_is_left_as_it_is(
     (kept,) = conn.execute("SELECT key FROM payload_keys WHERE seq = 1").fetchone()
     conn.close()
     assert kept == b"\x01" + b"\x07" * 40
+
+
+def test_the_admin_route_rotates_the_open_store_one_rotation_at_a_time(tmp_path: Path) -> None:
+    write_pairs(tmp_path, 2, 0)
+    store = AuditStore(tmp_path / "audit.sqlite3", Signer.load(tmp_path))
+    store.claim_writer()  # as a running proxy holds it
+    route = RotateKeyRoute(store, tmp_path)
+
+    async def call(method: str) -> tuple[int, dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        root = Principal(name="root", role="admin")
+        scope = {"type": "http", "method": method, "path": "/v1/audit/rotate-key", PRINCIPAL: root}
+        await route(scope, receive, send)
+        return sent[0]["status"], json.loads(sent[1]["body"])
+
+    async def while_one_runs() -> tuple[int, dict[str, Any]]:
+        async with route._running:
+            return await call("POST")
+
+    assert asyncio.run(call("GET"))[0] == 405
+    status, refused = asyncio.run(while_one_runs())
+    assert status == 409 and "running" in refused["error"]["message"]
+    status, done = asyncio.run(call("POST"))
+    assert status == 200 and (done["size"], done["rewrapped"]) == (4, 4)
+    assert store.signer is not None
+    assert store.signer.key_id == done["to_key_id"] == Signer.load(tmp_path).key_id
+    record_pair(store)
+    signed = store.checkpoint()  # the open store signs with the incoming key
+    assert signed is not None and signed.key_id == done["to_key_id"]
+    store.close()
