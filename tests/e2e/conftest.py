@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -137,8 +138,13 @@ def _as_dict(params: Any) -> dict[str, Any]:
 
 
 @pytest_asyncio.fixture
-async def lsp() -> AsyncIterator[LspSession]:
-    config = ClientServerConfig(server_command=[sys.executable, "-m", "bastion.cli", "lsp"])
+async def lsp(tmp_path: Path) -> AsyncIterator[LspSession]:
+    # Each test's workspace index in its own cache: one left in the user's cache by an earlier
+    # run at the same temporary path would already be embedded, and say nothing new.
+    config = ClientServerConfig(
+        server_command=[sys.executable, "-m", "bastion.cli", "lsp"],
+        server_env={**os.environ, "BASTION_INDEX_CACHE": str(tmp_path / "index-cache")},
+    )
     client = await config.start()
     session = LspSession(client)
 
