@@ -62,6 +62,8 @@ class IndexService:
         self._building = asyncio.Lock()
         self._embedding: asyncio.Task[None] | None = None
         self._embed_again = False
+        # Whether the log has said how the embeddings stand since the server started.
+        self._embeddings_told = False
         self._stop = threading.Event()
         self._pending_changes: dict[Path, asyncio.TimerHandle] = {}
         self._updates: set[asyncio.Task[None]] = set()
@@ -166,6 +168,14 @@ class IndexService:
                 f"workspace embeddings: {report.embedded} chunks embedded, {report.removed} "
                 f"dropped in {report.seconds:.1f} s ({semantic.encoder.backend})"
             )
+            self._embeddings_told = True
+        elif not self._embeddings_told and not report.stopped:
+            # A start on a workspace embedded before: say that search by meaning is ready.
+            self._log_line(
+                f"workspace embeddings: up to date, {len(semantic.vectors)} chunks "
+                f"({semantic.encoder.backend})"
+            )
+            self._embeddings_told = True
         for warning in report.warnings:
             self._log_line(f"workspace embeddings: {warning}")
         if self._embed_again and not self._stop.is_set():
