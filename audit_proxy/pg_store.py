@@ -136,15 +136,15 @@ _SELECT_OUTCOMES = (
 # whatever the database's collation.
 
 
-def successor_problem(retired: Signer, candidate: Signer, current: bytes | None) -> str | None:
-    """Why `candidate` may not sign in place of the `retired` key of a log whose current public
-    key is `current`, or None when it may."""
+def successor_problem(retired: Signer, candidate: Signer, last: KeyTransition | None) -> str | None:
+    """Why `candidate` may not sign in place of the `retired` key of a log whose last key
+    transition is `last`, or None when it may."""
     if candidate.log_id != retired.log_id:
         return (
             f"it names another log ({candidate.log_id[:16]}, not {retired.log_id[:16]}): copy "
             "audit-log-key.pub beside it"
         )
-    if candidate.public_key != current:
+    if last is None or candidate.key_id != last.to_key_id:
         return f"key {candidate.key_id[:16]} is not the log's current key"
     if all(r.key_id != retired.key_id for r in candidate.retired):
         return (
@@ -152,6 +152,15 @@ def successor_problem(retired: Signer, candidate: Signer, current: bytes | None)
             "keys it wrapped would not open: copy that file too"
         )
     return None
+
+
+def _last_transition(cur: psycopg.Cursor[Any]) -> KeyTransition | None:
+    """The log's latest hand-over of its signing key, if any."""
+    cur.execute(
+        f"SELECT {TRANSITION_COLUMNS} FROM key_transitions ORDER BY seq DESC LIMIT 1"  # noqa: S608
+    )
+    last = cur.fetchone()
+    return transition_of(last) if last is not None else None
 
 
 def redact_url(url: str) -> str:
@@ -579,10 +588,7 @@ class PostgresAuditStore:
             return None
         if candidate.key_id == self.signer.key_id:
             return None
-        cur.execute("SELECT to_public_key FROM key_transitions ORDER BY seq DESC LIMIT 1")
-        last = cur.fetchone()
-        current = bytes.fromhex(str(last[0])) if last is not None else None
-        problem = successor_problem(self.signer, candidate, current)
+        problem = successor_problem(self.signer, candidate, _last_transition(cur))
         if problem is not None:
             self._refuse_successor(problem)
             return None
@@ -669,12 +675,7 @@ class PostgresAuditStore:
                 done = cur.fetchone()
                 if done is not None:
                     return same_hand_over(transition_of(done), incoming)
-                cur.execute(
-                    f"SELECT {TRANSITION_COLUMNS} FROM key_transitions"  # noqa: S608
-                    " ORDER BY seq DESC LIMIT 1"
-                )
-                last = cur.fetchone()
-                check_current(outgoing, transition_of(last) if last is not None else None)
+                check_current(outgoing, _last_transition(cur))
                 frontier = self._caught_up(cur, Frontier())
                 size, root = frontier.size, frontier.root()
                 cur.execute("SELECT COALESCE(MAX(size), 0) FROM checkpoints")

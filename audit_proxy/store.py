@@ -686,7 +686,6 @@ class AuditStore:
         A copy of the database without that key opens no payload.
         """
         self.path = path
-        self.where = str(path)  # as the PostgreSQL store names its database, for messages
         self.durability: Durability = durability
         try:
             self._key_wrap = key_wrap or (
@@ -744,13 +743,18 @@ class AuditStore:
             )
             self._ticker.start()
 
+    @property
+    def where(self) -> str:
+        """The store's file, named as the PostgreSQL store names its database, for messages."""
+        return str(self.path)
+
     def _refuse_other_keys(self, signer: Signer) -> None:
         """Only the log's current key signs it: not a key a rotation retired, not another
         log's key, not a rotated-in key without the log's own public key beside it."""
         retired = self._retired_at(signer)
         if retired is not None:
             self._conn.close()
-            raise AuditStoreUnavailable(retired_key_message(signer, str(self.path), retired))
+            raise AuditStoreUnavailable(retired_key_message(signer, self.where, retired))
         (log_id,) = self._conn.execute(
             "SELECT log_id FROM checkpoints ORDER BY size DESC LIMIT 1"
         ).fetchone() or (signer.log_id,)
@@ -1327,7 +1331,7 @@ class AuditStore:
     def _warn_retired(self, size: int) -> None:
         if not self._retired_warned and self.signer is not None:
             self._retired_warned = True
-            log.critical("%s", retired_key_message(self.signer, str(self.path), size))
+            log.critical("%s", retired_key_message(self.signer, self.where, size))
 
     def _insert_checkpoint(self, checkpoint: Checkpoint) -> Checkpoint:
         """Under the lock: store a signed checkpoint, and the frontier at its size (so that
