@@ -14,6 +14,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_REQUEST_BODY = 16 * 1024 * 1024
 
+# A server extension (the proxy's own server sets it): `scope[ON_CLIENT_GONE](callback)` has
+# `callback` called once if the client goes away before the exchange ends, and
+# `scope[ON_CLIENT_GONE](None)` stops that. Without it, a layer learns of it from `receive`.
+ON_CLIENT_GONE = "bastion.on_client_gone"
+ClientGone = Callable[[Callable[[], None] | None], None]
+
 
 class ClientDisconnected(Exception):
     """The client closed the connection before the request body arrived in full."""

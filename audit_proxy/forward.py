@@ -16,7 +16,17 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from audit_proxy.asgi import ClientDisconnected, Receive, Scope, Send, header, read_body, send_error
+from audit_proxy.asgi import (
+    ON_CLIENT_GONE,
+    ClientDisconnected,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    send_error,
+)
 from audit_proxy.metrics import METRICS
 from audit_proxy.store import AbortedBy
 from audit_proxy.upstream_client import (
@@ -71,6 +81,12 @@ class _Watch:
     done: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
+    def client_left(self) -> None:
+        """The client went away: stop the relay (and so the model server), unless it is done."""
+        if not self.done and self.task is not None:
+            self.client_gone = True
+            self.task.cancel()
+
 
 class Upstream:
     """The model server: a pool of keep-alive connections, and the ASGI endpoint relaying to it."""
@@ -120,7 +136,12 @@ class Upstream:
         task = asyncio.current_task()
         assert task is not None
         watch = _Watch(task=task)
-        watcher = asyncio.create_task(_watch_for_disconnect(receive, watch))
+        on_client_gone: ClientGone | None = scope.get(ON_CLIENT_GONE)
+        watcher = None
+        if on_client_gone is not None:
+            on_client_gone(watch.client_left)
+        else:
+            watcher = asyncio.create_task(_watch_for_disconnect(receive, watch))
         try:
             await self._relay(scope, body, send, report, watch)
         except asyncio.CancelledError:
@@ -131,7 +152,10 @@ class Upstream:
             raise
         finally:
             watch.done = True
-            watcher.cancel()
+            if on_client_gone is not None:
+                on_client_gone(None)
+            if watcher is not None:
+                watcher.cancel()
 
     async def _relay(
         self, scope: Scope, body: bytes, send: Send, report: RelayReport, watch: _Watch
@@ -287,7 +311,5 @@ async def _watch_for_disconnect(receive: Receive, watch: _Watch) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                if not watch.done and watch.task is not None:
-                    watch.client_gone = True
-                    watch.task.cancel()
+                watch.client_left()
                 return

@@ -32,7 +32,14 @@ from urllib.parse import unquote
 
 import httptools
 
-from audit_proxy.asgi import MAX_REQUEST_BODY, ASGIApp, Message, Scope, error_body
+from audit_proxy.asgi import (
+    MAX_REQUEST_BODY,
+    ON_CLIENT_GONE,
+    ASGIApp,
+    Message,
+    Scope,
+    error_body,
+)
 from audit_proxy.busy_poll import BusyPoll
 from audit_proxy.forward import StreamAborted
 
@@ -72,7 +79,7 @@ class _Exchange:
     """One request on a connection, and the ASGI `receive` and `send` the app gets for it."""
 
     __slots__ = (
-        "body", "chunked", "conn", "ended", "head", "keep_alive", "scope", "started",
+        "body", "chunked", "conn", "ended", "gone", "head", "keep_alive", "scope", "started",
         "waiting",
     )  # fmt: skip
 
@@ -86,6 +93,17 @@ class _Exchange:
         self.chunked = False
         self.ended = False
         self.waiting: asyncio.Future[Message] | None = None
+        self.gone: Callable[[], None] | None = None
+        scope[ON_CLIENT_GONE] = self.on_client_gone
+
+    def on_client_gone(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` (once) if the client leaves before this exchange ends; None: don't.
+
+        Cheaper than a task awaiting `receive` for the `http.disconnect` that says the same.
+        """
+        self.gone = callback
+        if callback is not None and self.conn.closed:
+            self.disconnected()
 
     async def receive(self) -> Message:
         if self.body is not None:
@@ -100,6 +118,9 @@ class _Exchange:
     def disconnected(self) -> None:
         if self.waiting is not None and not self.waiting.done():
             self.waiting.set_result({"type": "http.disconnect"})
+        gone, self.gone = self.gone, None
+        if gone is not None:
+            gone()
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -338,6 +359,7 @@ class _Connection(asyncio.Protocol):
 
     def _finished(self, exchange: _Exchange) -> None:
         self.current = None
+        exchange.gone = None  # the exchange ended: the client did not leave it
         exchange.disconnected()  # a watcher still waiting for the client hears the end
         if self.closed:
             return

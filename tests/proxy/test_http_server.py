@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from audit_proxy.asgi import MAX_REQUEST_BODY, Message, Receive, Scope, Send
+from audit_proxy.asgi import MAX_REQUEST_BODY, ON_CLIENT_GONE, Message, Receive, Scope, Send
 from audit_proxy.busy_poll import BusyPoll
 from audit_proxy.forward import StreamAborted
 from audit_proxy.http_server import HttpServer
@@ -23,6 +23,7 @@ class EchoApp:
     def __init__(self) -> None:
         self.events: list[str] = []
         self.disconnected = asyncio.Event()
+        self.told_gone: list[str] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -45,6 +46,19 @@ class EchoApp:
             await send({"type": "http.response.body", "body": b"tick", "more_body": True})
             if (await receive())["type"] == "http.disconnect":
                 self.disconnected.set()
+            return
+        if path == "/watch-client":
+            scope[ON_CLIENT_GONE](lambda: self.told_gone.append("while running"))
+            await send(start(200))
+            await send({"type": "http.response.body", "body": b"tick", "more_body": True})
+            await receive()  # the client's going away ends this wait
+            scope[ON_CLIENT_GONE](lambda: self.told_gone.append("after it left"))
+            self.disconnected.set()
+            return
+        if path == "/watch-then-answer":
+            scope[ON_CLIENT_GONE](lambda: self.told_gone.append("after the answer"))
+            await send(start(200))
+            await send({"type": "http.response.body", "body": b"done"})
             return
         if path == "/stream":
             await send(start(200, [(b"content-type", b"text/event-stream")]))
@@ -167,6 +181,24 @@ async def test_the_app_hears_a_client_that_goes_away(served: tuple[EchoApp, int]
     await reader.readuntil(b"tick\r\n")
     writer.close()
     await asyncio.wait_for(app.disconnected.wait(), 5)
+
+
+async def test_the_server_calls_back_when_the_client_leaves_and_only_then(
+    served: tuple[EchoApp, int],
+) -> None:
+    app, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(post("/watch-client", b""))
+    await reader.readuntil(b"tick\r\n")
+    writer.close()
+    await asyncio.wait_for(app.disconnected.wait(), 5)
+    # Told once while it ran; a callback given after the client left is called at once.
+    assert app.told_gone == ["while running", "after it left"]
+    app.told_gone.clear()
+    data = await exchange(port, post("/watch-then-answer", b"", b"connection: close\r\n"))
+    assert data.endswith(b"done")
+    await asyncio.sleep(0.05)
+    assert app.told_gone == [], "an exchange that ended is not a client that left"
 
 
 async def test_head_gets_headers_only(served: tuple[EchoApp, int]) -> None:
