@@ -1,4 +1,4 @@
-"""The proxy as one ASGI app: access log → metrics → routing → auth → roles → policy → audit →
+"""The proxy as one ASGI app: access log and metrics → routing → auth → roles → policy → audit →
 forward."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audit_proxy.access_log import AccessLog
+from audit_proxy.access_log import log_access
 from audit_proxy.asgi import ASGIApp, Receive, Scope, Send, send_error, send_json
 from audit_proxy.audit import Audit, feature_of
 from audit_proxy.auth import Authenticate
@@ -23,6 +23,7 @@ from audit_proxy.forward import Upstream
 from audit_proxy.key_rotation import RotateKeyRoute
 from audit_proxy.keys import KeyStore
 from audit_proxy.metrics import CountRequests, MetricsEndpoint
+from audit_proxy.observe import Observe
 from audit_proxy.policy import DEFAULT_POLICY, ApplyPolicy, EnforceBlock, Policy, load_policy
 from audit_proxy.ratelimit import RateLimiter
 from audit_proxy.roles import (
@@ -104,15 +105,13 @@ class ProxyApp:
             else self._audit_admin
         )
         self._metrics: ASGIApp = Authenticate(RequireAdmin(MetricsEndpoint(), roles), keys)
-        self._http: ASGIApp = AccessLog(
-            CountRequests(
-                self._route,
-                routes=_KNOWN_PATHS | {"/healthz", _METRICS_PATH},
-                prefixes=(_AUDIT_PREFIX,),
-                feature_of=feature_of,
-                featured=frozenset(path for _, path in AUDITED_ROUTES),
-            )
+        count_requests = CountRequests(
+            routes=_KNOWN_PATHS | {"/healthz", _METRICS_PATH},
+            prefixes=(_AUDIT_PREFIX,),
+            feature_of=feature_of,
+            featured=frozenset(path for _, path in AUDITED_ROUTES),
         )
+        self._http: ASGIApp = Observe(self._route, [log_access, count_requests])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

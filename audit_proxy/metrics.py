@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from collections.abc import Callable, Iterable
 
-from audit_proxy.asgi import ASGIApp, Message, Receive, Scope, Send, send_error
+from audit_proxy.asgi import Receive, Scope, Send, send_error
+from audit_proxy.observe import Seen
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -173,18 +173,17 @@ METRICS = ProxyMetrics()
 
 
 class CountRequests:
-    """Counts every HTTP request by route template, feature and status, and times it."""
+    """An observer (`audit_proxy.observe`): counts every HTTP request by route template, feature
+    and status, and times it."""
 
     def __init__(
         self,
-        app: ASGIApp,
         routes: frozenset[str],
         prefixes: tuple[str, ...],
         feature_of: Callable[[Scope], str],
         featured: frozenset[str],
         metrics: ProxyMetrics = METRICS,
     ) -> None:
-        self.app = app
         self.routes = routes
         self.prefixes = prefixes
         self.feature_of = feature_of
@@ -199,23 +198,12 @@ class CountRequests:
                 return prefix + "*"
         return "other"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        status = "none"
-
-        async def counted_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = str(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, counted_send)
-        finally:
-            route = self.route_of(scope["path"])
-            feature = self.feature_of(scope) if route in self.featured else "none"
-            self.metrics.requests.inc(route, feature, status)
-            self.metrics.request_seconds.observe(time.perf_counter() - started, route)
+    def __call__(self, scope: Scope, seen: Seen) -> None:
+        route = self.route_of(scope["path"])
+        feature = self.feature_of(scope) if route in self.featured else "none"
+        status = str(seen.status) if seen.status is not None else "none"
+        self.metrics.requests.inc(route, feature, status)
+        self.metrics.request_seconds.observe(seen.seconds, route)
 
 
 class MetricsEndpoint:
