@@ -174,24 +174,26 @@ async def test_an_app_error_is_a_500_and_a_cut_stream_cuts_the_connection(
     assert cut.startswith(b"HTTP/1.1 200 OK") and cut.endswith(b"4\r\nhalf\r\n")
 
 
-async def test_the_app_hears_a_client_that_goes_away(served: tuple[EchoApp, int]) -> None:
-    app, port = served
+async def leave_mid_answer(app: EchoApp, port: int, path: str) -> None:
+    """Ask `path`, go away once the first chunk of its answer is in, and wait until the app
+    has heard it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(post("/wait-for-client", b""))
+    writer.write(post(path, b""))
     await reader.readuntil(b"tick\r\n")
     writer.close()
     await asyncio.wait_for(app.disconnected.wait(), 5)
+
+
+async def test_the_app_hears_a_client_that_goes_away(served: tuple[EchoApp, int]) -> None:
+    app, port = served
+    await leave_mid_answer(app, port, "/wait-for-client")
 
 
 async def test_the_server_calls_back_when_the_client_leaves_and_only_then(
     served: tuple[EchoApp, int],
 ) -> None:
     app, port = served
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(post("/watch-client", b""))
-    await reader.readuntil(b"tick\r\n")
-    writer.close()
-    await asyncio.wait_for(app.disconnected.wait(), 5)
+    await leave_mid_answer(app, port, "/watch-client")
     # Told once while it ran; a callback given after the client left is called at once.
     assert app.told_gone == ["while running", "after it left"]
     app.told_gone.clear()
