@@ -3,7 +3,9 @@
 In one run, against the same instant OpenAI-compatible upstream (`instant_upstream.py`), it
 measures four paths: direct, `bastion proxy --durability process`,
 `bastion proxy --durability fsync`, and LiteLLM's proxy (installed by this script into
-`.bench-venv-litellm/`, configured with the upstream as an openai-compatible model, no database).
+`.bench-venv-litellm/`, configured with the upstream as an openai-compatible model, no database);
+and, as a floor, a bare TCP relay on uvloop (`tcp_relay.py`: what two more hops through a Python
+event loop cost here, with none of a proxy's work).
 All paths get `POST /v1/chat/completions`:
 
 - added latency, p50 and p99 over sequential sized requests;
@@ -11,8 +13,8 @@ All paths get `POST /v1/chat/completions`:
 - time to first token (first body chunk) of streamed requests, added over direct.
 
 Sequential requests are interleaved with direct's, request by request in a shuffled order, so
-that drift hits all alike, in two groups: direct with both Bastion modes, and direct with
-LiteLLM. Each proxy's added latency is over the direct of its own group, and the groups take
+that drift hits all alike, in two groups: direct with both Bastion modes and the relay, and
+direct with LiteLLM. Each proxy's added latency is over the direct of its own group, and the groups take
 turns in `CHUNKS` chunks. Why not one group of all four: LiteLLM runs about 8 ms of Python per
 request, which leaves every cache cold for the request after it. Interleaved with LiteLLM, direct
 itself measured 0.33 to 0.38 ms against 0.24 to 0.28 ms without it, and Bastion's added p50 0.82
@@ -23,12 +25,18 @@ Then `process` mode with busy polling on (`--busy-poll-us`, see audit_proxy.busy
 interleaved (its polling would take CPU from whichever path came next): direct again, alone,
 then the busy-polling proxy, alone.
 
+With `--pace-ms`, last, direct, Bastion (`process`), the relay and LiteLLM again, interleaved,
+with that pause after every request: each request then finds an idle process, whose caches the
+machine has given to others, as an editor's requests do between keystrokes.
+
     .venv/bin/python benchmarks/proxy_overhead.py [--requests 2000] [--seconds 3]
-        [--skip-litellm] [--mixed] [--busy-poll-us 500]
+        [--skip-litellm] [--mixed] [--busy-poll-us 500] [--pace-ms 30 [--paced-rounds 200]]
 
 Prints JSON lines, a one-line summary, and last
 `{"bastion": {"added_p50_ms", "added_p99_ms", "rps_32", "ttft_added_ms"}, "bastion_fsync": {..},
-"litellm": {..}, "bastion_busy_poll": {..}, "litellm_over_bastion_p50": ..}`.
+"tcp_relay": {..}, "litellm": {..}, "bastion_busy_poll": {..}, "litellm_over_bastion_p50": ..,
+"paced": {"bastion": {"added_p50_ms", "added_p99_ms"}, .., "litellm_over_bastion_p50", "pace_ms"}}`
+("paced" with `--pace-ms` only).
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ from audit_proxy.keys import KeyStore  # noqa: E402
 CONCURRENCY = 32
 CHUNKS = 4
 BUSY_POLL = "bastion_busy_poll"
+RELAY = "tcp_relay"
 LITELLM_VENV = REPO / ".bench-venv-litellm"
 LITELLM_SPEC = "litellm[proxy]"
 MESSAGES = [{"role": "user", "content": "def add(a, b):"}]
@@ -147,8 +156,11 @@ def stream_call(session: aiohttp.ClientSession, url: str, headers: dict[str, str
     return call
 
 
-async def sequential(calls: dict[str, Call], n: int, seed: int = 0) -> dict[str, list[float]]:
-    """Each call's result, interleaved so all paths see the same conditions.
+async def sequential(
+    calls: dict[str, Call], n: int, seed: int = 0, pause_s: float = 0.0
+) -> dict[str, list[float]]:
+    """Each call's result, interleaved so all paths see the same conditions; `pause_s` after
+    each call, if set.
 
     The order changes every round: a proxy still busy after its answer (writing a record, say)
     would otherwise slow down whichever path always comes next.
@@ -163,6 +175,8 @@ async def sequential(calls: dict[str, Call], n: int, seed: int = 0) -> dict[str,
         shuffler.shuffle(order)
         for name in order:
             samples[name].append(await calls[name]())
+            if pause_s:
+                await asyncio.sleep(pause_s)
     return samples
 
 
@@ -327,6 +341,18 @@ def start_bastion(
     return url + "/v1/chat/completions", user
 
 
+def start_relay(
+    stack: contextlib.ExitStack, env: dict[str, str], upstream_port: int
+) -> tuple[str, dict[str, str]]:
+    """The bare TCP relay (`tcp_relay.py`) in front of the upstream: (chat URL, headers)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, str(REPO / "benchmarks" / "tcp_relay.py"), str(port),
+               str(upstream_port)]  # fmt: skip
+    stack.enter_context(running(command, env, url + "/v1/models"))
+    return url + "/v1/chat/completions", {}
+
+
 def start_litellm(
     stack: contextlib.ExitStack, env: dict[str, str], upstream: str, tmp: Path
 ) -> tuple[str, dict[str, str]]:
@@ -355,6 +381,13 @@ def main() -> int:
         help="also interleave all four paths in one group, as before, and report it beside",
     )
     parser.add_argument(
+        "--pace-ms",
+        type=float,
+        default=0.0,
+        help="also send requests one every this many ms, as an editor does (0: skip)",
+    )
+    parser.add_argument("--paced-rounds", type=int, default=200, help="paced requests per path")
+    parser.add_argument(
         "--busy-poll-us",
         type=int,
         default=500,
@@ -374,7 +407,7 @@ def main() -> int:
             )
         )
         direct: Targets = {"direct": (upstream + "/v1/chat/completions", {})}
-        groups: dict[str, Targets] = {"bastion": dict(direct)}
+        groups: dict[str, Targets] = {"bastion": {**direct, RELAY: start_relay(up, env, port)}}
         for name, durability in (("bastion", "process"), ("bastion_fsync", "fsync")):
             groups["bastion"][name] = start_bastion(
                 up, env, upstream, Path(tmp) / durability, "--durability", durability
@@ -402,20 +435,49 @@ def main() -> int:
                 measure({"alone": {BUSY_POLL: target}}, args.requests, args.seconds)
             )
             result[BUSY_POLL] = alone["alone"][BUSY_POLL].added_over(base["direct"])
+        paced: dict[str, dict[str, float]] = {}
+        if args.pace_ms:
+            targets = {**groups["bastion"], **groups.get("litellm", {})}
+            del targets["bastion_fsync"]
+            paced = asyncio.run(paced_added(targets, args.paced_rounds, args.pace_ms / 1000))
+            emit({"paced": paced, "pace_ms": args.pace_ms})
 
     parts = [
         f"{name}: +{r['added_p50_ms']:.2f} ms p50, +{r['added_p99_ms']:.2f} ms p99, "
         f"{r[f'rps_{CONCURRENCY}']:.0f} rps@{CONCURRENCY}, +{r['ttft_added_ms']:.2f} ms TTFT"
         for name, r in result.items()
     ]
-    ratio = _ratio(result)
-    if ratio:
-        parts.append(f"LiteLLM's added p50 is {ratio['litellm_over_bastion_p50']}x Bastion's")
+    summary: dict[str, object] = {**result, **_ratio(result)}
+    if "litellm_over_bastion_p50" in summary:
+        parts.append(f"LiteLLM's added p50 is {summary['litellm_over_bastion_p50']}x Bastion's")
+    if paced:
+        parts.append(f"one request every {args.pace_ms:g} ms: " + ", ".join(
+            f"{name} +{r['added_p50_ms']:.2f} ms p50" for name, r in paced.items()
+        ))  # fmt: skip
+        summary["paced"] = {**paced, **_ratio(paced), "pace_ms": args.pace_ms}
     print("added over direct: " + "; ".join(parts) + " (goals: bastion p50 <= 0.5 ms, "
           ">= 20x lower than LiteLLM's, >= 3000 rps, TTFT <= 1 ms; fsync p50 <= 1 ms, "
-          ">= 1500 rps; busy polling is off by default)", flush=True)  # fmt: skip
-    print(json.dumps({**result, **ratio}), flush=True)
+          ">= 1500 rps; busy polling is off by default; tcp_relay is the floor, no product)",
+          flush=True)  # fmt: skip
+    print(json.dumps(summary), flush=True)
     return 0
+
+
+async def paced_added(targets: Targets, rounds: int, pause_s: float) -> dict[str, dict[str, float]]:
+    """Added p50 and p99 (ms) of each path over direct, with a pause after every request: each
+    request comes to a process that has been idle, as an editor's do between keystrokes."""
+    async with aiohttp.ClientSession() as session:
+        calls = _calls(sized_call, session, targets)
+        latency = await sequential(calls, rounds, pause_s=pause_s)
+    direct = latency["direct"]
+    return {
+        name: {
+            "added_p50_ms": round(statistics.median(samples) - statistics.median(direct), 3),
+            "added_p99_ms": round(percentile(samples, 0.99) - percentile(direct, 0.99), 3),
+        }
+        for name, samples in latency.items()
+        if name != "direct"
+    }
 
 
 def _ratio(result: dict[str, dict[str, float]]) -> dict[str, float]:
