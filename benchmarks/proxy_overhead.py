@@ -14,12 +14,12 @@ All paths get `POST /v1/chat/completions`:
 
 Sequential requests are interleaved with direct's, request by request in a shuffled order, so
 that drift hits all alike, in two groups: direct with both Bastion modes and the relay, and
-direct with LiteLLM. Each proxy's added latency is over the direct of its own group, and the groups take
-turns in `CHUNKS` chunks. Why not one group of all four: LiteLLM runs about 8 ms of Python per
-request, which leaves every cache cold for the request after it. Interleaved with LiteLLM, direct
-itself measured 0.33 to 0.38 ms against 0.24 to 0.28 ms without it, and Bastion's added p50 0.82
-to 0.87 ms against 0.41 to 0.49 ms: the figure was LiteLLM's footprint as much as Bastion's.
-`--mixed` measures that single group too, and reports it beside.
+direct with LiteLLM. Each proxy's added latency is over the direct of its own group, and the
+groups take turns in `CHUNKS` chunks. Why not one group of all four: LiteLLM runs about 8 ms of
+Python per request, which leaves every cache cold for the request after it. Interleaved with
+LiteLLM, direct itself measured 0.33 to 0.38 ms against 0.24 to 0.28 ms without it, and
+Bastion's added p50 0.82 to 0.87 ms against 0.41 to 0.49 ms: the figure was LiteLLM's footprint
+as much as Bastion's. `--mixed` measures that single group too, and reports it beside.
 
 Then `process` mode with busy polling on (`--busy-poll-us`, see audit_proxy.busy_poll), not
 interleaved (its polling would take CPU from whichever path came next): direct again, alone,
