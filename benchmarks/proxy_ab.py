@@ -7,7 +7,8 @@ side by side on one instant upstream (`instant_upstream.py`), and the client sen
 block's median is compared with its partner's: drift hits both alike.
 
 - latency: the median over block pairs of (working tree - base), and how many pairs the working
-  tree won; each side's added p50 over direct (measured in blocks of its own between them);
+  tree won; each side's added p50 over direct (measured in blocks of its own between them),
+  and each side's p99 over all its requests (the blocks alternate: drift hits both alike);
 - requests/s with 32 clients, `--rps-runs` runs each, alternating which goes first.
 
 The base is checked out with `git archive` into a temporary directory; both run as
@@ -18,7 +19,8 @@ The base is checked out with `git archive` into a temporary directory; both run 
 
 Prints a line per block pair, a one-line summary, and last
 `{"base": .., "durability": .., "paired_p50_us": .., "pairs_won": .., "pairs": ..,
-"base_added_p50_us": .., "work_added_p50_us": .., "base_rps_32": .., "work_rps_32": ..}`.
+"base_added_p50_us": .., "work_added_p50_us": .., "base_p99_us": .., "work_p99_us": ..,
+"base_rps_32": .., "work_rps_32": ..}` (p99: each side's latency over all its requests).
 """
 
 from __future__ import annotations
@@ -43,7 +45,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from audit_proxy.keys import KeyStore  # noqa: E402
-from benchmarks.proxy_overhead import Call, free_port, running, sized_call, throughput  # noqa: E402
+from benchmarks.proxy_overhead import (  # noqa: E402
+    Call,
+    free_port,
+    percentile,
+    running,
+    sized_call,
+    throughput,
+)
 
 WARMUP = 300
 
@@ -63,12 +72,11 @@ def check_out(rev: str, into: Path) -> str:
     return commit
 
 
-async def block_median(call: Call, size: int) -> float:
-    return statistics.median([await call() for _ in range(size)]) * 1000  # us
-
-
-async def paired_blocks(calls: dict[str, Call], blocks: int, size: int) -> dict[str, list[float]]:
-    """Per path, the median of each of its blocks; the order of paths flips every block."""
+async def paired_blocks(
+    calls: dict[str, Call], blocks: int, size: int, samples: dict[str, list[float]] | None = None
+) -> dict[str, list[float]]:
+    """Per path, the median of each of its blocks (us); the order of paths flips every block.
+    Every latency (us) also goes into `samples`, when given."""
     for call in calls.values():
         for _ in range(WARMUP):
             await call()
@@ -76,17 +84,23 @@ async def paired_blocks(calls: dict[str, Call], blocks: int, size: int) -> dict[
     order = list(calls)
     for _ in range(blocks):
         for name in order:
-            medians[name].append(await block_median(calls[name], size))
+            block = [await calls[name]() * 1000 for _ in range(size)]
+            medians[name].append(statistics.median(block))
+            if samples is not None:
+                samples.setdefault(name, []).extend(block)
         order.reverse()
     return medians
 
 
 async def sequential(
-    targets: dict[str, tuple[str, dict[str, str]]], blocks: int, size: int
+    targets: dict[str, tuple[str, dict[str, str]]],
+    blocks: int,
+    size: int,
+    samples: dict[str, list[float]],
 ) -> dict[str, list[float]]:
     async with aiohttp.ClientSession() as session:
         calls = {name: sized_call(session, url, h) for name, (url, h) in targets.items()}
-        return await paired_blocks(calls, blocks, size)
+        return await paired_blocks(calls, blocks, size, samples)
 
 
 async def rps(url: str, headers: dict[str, str], seconds: float) -> float:
@@ -145,7 +159,8 @@ def main() -> int:
             headers = {"Authorization": f"Bearer {key}", "X-Bastion-Feature": "chat"}
             targets[name] = (url + "/v1/chat/completions", headers)
         started = time.perf_counter()
-        medians = asyncio.run(sequential(targets, args.blocks, args.block_size))
+        samples: dict[str, list[float]] = {}
+        medians = asyncio.run(sequential(targets, args.blocks, args.block_size, samples))
         pairs = list(zip(medians["base"], medians["work"], strict=True))
         for i, (base, work) in enumerate(pairs):
             print(json.dumps({"pair": i, "base_us": round(base), "work_us": round(work)}))
@@ -166,13 +181,16 @@ def main() -> int:
         "pairs": len(pairs),
         "base_added_p50_us": round(statistics.median(medians["base"]) - direct),
         "work_added_p50_us": round(statistics.median(medians["work"]) - direct),
+        "base_p99_us": round(percentile(samples["base"], 0.99)),
+        "work_p99_us": round(percentile(samples["work"], 0.99)),
         "base_rps_32": round(statistics.mean(rates["base"])),
         "work_rps_32": round(statistics.mean(rates["work"])),
     }
     print(
         f"working tree vs {commit} ({args.durability}): {doc['paired_p50_us']:+d} us p50 "
         f"(paired blocks, won {doc['pairs_won']} of {doc['pairs']}); added p50 "
-        f"{doc['base_added_p50_us']} -> {doc['work_added_p50_us']} us; requests/s at 32 "
+        f"{doc['base_added_p50_us']} -> {doc['work_added_p50_us']} us; p99 "
+        f"{doc['base_p99_us']} -> {doc['work_p99_us']} us; requests/s at 32 "
         f"{doc['base_rps_32']} -> {doc['work_rps_32']} "
         f"(x{doc['work_rps_32'] / max(doc['base_rps_32'], 1):.2f}); "
         f"{time.perf_counter() - started:.0f} s",
