@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from audit_proxy.access_log import log_access
+from audit_proxy.activity import Activity
 from audit_proxy.asgi import ASGIApp, Receive, Scope, Send, send_error, send_json
 from audit_proxy.audit import Audit, feature_of
 from audit_proxy.auth import Authenticate
@@ -79,6 +80,10 @@ class ProxyApp:
     ) -> None:
         self.keys = keys
         self.store = store
+        # The server counts its exchanges here; the SQLite store files its records between them.
+        self.activity = Activity()
+        if isinstance(store, AuditStore):
+            store.activity = self.activity
         self.upstream = upstream
         self.policy = policy
         self.fim = fim

@@ -32,6 +32,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from audit_proxy.activity import Activity
 from audit_proxy.asgi import (
     MAX_REQUEST_BODY,
     ON_CLIENT_GONE,
@@ -329,7 +330,8 @@ class _Connection(asyncio.Protocol):
         self.current = exchange
         task = self.loop.create_task(self._run(exchange))
         self.server.running.add(task)
-        task.add_done_callback(self.server.running.discard)
+        self.server.activity.started()
+        task.add_done_callback(self.server.exchange_ended)
 
     async def _run(self, exchange: _Exchange) -> None:
         try:
@@ -432,6 +434,7 @@ class HttpServer:
         keep_alive_s: float = 30.0,
         graceful_s: float = 10.0,
         busy_poll_us: int = 0,
+        activity: Activity | None = None,
     ) -> None:
         self.app = app
         self.host = host
@@ -442,6 +445,7 @@ class HttpServer:
         self.graceful_s = graceful_s
         self.connections: set[_Connection] = set()
         self.running: set[asyncio.Task[None]] = set()
+        self.activity = activity or Activity()  # the exchanges in flight, for work that can wait
         self.stopping = False
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -452,6 +456,10 @@ class HttpServer:
     def loop(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None
         return self._loop
+
+    def exchange_ended(self, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
+        self.activity.ended()
 
     def stop(self) -> None:
         if self._stop is not None:

@@ -110,6 +110,7 @@ def serve(config: ProxyConfig) -> None:
         # Open streams get this long to finish on shutdown; then they are cut (and recorded).
         graceful_s=10,
         busy_poll_us=config.busy_poll_us,
+        activity=app.activity,
     )
     log.info(
         "bastion proxy on %s://%s:%d -> %s (service key %s); audit store %s",

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from audit_proxy.activity import Activity
 from audit_proxy.asgi import MAX_REQUEST_BODY, ON_CLIENT_GONE, Message, Receive, Scope, Send
 from audit_proxy.busy_poll import BusyPoll
 from audit_proxy.forward import StreamAborted
@@ -263,3 +264,43 @@ async def test_busy_polling_keeps_the_loop_awake_after_a_request_then_lets_it_sl
 def test_busy_poll_window_is_bounded() -> None:
     with pytest.raises(ValueError, match="busy_poll_us must be 1 to 10000"):
         BusyPoll(asyncio.new_event_loop(), 20_000)
+
+
+async def test_the_server_counts_its_exchanges_in_flight_for_work_that_waits_for_none() -> None:
+    activity = Activity()
+    seen: list[int] = []
+    idle_after: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await receive()
+        seen.append(activity.in_flight)
+        activity.when_idle(lambda: idle_after.append(len(seen)))
+        await send(start(200))
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    server = HttpServer(app, "127.0.0.1", free_port(), graceful_s=1, activity=activity)
+    task = asyncio.create_task(server.serve())
+    for _ in range(100):
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.close()
+            break
+        await asyncio.sleep(0.01)
+    # Two pipelined requests on one connection, then a third on its own.
+    pair = post("/a", b"1") + post("/b", b"2", b"connection: close\r\n")
+    data = await exchange(server.port, pair)
+    assert data.count(b"HTTP/1.1 200 OK") == 2
+    assert await exchange(server.port, post("/c", b"3", b"connection: close\r\n"))
+    await asyncio.sleep(0.01)
+    server.stop()
+    await asyncio.wait_for(task, 5)
+    # (b starts as a ends, before a's task is done: for a moment both count.)
+    assert seen[0] == 1 and seen[1] in (1, 2) and seen[2] == 1
+    assert activity.in_flight == 0
+    # Whoever waited for no exchange in flight heard of it after the pipelined pair, and after c.
+    assert idle_after == [2, 2, 3]
