@@ -138,6 +138,16 @@ class ProxyMetrics:
             AUDIT_WRITE_BUCKETS_S,
             ("record",),
         )
+        self.audit_filed = Counter(
+            "bastion_proxy_audit_records_filed_total",
+            "Audit records this proxy wrote that are now filed from the staging file into the "
+            "database (the records written less these are the backlog).",
+        )
+        self.audit_filing_seconds = Histogram(
+            "bastion_proxy_audit_filing_duration_seconds",
+            "Time the event loop spent filing one slice of staged audit records.",
+            AUDIT_WRITE_BUCKETS_S,
+        )
         self.policy_hits = Counter(
             "bastion_proxy_policy_hits_total",
             "Policy findings, by rule and action.",
@@ -160,6 +170,8 @@ class ProxyMetrics:
             self.request_seconds,
             self.upstream_errors,
             self.audit_write_seconds,
+            self.audit_filed,
+            self.audit_filing_seconds,
             self.policy_hits,
             self.rate_limited,
             self.denied,

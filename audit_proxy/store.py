@@ -80,6 +80,7 @@ from audit_proxy.checkpoints import (
 )
 from audit_proxy.file_stamp import FileStamp, file_stamp
 from audit_proxy.merkle import Frontier, canonical_json, leaf_hash
+from audit_proxy.metrics import METRICS
 from audit_proxy.payload_crypto import (
     KeyWrap,
     PayloadSealError,
@@ -1026,15 +1027,18 @@ class AuditStore:
         if not burst and self._wait_for_idle():
             return
         limit = FILE_DRAIN if burst else FILE_SLICE
+        started = time.perf_counter()
+        filed = 0
         try:
             with self._lock:
                 self._conn.execute("PRAGMA busy_timeout = 0")
                 try:
-                    filed = 0
                     while self._staged and filed < limit:
                         filed += self._file_own_batch(min(FILE_BATCH, limit - filed))
                 finally:
                     self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                    METRICS.audit_filed.inc(amount=filed)
+                    METRICS.audit_filing_seconds.observe(time.perf_counter() - started)
         except sqlite3.Error as exc:
             busy = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
             if not busy:

@@ -13,6 +13,7 @@ import pytest
 from audit_proxy.activity import Activity
 from audit_proxy.app import build_app
 from audit_proxy.config import load_config
+from audit_proxy.metrics import METRICS
 from audit_proxy.store import FILE_AFTER_S, FILE_BATCH, FILE_SLICE, FILE_WAIT_MAX_S, AuditStore
 from tests.audit.records import record_pair_async
 
@@ -75,12 +76,17 @@ async def test_filing_goes_in_slices_with_the_loop_free_between_them(store: Audi
         else:
             done.set_result(None)
 
+    filed_before = METRICS.audit_filed.value()
+    slices_before = METRICS.audit_filing_seconds.count()
     loop.call_soon(each_turn)
     await asyncio.wait_for(done, 5)
     steps = [after - before for before, after in itertools.pairwise(seen) if after > before]
     assert sum(steps) == records
     assert max(steps) <= FILE_SLICE, steps
     assert len(steps) >= records // FILE_SLICE, steps
+    # Operators see it too: what was filed, and how long the loop spent on each slice.
+    assert METRICS.audit_filed.value() - filed_before == records
+    assert METRICS.audit_filing_seconds.count() - slices_before >= len(steps)
     store.close()
 
 
