@@ -81,10 +81,8 @@ def start(status: int, headers: list[tuple[bytes, bytes]] | None = None) -> Mess
     return {"type": "http.response.start", "status": status, "headers": headers or []}
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[EchoApp, int]]:
-    app = EchoApp()
-    server = HttpServer(app, "127.0.0.1", free_port(), graceful_s=1)
+async def serving(server: HttpServer) -> asyncio.Task[None]:
+    """`server` serving in a task, once it takes connections."""
     task = asyncio.create_task(server.serve())
     for _ in range(100):
         with contextlib.suppress(OSError):
@@ -92,6 +90,14 @@ async def served() -> AsyncIterator[tuple[EchoApp, int]]:
             writer.close()
             break
         await asyncio.sleep(0.01)
+    return task
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[EchoApp, int]]:
+    app = EchoApp()
+    server = HttpServer(app, "127.0.0.1", free_port(), graceful_s=1)
+    task = await serving(server)
     yield app, server.port
     server.stop()
     await asyncio.wait_for(task, 5)
@@ -284,13 +290,7 @@ async def test_the_server_counts_its_exchanges_in_flight_for_work_that_waits_for
         await send({"type": "http.response.body", "body": b"ok"})
 
     server = HttpServer(app, "127.0.0.1", free_port(), graceful_s=1, activity=activity)
-    task = asyncio.create_task(server.serve())
-    for _ in range(100):
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.close()
-            break
-        await asyncio.sleep(0.01)
+    task = await serving(server)
     # Two pipelined requests on one connection, then a third on its own.
     pair = post("/a", b"1") + post("/b", b"2", b"connection: close\r\n")
     data = await exchange(server.port, pair)
