@@ -15,15 +15,21 @@ class Activity:
     """The exchanges in flight on one event loop, and the callbacks waiting for there to be none."""
 
     def __init__(self) -> None:
-        self.in_flight = 0
+        self.exchanges: set[asyncio.Task[None]] = set()
         self._when_idle: list[Callable[[], None]] = []
 
-    def started(self) -> None:
-        self.in_flight += 1
+    @property
+    def in_flight(self) -> int:
+        return len(self.exchanges)
 
-    def ended(self) -> None:
-        self.in_flight -= 1
-        if not self.in_flight and self._when_idle:
+    def started(self, exchange: asyncio.Task[None]) -> None:
+        """`exchange` runs until its task is done."""
+        self.exchanges.add(exchange)
+        exchange.add_done_callback(self._ended)
+
+    def _ended(self, exchange: asyncio.Task[None]) -> None:
+        self.exchanges.discard(exchange)
+        if not self.exchanges and self._when_idle:
             waiting, self._when_idle = self._when_idle, []
             loop = asyncio.get_running_loop()
             for callback in waiting:
@@ -31,7 +37,7 @@ class Activity:
 
     def when_idle(self, callback: Callable[[], None]) -> None:
         """Call `callback` on the loop once no exchange is in flight (soon, if none is now)."""
-        if self.in_flight:
+        if self.exchanges:
             self._when_idle.append(callback)
         else:
             asyncio.get_running_loop().call_soon(callback)

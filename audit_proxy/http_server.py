@@ -328,10 +328,7 @@ class _Connection(asyncio.Protocol):
     def _start(self, exchange: _Exchange) -> None:
         self._cancel_idle()
         self.current = exchange
-        task = self.loop.create_task(self._run(exchange))
-        self.server.running.add(task)
-        self.server.activity.started()
-        task.add_done_callback(self.server.exchange_ended)
+        self.server.activity.started(self.loop.create_task(self._run(exchange)))
 
     async def _run(self, exchange: _Exchange) -> None:
         try:
@@ -444,7 +441,6 @@ class HttpServer:
         self.keep_alive_s = keep_alive_s
         self.graceful_s = graceful_s
         self.connections: set[_Connection] = set()
-        self.running: set[asyncio.Task[None]] = set()
         self.activity = activity or Activity()  # the exchanges in flight, for work that can wait
         self.stopping = False
         self._stop: asyncio.Event | None = None
@@ -457,9 +453,10 @@ class HttpServer:
         assert self._loop is not None
         return self._loop
 
-    def exchange_ended(self, task: asyncio.Task[None]) -> None:
-        self.running.discard(task)
-        self.activity.ended()
+    @property
+    def running(self) -> set[asyncio.Task[None]]:
+        """The exchanges' tasks in flight."""
+        return self.activity.exchanges
 
     def stop(self) -> None:
         if self._stop is not None:

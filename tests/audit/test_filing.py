@@ -25,6 +25,23 @@ def filed(path: Path) -> int:
     return int(count)
 
 
+def exchange(activity: Activity) -> asyncio.Event:
+    """An exchange in flight on `activity` until the event it returns is set."""
+    end = asyncio.Event()
+
+    async def run() -> None:
+        await end.wait()
+
+    activity.started(asyncio.create_task(run()))
+    return end
+
+
+async def turns(count: int = 5) -> None:
+    """A few turns of the loop: an exchange's task ends, then its done callback runs."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> AuditStore:
     store = AuditStore(tmp_path / "audit.sqlite3")
@@ -38,19 +55,18 @@ async def test_filing_waits_while_an_exchange_is_in_flight_and_files_once_none_i
     assert store.activity is not None
     for _ in range(3):
         await record_pair_async(store)
-    store.activity.started()
+    in_flight = exchange(store.activity)
     await asyncio.sleep(FILE_AFTER_S * 3)  # filing is due, but the loop may be needed any moment
     assert filed(store.path) == 0
-    store.activity.ended()
-    for _ in range(20):
-        await asyncio.sleep(0)  # a few turns of the loop, no more
+    in_flight.set()
+    await turns(20)  # a few turns of the loop, no more
     assert filed(store.path) == 6
     store.close()
 
 
 async def test_filing_waits_for_an_idle_server_no_longer_than_its_limit(store: AuditStore) -> None:
     assert store.activity is not None
-    store.activity.started()  # and never ended: a stream that lasts minutes, say
+    exchange(store.activity)  # and never ended: a stream that lasts minutes, say
     await record_pair_async(store)
     committed = time.monotonic()
     while filed(store.path) < 2:
@@ -94,7 +110,7 @@ async def test_a_burst_is_filed_at_once_even_while_exchanges_are_in_flight(
     store: AuditStore,
 ) -> None:
     assert store.activity is not None
-    store.activity.started()
+    exchange(store.activity)
     started = time.monotonic()
     for _ in range(FILE_BATCH // 2):
         await record_pair_async(store)
@@ -108,21 +124,21 @@ async def test_activity_calls_back_once_no_exchange_is_in_flight() -> None:
     activity = Activity()
     calls: list[str] = []
     activity.when_idle(lambda: calls.append("idle at once"))
-    await asyncio.sleep(0)
+    await turns()
     assert calls == ["idle at once"]
-    activity.started()
-    activity.started()
+    first, second = exchange(activity), exchange(activity)
+    assert activity.in_flight == 2
     activity.when_idle(lambda: calls.append("after both"))
-    activity.ended()
-    await asyncio.sleep(0)
+    first.set()
+    await turns()
     assert calls == ["idle at once"]
-    activity.ended()
-    await asyncio.sleep(0)
+    second.set()
+    await turns()
     assert calls == ["idle at once", "after both"]
-    activity.started()
-    activity.ended()
-    await asyncio.sleep(0)
+    exchange(activity).set()
+    await turns()
     assert calls == ["idle at once", "after both"]  # once only
+    assert activity.in_flight == 0
 
 
 def test_the_proxy_files_between_the_exchanges_its_server_counts(tmp_path: Path) -> None:
