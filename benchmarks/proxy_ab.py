@@ -73,10 +73,10 @@ def check_out(rev: str, into: Path) -> str:
 
 
 async def paired_blocks(
-    calls: dict[str, Call], blocks: int, size: int, samples: dict[str, list[float]] | None = None
+    calls: dict[str, Call], blocks: int, size: int, samples: dict[str, list[float]]
 ) -> dict[str, list[float]]:
     """Per path, the median of each of its blocks (us); the order of paths flips every block.
-    Every latency (us) also goes into `samples`, when given."""
+    Every latency (us) also goes into `samples`."""
     for call in calls.values():
         for _ in range(WARMUP):
             await call()
@@ -86,8 +86,7 @@ async def paired_blocks(
         for name in order:
             block = [await calls[name]() * 1000 for _ in range(size)]
             medians[name].append(statistics.median(block))
-            if samples is not None:
-                samples.setdefault(name, []).extend(block)
+            samples.setdefault(name, []).extend(block)
         order.reverse()
     return medians
 

@@ -217,17 +217,29 @@ class PathResult:
 
     def added_over(self, direct: PathResult) -> dict[str, float]:
         return {
-            "added_p50_ms": round(
-                statistics.median(self.latency) - statistics.median(direct.latency), 3
-            ),
-            "added_p99_ms": round(
-                percentile(self.latency, 0.99) - percentile(direct.latency, 0.99), 3
-            ),
+            **added_latency(self.latency, direct.latency),
             f"rps_{CONCURRENCY}": round(self.rps),
             "ttft_added_ms": round(
                 statistics.median(self.ttft) - statistics.median(direct.ttft), 3
             ),
         }
+
+
+def added_latency(samples: list[float], direct: list[float]) -> dict[str, float]:
+    """What a path adds over direct (ms): p50 and p99."""
+    return {
+        "added_p50_ms": round(statistics.median(samples) - statistics.median(direct), 3),
+        "added_p99_ms": round(percentile(samples, 0.99) - percentile(direct, 0.99), 3),
+    }
+
+
+def added_over_direct(latency: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """`added_latency` of each path in `latency` over its "direct"."""
+    return {
+        name: added_latency(samples, latency["direct"])
+        for name, samples in latency.items()
+        if name != "direct"
+    }
 
 
 Targets = dict[str, tuple[str, dict[str, str]]]
@@ -263,12 +275,7 @@ async def mixed_added_p50(targets: Targets, n: int) -> dict[str, float]:
     old way, reported beside): sequential requests only, as that is all it compares."""
     async with aiohttp.ClientSession() as session:
         latency = (await _in_chunks({"mixed": _calls(sized_call, session, targets)}, n))["mixed"]
-    direct = statistics.median(latency["direct"])
-    return {
-        name: round(statistics.median(samples) - direct, 3)
-        for name, samples in latency.items()
-        if name != "direct"
-    }
+    return {name: added["added_p50_ms"] for name, added in added_over_direct(latency).items()}
 
 
 def _calls(
@@ -378,7 +385,8 @@ def main() -> int:
     parser.add_argument(
         "--mixed",
         action="store_true",
-        help="also interleave all four paths in one group, as before, and report it beside",
+        help="also interleave Bastion's paths and LiteLLM in one group, as before, and report it "
+        "beside",
     )
     parser.add_argument(
         "--pace-ms",
@@ -469,15 +477,7 @@ async def paced_added(targets: Targets, rounds: int, pause_s: float) -> dict[str
     async with aiohttp.ClientSession() as session:
         calls = _calls(sized_call, session, targets)
         latency = await sequential(calls, rounds, pause_s=pause_s)
-    direct = latency["direct"]
-    return {
-        name: {
-            "added_p50_ms": round(statistics.median(samples) - statistics.median(direct), 3),
-            "added_p99_ms": round(percentile(samples, 0.99) - percentile(direct, 0.99), 3),
-        }
-        for name, samples in latency.items()
-        if name != "direct"
-    }
+    return added_over_direct(latency)
 
 
 def _ratio(result: dict[str, dict[str, float]]) -> dict[str, float]:
