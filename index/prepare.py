@@ -12,10 +12,12 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -35,6 +37,10 @@ BATCH_FILES = 24
 MAX_WORKERS = 8
 # Batches queued per worker: enough that workers never idle while the writer is busy.
 IN_FLIGHT_PER_WORKER = 8
+
+
+class BuildStopped(Exception):
+    """The build was asked to stop (the language server is shutting down); nothing was kept."""
 
 
 @dataclass(frozen=True)
@@ -120,12 +126,27 @@ def default_workers() -> int:
 
 
 def prepare_all(
-    jobs: list[FileJob], limits: Any, workers: int, preparer: Preparer = prepare
+    jobs: list[FileJob],
+    limits: Any,
+    workers: int,
+    preparer: Preparer = prepare,
+    stop: threading.Event | None = None,
 ) -> Iterator[PreparedFile]:
     """Every job's result, in job order; in worker processes when there are enough jobs.
 
     `preparer` (a module-level function, to cross into the workers) turns one job into rows;
-    by default the full chunker with `limits`."""
+    by default the full chunker with `limits`. Setting `stop` ends it with `BuildStopped`
+    before the next result, and the pool's queued batches are cancelled."""
+    with closing(_prepare_in_order(jobs, limits, workers, preparer)) as results:
+        for prepared in results:
+            if stop is not None and stop.is_set():
+                raise BuildStopped("the index build was stopped")
+            yield prepared
+
+
+def _prepare_in_order(
+    jobs: list[FileJob], limits: Any, workers: int, preparer: Preparer
+) -> Generator[PreparedFile, None, None]:
     if workers <= 1 or len(jobs) < PARALLEL_MIN_FILES:
         for job in jobs:
             yield preparer(job, limits)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -257,10 +258,16 @@ class QuickIndex(StoreQueries):
 
     @classmethod
     def build(
-        cls, roots: list[Path], cache_dir: Path, workers: int, min_files: int = 0
+        cls,
+        roots: list[Path],
+        cache_dir: Path,
+        workers: int,
+        min_files: int = 0,
+        stop: threading.Event | None = None,
     ) -> QuickIndex | None:
         """Discover, read and cut every file of `roots` into a fresh quick index; None when
-        there are fewer than `min_files` (the full build is about as quick then)."""
+        there are fewer than `min_files` (the full build is about as quick then). Setting `stop`
+        ends it with `BuildStopped`, and the partial quick index is discarded."""
         began = time.perf_counter()
         roots = [root.resolve() for root in roots]
         found = discover(roots)
@@ -284,7 +291,7 @@ class QuickIndex(StoreQueries):
         store.begin()
         try:
             batch: list[tuple[str, FileRows]] = []
-            for prepared in prepare_all(jobs, None, workers, prepare_quick):
+            for prepared in prepare_all(jobs, None, workers, prepare_quick, stop):
                 if prepared.rows is None:
                     continue
                 batch.append((prepared.key, prepared.rows))

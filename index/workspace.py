@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,8 +126,12 @@ class WorkspaceIndex(StoreQueries):
         """Every stored chunk id; ids are never reused, so a follower can diff these sets."""
         return self.store.chunk_ids()
 
-    def refresh(self, progress: Progress | None = None) -> IndexReport:
-        """Bring the index up to date with the disk; only new or changed files are re-chunked."""
+    def refresh(
+        self, progress: Progress | None = None, stop: threading.Event | None = None
+    ) -> IndexReport:
+        """Bring the index up to date with the disk; only new or changed files are re-chunked.
+
+        Setting `stop` ends it with `BuildStopped` and rolls back what it had written."""
         began = time.perf_counter()
         store = self.store
         report = IndexReport(warnings=list(self.warnings))
@@ -174,7 +179,7 @@ class WorkspaceIndex(StoreQueries):
         store.begin()
         try:
             batch: list[tuple[str, FileRows]] = []
-            for prepared in prepare_all(jobs, self.limits, self.workers):
+            for prepared in prepare_all(jobs, self.limits, self.workers, stop=stop):
                 key = prepared.key
                 done += 1
                 if progress is not None:

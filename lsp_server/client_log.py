@@ -57,6 +57,10 @@ class ClientLogHandler(logging.Handler):
         """From now on, records go to the client through `loop`."""
         self._loop = loop
 
+    def detach(self) -> None:
+        """The client is gone: from now on, records go to stderr."""
+        self._loop = None
+
     def emit(self, record: logging.LogRecord) -> None:
         loop = self._loop
         if loop is None or loop.is_closed() or getattr(self._sending, "active", False):

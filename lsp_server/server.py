@@ -6,12 +6,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from pathlib import Path, PurePath
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
 from pydantic import ValidationError
-from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcContentModified, JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.progress import Progress
 from pygls.uris import to_fs_path
@@ -35,10 +35,14 @@ from .chat import (
 from .client_log import ClientLogHandler, configure
 from .completions import CompletionInput, InlineCompleter
 from .connection import ProxyConnection
+from .lifecycle import EXIT_GRACE_S, QuietAfterExitProtocol, end_process_after
 from .settings import Settings, parse_settings
 from .status import STATUS_METHOD, StatusReporter
 from .typing_cache import TypingCache
 from .workspace_index import IndexService
+
+if TYPE_CHECKING:
+    from pygls.server import ServerErrors
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,7 @@ class BastionLanguageServer(LanguageServer):
     """Document state, settings, cancellation; the completion work lives in InlineCompleter."""
 
     def __init__(self) -> None:
-        super().__init__("bastion", __version__)
+        super().__init__("bastion", __version__, protocol_cls=QuietAfterExitProtocol)
         self.status = StatusReporter(lambda params: self.protocol.notify(STATUS_METHOD, params))
         self.typing_cache = TypingCache()
         self.connection = ProxyConnection(Settings())
@@ -68,6 +72,21 @@ class BastionLanguageServer(LanguageServer):
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self.chat_sessions = ChatSessions()
         self.client_log: ClientLogHandler | None = None
+        self.shut_down = False
+
+    def report_server_error(self, error: Exception, source: ServerErrors) -> None:
+        # A message that could not be sent (pygls has logged it) is not reported by sending
+        # another: that one fails too, and pygls reports it again, without end.
+        if source is not JsonRpcInternalError:
+            super().report_server_error(error, source)
+
+    def exiting(self) -> None:
+        """The client said `exit`: nothing more goes to it, and the process ends in time."""
+        assert isinstance(self.protocol, QuietAfterExitProtocol)
+        self.protocol.exited = True
+        if self.client_log is not None:
+            self.client_log.detach()
+        end_process_after(EXIT_GRACE_S, 0 if self.shut_down else 1)
 
     def chat_workspace(self) -> Workspace:
         roots = [Path(to_fs_path(f.uri) or ".") for f in self.workspace.folders.values()]
@@ -204,7 +223,13 @@ async def on_initialized(ls: BastionLanguageServer, params: types.InitializedPar
 
 @server.feature(types.SHUTDOWN)
 async def on_shutdown(ls: BastionLanguageServer, params: None) -> None:
+    ls.shut_down = True
     await ls.index.close()
+
+
+@server.feature(types.EXIT)
+def on_exit(ls: BastionLanguageServer, params: None) -> None:
+    ls.exiting()
 
 
 @server.command("bastion.reindex")

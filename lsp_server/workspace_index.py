@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 CHANGE_QUIET_S = 1.5
 # Below this many files a cold full build takes about as long as the quick stage would.
 QUICK_MIN_FILES = 2000
+# How long shutting down waits for a running build to stop between two files.
+STOP_WAIT_S = 3.0
 COMPLETION_K = 3
 CHAT_K = 4
 SNIPPET_MAX_LINES = 40
@@ -80,7 +82,7 @@ class IndexService:
     ) -> None:
         """Open (or build, or bring up to date) the index for `roots` off the event loop; then,
         with an `embeddings` config, embed new chunks in the background."""
-        if not roots:
+        if not roots or self._stop.is_set():
             return
         async with self._building:
             workspace = self._index or index.WorkspaceIndex(roots)
@@ -90,7 +92,11 @@ class IndexService:
                     await self._build_quick(workspace)
                 else:  # one left behind by a session that did not end cleanly
                     index.QuickIndex.remove_leftover(workspace.cache_dir)
-                report = await asyncio.to_thread(workspace.refresh, reporter.on_step)
+                refresh = workspace.refresh
+                report = await asyncio.to_thread(refresh, reporter.on_step, self._stop)
+            except index.BuildStopped:
+                self._log_line("workspace index: build stopped; the next start builds it again")
+                return
             finally:
                 reporter.end()
             self._index, self._ready = workspace, True
@@ -110,8 +116,11 @@ class IndexService:
     async def _build_quick(self, workspace: index.WorkspaceIndex) -> None:
         build = index.QuickIndex.build
         roots, cache, workers = workspace.roots, workspace.cache_dir, workspace.workers
+        stop = self._stop
         try:
-            quick = await asyncio.to_thread(build, roots, cache, workers, QUICK_MIN_FILES)
+            quick = await asyncio.to_thread(build, roots, cache, workers, QUICK_MIN_FILES, stop)
+        except index.BuildStopped:
+            raise
         except Exception as error:  # the full build still runs; only the early answers are lost
             log.exception("quick first stage failed")
             self._log_line(
@@ -182,8 +191,10 @@ class IndexService:
             self.embed_in_background(None)
 
     async def close(self) -> None:
-        """Stop embedding, save the vectors, close the encoder; drop a quick index left over."""
+        """Stop building and embedding, save the vectors, close the encoder; drop a quick index
+        left over."""
         self._stop.set()
+        await self._build_stopped()
         await self._drop_quick()
         for pending in self._pending_changes.values():
             pending.cancel()
@@ -192,6 +203,15 @@ class IndexService:
             await asyncio.gather(self._embedding, return_exceptions=True)
         if self._semantic is not None:
             await asyncio.to_thread(self._semantic.close)
+
+    async def _build_stopped(self) -> None:
+        """Wait until a running build has stopped (it checks between files), for a while."""
+        try:
+            await asyncio.wait_for(self._building.acquire(), STOP_WAIT_S)
+        except TimeoutError:
+            log.warning("the index build did not stop within %s s", STOP_WAIT_S)
+        else:
+            self._building.release()
 
     def for_completion(self, path: str, text: str, line: int, column: int) -> list[Snippet]:
         """Snippets for an inline completion at `path`:`line`:`column` (fast path, small k)."""

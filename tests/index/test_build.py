@@ -6,9 +6,12 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-from index.prepare import PARALLEL_MIN_FILES
+import pytest
+
+from index.prepare import PARALLEL_MIN_FILES, BuildStopped
 from index.ranking import search
 from index.store import INDEX_FILE, ChunkChanges
 from index.workspace import WorkspaceIndex
@@ -55,6 +58,31 @@ def test_a_parallel_build_equals_a_serial_one(tmp_path: Path) -> None:
     assert _rows(tmp_path / "parallel") == _rows(tmp_path / "serial")
     reopened = WorkspaceIndex([root], cache_dir=tmp_path / "parallel")
     assert [s.name for s in search(reopened, "handler_117", 1)] == ["handler_117"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stopped_build_keeps_nothing_and_the_next_one_is_whole(
+    tmp_path: Path, workers: int
+) -> None:
+    root = tmp_path / "repo"
+    _many_files(root, PARALLEL_MIN_FILES + 20)
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def progress(done: int, total: int, key: str) -> None:
+        seen.append(key)
+        if len(seen) == 50:
+            stop.set()
+
+    workspace = WorkspaceIndex([root], cache_dir=tmp_path / "cache", workers=workers)
+    with pytest.raises(BuildStopped):
+        workspace.refresh(progress, stop)
+    assert len(seen) == 50
+    assert workspace.is_empty()
+    report = workspace.refresh()
+    assert report.indexed == PARALLEL_MIN_FILES + 20
+    assert [s.name for s in search(workspace, "handler_117", 1)] == ["handler_117"]
+    workspace.close()
 
 
 def test_chunk_ids_are_never_reused_and_changes_are_announced(tmp_path: Path) -> None:

@@ -7,11 +7,12 @@ index, so what the full index would never hold the quick one never holds either.
 from __future__ import annotations
 
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 
-from index import QuickIndex, StoreQueries, WorkspaceIndex, context, search
+from index import BuildStopped, QuickIndex, StoreQueries, WorkspaceIndex, context, search
 from index.quick import QUICK_DIR, quick_definitions
 
 from .conftest import git_init, write
@@ -194,3 +195,13 @@ def test_crlf_and_form_feed_files_keep_their_definition_lines(tmp_path: Path) ->
         [(ref, symbol)] = quick.definitions(name)
         assert symbol.line == ref.chunk.start_line == line
         assert ref.chunk.text.splitlines()[0] == f"def {name}():"
+
+
+def test_a_stopped_quick_build_leaves_nothing(tmp_path: Path, index_cache: Path) -> None:
+    root = tmp_path / "repo"
+    write(root, SOURCES)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(BuildStopped):
+        QuickIndex.build([root], index_cache, workers=1, stop=stop)
+    assert not (index_cache / QUICK_DIR).exists()

@@ -65,6 +65,16 @@ def test_before_the_client_is_attached_records_go_to_stderr(
     assert "lsp_server.server settings: unknown key" in capsys.readouterr().err
 
 
+async def test_once_detached_records_go_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    sent: list[types.LogMessageParams] = []
+    handler = ClientLogHandler(sent.append)
+    handler.attach(asyncio.get_running_loop())
+    handler.detach()
+    handler.handle(_record("lsp_server.server", logging.INFO, "workspace index: build stopped"))
+    assert sent == []
+    assert "workspace index: build stopped" in capsys.readouterr().err
+
+
 async def test_what_sending_logs_goes_to_stderr_instead_of_recursing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from lsp_server.lifecycle import EXIT_GRACE_S
+from lsp_server.status import STATUS_METHOD
+from lsp_server.workspace_index import STOP_WAIT_S
 from tests.lsp.real_server import start_on_workspace
 
+# Enough files that a cold build here takes far longer than the 5 s the test allows for exit.
+BIG_WORKSPACE_FILES = 2500
 HEAVY = ("torch", "onnxruntime", "faiss", "sentence_transformers", "transformers")
 
 
@@ -47,6 +53,69 @@ async def test_a_server_asked_to_stop_mid_export_exits_at_once(tmp_path: Path) -
     assert time.monotonic() - asked < 3
     assert not await asyncio.to_thread(_alive, children)
     assert not await asyncio.to_thread(_exported, tmp_path / "models")
+
+
+async def test_a_server_asked_to_stop_mid_index_build_exits_at_once(tmp_path: Path) -> None:
+    """A cold build of a large workspace runs for many seconds in worker threads and processes.
+    Stopped in the middle of it, the server exits at once and with success: the build stops
+    between files and rolls back, and the tasks that end as the loop stops have no client left
+    to notify (before, their status updates over the closed stdout spun the server forever)."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    body = "".join(f"def f{n}(x):\n    return x + {n}\n\n" for n in range(60))
+    for n in range(BIG_WORKSPACE_FILES):
+        (workspace / f"module_{n}.py").write_text(body)
+    env = {"BASTION_INDEX_CACHE": str(tmp_path / "index")}
+    options = {"proxyUrl": "http://127.0.0.1:9", "apiKey": "k", "embeddingsEnabled": False}
+    client = await start_on_workspace(workspace, env, options)
+    percents: list[int | None] = []
+    client.feature(STATUS_METHOD)(lambda params: percents.append(params.indexingPercent))
+    deadline = time.monotonic() + 60
+    while not any(p is not None and 0 < p < 100 for p in percents):
+        assert time.monotonic() < deadline, "the index build did not start within 60 s"
+        await asyncio.sleep(0.05)
+    assert client._server is not None
+    asked = time.monotonic()
+    await client.shutdown_session()
+    await asyncio.wait_for(client.stop(), timeout=30)
+    assert time.monotonic() - asked < 5
+    assert client._server.returncode == 0
+    logged = [m.message for m in client.log_messages if m.message.startswith("workspace index")]
+    assert logged[-1] == "workspace index: build stopped; the next start builds it again", logged
+
+
+async def test_a_server_whose_build_cannot_stop_still_exits_in_time(tmp_path: Path) -> None:
+    """A build stuck in a system call (here `git`, which stalls: a network file system, say)
+    cannot stop between files. The server still answers `shutdown`, sends nothing after `exit`,
+    and ends within its grace period rather than waiting for the worker thread."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "geometry.py").write_text("def area(r):\n    return 3.14 * r * r\n")
+    stalling = tmp_path / "bin"
+    stalling.mkdir()
+    (stalling / "git").write_text("#!/bin/sh\nexec sleep 600\n")
+    (stalling / "git").chmod(0o755)
+    env = {
+        "BASTION_INDEX_CACHE": str(tmp_path / "index"),
+        "PATH": f"{stalling}{os.pathsep}{os.environ['PATH']}",
+    }
+    options = {"proxyUrl": "http://127.0.0.1:9", "apiKey": "k", "embeddingsEnabled": False}
+    client = await start_on_workspace(workspace, env, options)
+    percents: list[int | None] = []
+    client.feature(STATUS_METHOD)(lambda params: percents.append(params.indexingPercent))
+    deadline = time.monotonic() + 60
+    while 0 not in percents:
+        assert time.monotonic() < deadline, "the index build did not start within 60 s"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    assert client._server is not None
+    asked = time.monotonic()
+    await client.shutdown_session()
+    await asyncio.wait_for(client.stop(), timeout=60)
+    took = time.monotonic() - asked
+    assert STOP_WAIT_S + EXIT_GRACE_S - 1 < took < STOP_WAIT_S + EXIT_GRACE_S + 3
+    assert client._server.returncode == 0
+    assert percents[-1] == 0, "the stuck build was reported as ended"
 
 
 def _children_of(parent: int) -> list[int]:
