@@ -93,7 +93,8 @@ async def test_a_server_whose_build_cannot_stop_still_exits_in_time(tmp_path: Pa
     (workspace / "geometry.py").write_text("def area(r):\n    return 3.14 * r * r\n")
     stalling = tmp_path / "bin"
     stalling.mkdir()
-    (stalling / "git").write_text("#!/bin/sh\nexec sleep 600\n")
+    # It stalls for as long as the server that ran it lives.
+    (stalling / "git").write_text("#!/bin/sh\nwhile kill -0 $PPID; do sleep 0.1; done\n")
     (stalling / "git").chmod(0o755)
     env = {
         "BASTION_INDEX_CACHE": str(tmp_path / "index"),
