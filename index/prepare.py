@@ -40,7 +40,7 @@ IN_FLIGHT_PER_WORKER = 8
 
 
 class BuildStopped(Exception):
-    """The build was asked to stop (the language server is shutting down); nothing was kept."""
+    """The build was asked to stop (a language server shutting down, say); nothing was kept."""
 
 
 @dataclass(frozen=True)
