@@ -16,6 +16,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from lsprotocol import types
 from pygls.progress import Progress
@@ -26,6 +27,8 @@ from index.semantic import SemanticIndex
 from inference import Snippet
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # An edited (unsaved) file is re-indexed once typing has paused this long.
 CHANGE_QUIET_S = 1.5
@@ -93,7 +96,7 @@ class IndexService:
                 else:  # one left behind by a session that did not end cleanly
                     index.QuickIndex.remove_leftover(workspace.cache_dir)
                 refresh = workspace.refresh
-                report = await asyncio.to_thread(refresh, reporter.on_step, self._stop)
+                report = await self._stoppable(refresh, reporter.on_step, self._stop)
             except index.BuildStopped:
                 self._log_line("workspace index: build stopped; the next start builds it again")
                 return
@@ -118,7 +121,7 @@ class IndexService:
         roots, cache, workers = workspace.roots, workspace.cache_dir, workspace.workers
         stop = self._stop
         try:
-            quick = await asyncio.to_thread(build, roots, cache, workers, QUICK_MIN_FILES, stop)
+            quick = await self._stoppable(build, roots, cache, workers, QUICK_MIN_FILES, stop)
         except index.BuildStopped:
             raise
         except Exception as error:  # the full build still runs; only the early answers are lost
@@ -164,7 +167,7 @@ class IndexService:
         )
         try:
             sync = semantic.sync
-            report = await asyncio.to_thread(sync, workspace, reporter.on_count, self._stop)
+            report = await self._stoppable(sync, workspace, reporter.on_count, self._stop)
         except Exception as error:  # an encoder that cannot load must not take the server down
             log.exception("embedding failed")
             self._log_line(f"workspace embeddings: off ({error})")
@@ -203,6 +206,16 @@ class IndexService:
             await asyncio.gather(self._embedding, return_exceptions=True)
         if self._semantic is not None:
             await asyncio.to_thread(self._semantic.close)
+
+    async def _stoppable(self, work: Callable[..., T], *args: object) -> T:
+        """`work` (which checks `self._stop`) in a worker thread. Only the loop's end cancels
+        the wait (the editor is gone): then the work stops too, rather than run on for nobody
+        while the process waits for its thread."""
+        try:
+            return await asyncio.to_thread(work, *args)
+        except asyncio.CancelledError:
+            self._stop.set()
+            raise
 
     async def _build_stopped(self) -> None:
         """Wait until a running build has stopped (it checks between files), for a while."""

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from pygls.lsp.client import LanguageClient
+
 from lsp_server.lifecycle import EXIT_GRACE_S
 from lsp_server.status import STATUS_METHOD
 from lsp_server.workspace_index import STOP_WAIT_S
@@ -60,20 +62,7 @@ async def test_a_server_asked_to_stop_mid_index_build_exits_at_once(tmp_path: Pa
     Stopped in the middle of it, the server exits at once and with success: the build stops
     between files and rolls back, and the tasks that end as the loop stops have no client left
     to notify (before, their status updates over the closed stdout spun the server forever)."""
-    workspace = tmp_path / "workspace"
-    workspace.mkdir()
-    body = "".join(f"def f{n}(x):\n    return x + {n}\n\n" for n in range(60))
-    for n in range(BIG_WORKSPACE_FILES):
-        (workspace / f"module_{n}.py").write_text(body)
-    env = {"BASTION_INDEX_CACHE": str(tmp_path / "index")}
-    options = {"proxyUrl": "http://127.0.0.1:9", "apiKey": "k", "embeddingsEnabled": False}
-    client = await start_on_workspace(workspace, env, options)
-    percents: list[int | None] = []
-    client.feature(STATUS_METHOD)(lambda params: percents.append(params.indexingPercent))
-    deadline = time.monotonic() + 60
-    while not any(p is not None and 0 < p < 100 for p in percents):
-        assert time.monotonic() < deadline, "the index build did not start within 60 s"
-        await asyncio.sleep(0.05)
+    client = await _building_a_big_workspace(tmp_path, functions_per_file=60)
     assert client._server is not None
     asked = time.monotonic()
     await client.shutdown_session()
@@ -82,6 +71,23 @@ async def test_a_server_asked_to_stop_mid_index_build_exits_at_once(tmp_path: Pa
     assert client._server.returncode == 0
     logged = [m.message for m in client.log_messages if m.message.startswith("workspace index")]
     assert logged[-1] == "workspace index: build stopped; the next start builds it again", logged
+
+
+async def test_a_server_whose_editor_vanishes_mid_index_build_exits_at_once(
+    tmp_path: Path,
+) -> None:
+    """An editor that crashes sends no `shutdown`: the server reads the end of its input. The
+    loop then cancels the build, and the build's thread stops too, rather than finishing the
+    build for nobody before the process can end."""
+    # Files ten times larger: the whole build here takes some 20 s, far above the 5 s allowed.
+    client = await _building_a_big_workspace(tmp_path, functions_per_file=600)
+    server = client._server
+    assert server is not None and server.stdin is not None
+    gone = time.monotonic()
+    server.stdin.close()
+    await asyncio.wait_for(server.wait(), timeout=120)
+    assert time.monotonic() - gone < 5
+    await client.stop()
 
 
 async def test_a_server_whose_build_cannot_stop_still_exits_in_time(tmp_path: Path) -> None:
@@ -117,6 +123,25 @@ async def test_a_server_whose_build_cannot_stop_still_exits_in_time(tmp_path: Pa
     assert STOP_WAIT_S + EXIT_GRACE_S - 1 < took < STOP_WAIT_S + EXIT_GRACE_S + 3
     assert client._server.returncode == 0
     assert percents[-1] == 0, "the stuck build was reported as ended"
+
+
+async def _building_a_big_workspace(tmp_path: Path, functions_per_file: int) -> LanguageClient:
+    """A server on a workspace of BIG_WORKSPACE_FILES files, once its full build is under way."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    body = "".join(f"def f{n}(x):\n    return x + {n}\n\n" for n in range(functions_per_file))
+    for n in range(BIG_WORKSPACE_FILES):
+        (workspace / f"module_{n}.py").write_text(body)
+    env = {"BASTION_INDEX_CACHE": str(tmp_path / "index")}
+    options = {"proxyUrl": "http://127.0.0.1:9", "apiKey": "k", "embeddingsEnabled": False}
+    client = await start_on_workspace(workspace, env, options)
+    percents: list[int | None] = []
+    client.feature(STATUS_METHOD)(lambda params: percents.append(params.indexingPercent))
+    deadline = time.monotonic() + 60
+    while not any(p is not None and 0 < p < 100 for p in percents):
+        assert time.monotonic() < deadline, "the index build did not start within 60 s"
+        await asyncio.sleep(0.05)
+    return client
 
 
 def _children_of(parent: int) -> list[int]:
