@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pygls.lsp.client import LanguageClient
@@ -108,12 +109,7 @@ async def test_a_server_whose_build_cannot_stop_still_exits_in_time(tmp_path: Pa
     }
     options = {"proxyUrl": "http://127.0.0.1:9", "apiKey": "k", "embeddingsEnabled": False}
     client = await start_on_workspace(workspace, env, options)
-    percents: list[int | None] = []
-    client.feature(STATUS_METHOD)(lambda params: percents.append(params.indexingPercent))
-    deadline = time.monotonic() + 60
-    while 0 not in percents:
-        assert time.monotonic() < deadline, "the index build did not start within 60 s"
-        await asyncio.sleep(0.05)
+    percents = await _indexing(client, lambda percents: 0 in percents)
     await asyncio.sleep(0.5)
     assert client._server is not None
     asked = time.monotonic()
@@ -135,13 +131,21 @@ async def _building_a_big_workspace(tmp_path: Path, functions_per_file: int) -> 
     env = {"BASTION_INDEX_CACHE": str(tmp_path / "index")}
     options = {"proxyUrl": "http://127.0.0.1:9", "apiKey": "k", "embeddingsEnabled": False}
     client = await start_on_workspace(workspace, env, options)
+    await _indexing(client, lambda percents: any(p is not None and 0 < p < 100 for p in percents))
+    return client
+
+
+async def _indexing(
+    client: LanguageClient, started: Callable[[list[int | None]], bool]
+) -> list[int | None]:
+    """The indexing percents the server reports, kept up to date, once they show `started`."""
     percents: list[int | None] = []
     client.feature(STATUS_METHOD)(lambda params: percents.append(params.indexingPercent))
     deadline = time.monotonic() + 60
-    while not any(p is not None and 0 < p < 100 for p in percents):
+    while not started(percents):
         assert time.monotonic() < deadline, "the index build did not start within 60 s"
         await asyncio.sleep(0.05)
-    return client
+    return percents
 
 
 def _children_of(parent: int) -> list[int]:
