@@ -244,10 +244,28 @@ def purge_cutoff_text(before: datetime) -> str:
     return before.astimezone(UTC).isoformat()
 
 
+# UUIDv7 (RFC 9562): the version and variant bits, and where the millisecond clock goes.
+_UUID7_VERSION_AND_VARIANT = (0x7 << 76) | (0b10 << 62)
+_UUID7_RAND_A_SHIFT = 64
+_UUID7_RAND_B_BITS = 62
+
+
 def new_record_id() -> str:
-    """A new request's id: 128 random bits in 32 hex digits (uuid4's length, at a fifth of its
-    cost on the request's path)."""
-    return os.urandom(16).hex()
+    """A new request's id: a UUIDv7 in 32 hex digits, the millisecond it was made, then 74
+    random bits.
+
+    Time first, so that the tables' indexes on record ids (four in SQLite, two in PostgreSQL)
+    take new ids at their right edge, as they take sequence numbers, rather than on a page
+    anywhere in the tree: filing wrote half the pages and read almost none
+    (`benchmarks/audit_filing.py`). The random part keeps an id unguessable; the time it tells
+    is on the record anyway.
+    """
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    rand_a = rand >> (80 - 12)
+    rand_b = rand & ((1 << _UUID7_RAND_B_BITS) - 1)
+    value = (millis << 80) | _UUID7_VERSION_AND_VARIANT | (rand_a << _UUID7_RAND_A_SHIFT) | rand_b
+    return f"{value:032x}"
 
 
 def request_row(

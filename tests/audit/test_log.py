@@ -7,6 +7,8 @@ import io
 import json
 import sqlite3
 import stat
+import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from audit_proxy import export, merkle, verify
 from audit_proxy.checkpoints import KEY_FILE, Signer
 from audit_proxy.payload_crypto import seal, unseal
 from audit_proxy.staging import PREALLOCATED, read_staged
-from audit_proxy.store import AuditStore, leafed
+from audit_proxy.store import AuditStore, leafed, new_record_id
 
 from .records import record_outcome, record_pair, record_request
 
@@ -47,6 +49,31 @@ def test_each_record_is_a_leaf_without_its_payload(tmp_path: Path) -> None:
     assert "body" not in request and "seq" not in request
     outcome = json.loads(leaves[1][4])["record"]
     assert outcome["total_tokens"] == 3 and "response_body" not in outcome
+    store.close()
+
+
+def test_record_ids_are_uuid7s_in_the_order_they_were_made(tmp_path: Path) -> None:
+    before_ms = time.time_ns() // 1_000_000
+    first = new_record_id()
+    time.sleep(0.002)
+    second = new_record_id()
+    after_ms = time.time_ns() // 1_000_000
+    for record_id in (first, second):
+        parsed = uuid.UUID(hex=record_id)
+        assert parsed.hex == record_id and len(record_id) == 32
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before_ms <= int(record_id[:12], 16) <= after_ms
+    # Time first, so the indexes on record ids take new ones at their right edge.
+    assert first < second
+    many = [new_record_id() for _ in range(20_000)]
+    assert len(set(many)) == len(many)
+    assert len({record_id[12:] for record_id in many}) == len(many)  # the random part varies
+    store = AuditStore(tmp_path / "audit.sqlite3")
+    ids = []
+    for _ in range(3):
+        ids.append(record_pair(store))
+        time.sleep(0.002)  # (within one millisecond, ids take no order)
+    assert [r.id for r in store.requests()] == ids == sorted(ids)
     store.close()
 
 
