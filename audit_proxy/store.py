@@ -254,7 +254,7 @@ def new_record_id() -> str:
     """A new request's id: a UUIDv7 in 32 hex digits, the millisecond it was made, then 74
     random bits.
 
-    Time first, so that the tables' indexes on record ids (four in SQLite, two in PostgreSQL)
+    Time first, so that the tables' indexes on record ids (four, in SQLite as in PostgreSQL)
     take new ids at their right edge, as they take sequence numbers, rather than on a page
     anywhere in the tree: filing wrote half the pages and read almost none
     (`benchmarks/audit_filing.py`). The random part keeps an id unguessable; the time it tells
