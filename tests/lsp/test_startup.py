@@ -20,6 +20,8 @@ from tests.lsp.real_server import start_on_workspace
 
 # Enough files that a cold build here takes far longer than the 5 s the test allows for exit.
 BIG_WORKSPACE_FILES = 2500
+# A server that builds the index and nothing else: no proxy answers, no embeddings.
+INDEX_ONLY = {"proxyUrl": "http://127.0.0.1:9", "apiKey": "k", "embeddingsEnabled": False}
 HEAVY = ("torch", "onnxruntime", "faiss", "sentence_transformers", "transformers")
 
 
@@ -107,8 +109,7 @@ async def test_a_server_whose_build_cannot_stop_still_exits_in_time(tmp_path: Pa
         "BASTION_INDEX_CACHE": str(tmp_path / "index"),
         "PATH": f"{stalling}{os.pathsep}{os.environ['PATH']}",
     }
-    options = {"proxyUrl": "http://127.0.0.1:9", "apiKey": "k", "embeddingsEnabled": False}
-    client = await start_on_workspace(workspace, env, options)
+    client = await start_on_workspace(workspace, env, INDEX_ONLY)
     percents = await _indexing(client, lambda percents: 0 in percents)
     await asyncio.sleep(0.5)
     assert client._server is not None
@@ -129,8 +130,7 @@ async def _building_a_big_workspace(tmp_path: Path, functions_per_file: int) -> 
     for n in range(BIG_WORKSPACE_FILES):
         (workspace / f"module_{n}.py").write_text(body)
     env = {"BASTION_INDEX_CACHE": str(tmp_path / "index")}
-    options = {"proxyUrl": "http://127.0.0.1:9", "apiKey": "k", "embeddingsEnabled": False}
-    client = await start_on_workspace(workspace, env, options)
+    client = await start_on_workspace(workspace, env, INDEX_ONLY)
     await _indexing(client, lambda percents: any(p is not None and 0 < p < 100 for p in percents))
     return client
 
