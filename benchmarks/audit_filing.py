@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -127,7 +128,16 @@ def checkpoint_wal(path: Path) -> None:
         conn.close()
 
 
-async def run(sizes: list[int], window: int, tmp: Path) -> dict[str, object]:
+def side_summary(name: str, figures: dict[str, Any]) -> str:
+    """One kind of id's figures at the largest size, for the summary line."""
+    return (
+        f"{name} ids {figures['file_us_per_record'][-1]} us, "
+        f"{figures['written_kib_per_record'][-1]} KiB written, "
+        f"{figures['read_kib_per_record'][-1]} KiB read, database {figures['db_mib']} MiB"
+    )
+
+
+async def run(sizes: list[int], window: int, tmp: Path) -> dict[str, Any]:
     quiet_background()
     sides = []
     for name in (ORDERED, RANDOM):
@@ -146,7 +156,7 @@ async def run(sizes: list[int], window: int, tmp: Path) -> dict[str, object]:
         store_module.new_record_id = ID_MAKERS[ORDERED]
         for side in sides:
             side.store.close()
-    result: dict[str, object] = {"sizes": sizes}
+    result: dict[str, Any] = {"sizes": sizes}
     for side in sides:
         result[side.name] = {**side.history, "db_mib": database_mib(side.store.path)}
     ordered, random_ = (s.history["file_us_per_record"] for s in sides)
@@ -166,15 +176,9 @@ def main() -> int:
     sizes = sorted(int(size) for size in args.sizes.split(","))
     with tempfile.TemporaryDirectory(prefix="bastion-filing-") as tmp:
         result = asyncio.run(run(sizes, args.window, Path(tmp)))
-    ordered, random_ = result[ORDERED], result[RANDOM]
-    assert isinstance(ordered, dict) and isinstance(random_, dict)
     print(
-        f"filing per record at {sizes[-1]} records: time-ordered ids "
-        f"{ordered['file_us_per_record'][-1]} us, {ordered['written_kib_per_record'][-1]} KiB "
-        f"written, {ordered['read_kib_per_record'][-1]} KiB read; random ids "
-        f"{random_['file_us_per_record'][-1]} us, {random_['written_kib_per_record'][-1]} KiB "
-        f"written, {random_['read_kib_per_record'][-1]} KiB read; databases "
-        f"{ordered['db_mib']} vs {random_['db_mib']} MiB",
+        f"filing per record at {sizes[-1]} records: "
+        + "; ".join(side_summary(name, result[name]) for name in (ORDERED, RANDOM)),
         flush=True,
     )
     print(json.dumps(result), flush=True)
