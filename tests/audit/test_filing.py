@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from audit_proxy import merkle, verify
 from audit_proxy.activity import Activity
 from audit_proxy.app import build_app
+from audit_proxy.checkpoints import Signer
 from audit_proxy.config import load_config
 from audit_proxy.metrics import METRICS
 from audit_proxy.store import FILE_AFTER_S, FILE_BATCH, FILE_SLICE, FILE_WAIT_MAX_S, AuditStore
@@ -23,6 +25,12 @@ def filed(path: Path) -> int:
     with sqlite3.connect(path) as raw:
         (count,) = raw.execute("SELECT COUNT(*) FROM leaves").fetchone()
     return int(count)
+
+
+def signed(path: Path) -> list[int]:
+    """The sizes of the checkpoints in the database, as a reader with its own SQL sees them."""
+    with sqlite3.connect(path) as raw:
+        return [int(size) for (size,) in raw.execute("SELECT size FROM checkpoints ORDER BY size")]
 
 
 def exchange(activity: Activity) -> asyncio.Event:
@@ -74,6 +82,30 @@ async def test_filing_waits_for_an_idle_server_no_longer_than_its_limit(store: A
         await asyncio.sleep(0.01)
     assert time.monotonic() - committed >= FILE_AFTER_S + FILE_WAIT_MAX_S - 0.01
     store.close()
+
+
+async def test_a_checkpoint_falls_due_on_no_request_s_path_and_filing_signs_it(
+    tmp_path: Path,
+) -> None:
+    signer = Signer.load_or_create(tmp_path)
+    store = AuditStore(tmp_path / "audit.sqlite3", signer, checkpoint_every=4)
+    store.activity = Activity()
+    for _ in range(3):
+        await record_pair_async(store)  # the fourth record makes a checkpoint due
+    # Signing then would have filed every staged record first, on that record's path.
+    assert (filed(store.path), signed(store.path)) == (0, [])
+    deadline = time.monotonic() + FILE_AFTER_S + FILE_WAIT_MAX_S + 2
+    while filed(store.path) < 6:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert signed(store.path) == [4]
+    store.close()
+    reopened = AuditStore(tmp_path / "audit.sqlite3")
+    first, last = reopened.checkpoints()
+    assert (first.size, last.size) == (4, 6)  # and the last at close
+    assert first.root == merkle.tree_hash(reopened.leaf_hashes()[:4]).hex()
+    assert verify.checkpoint_signed(first.as_dict(), signer.public_key)
+    reopened.close()
 
 
 async def test_filing_goes_in_slices_with_the_loop_free_between_them(store: AuditStore) -> None:
