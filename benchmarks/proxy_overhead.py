@@ -74,7 +74,11 @@ CHUNKS = 4
 BUSY_POLL = "bastion_busy_poll"
 RELAY = "tcp_relay"
 LITELLM_VENV = REPO / ".bench-venv-litellm"
-LITELLM_SPEC = "litellm[proxy]"
+# Pinned: unpinned, each fresh venv took the newest release of the day, and LiteLLM's added p50
+# could move between runs with it. What `litellm[proxy]` resolved to on 2026-11-29 (later
+# releases need a `litellm-proxy` package that the index does not have).
+LITELLM_VERSION = "1.108.7"
+LITELLM_SPEC = f"litellm[proxy]=={LITELLM_VERSION}"
 MESSAGES = [{"role": "user", "content": "def add(a, b):"}]
 BODY = {"model": "instant", "messages": MESSAGES, "max_tokens": 8}
 STREAM_BODY = {**BODY, "stream": True}
@@ -306,14 +310,28 @@ async def _in_chunks(
 
 
 def litellm_binary() -> Path:
-    """LiteLLM's CLI in its own venv, installed from PyPI on first use."""
+    """LiteLLM's CLI in its own venv, LITELLM_VERSION installed from PyPI when it is not there."""
     binary = LITELLM_VENV / "bin" / "litellm"
-    if not binary.exists():
+    if installed_litellm() != LITELLM_VERSION:
         print(f"installing {LITELLM_SPEC} into {LITELLM_VENV} ...", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        if not (LITELLM_VENV / "bin" / "pip").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
         pip = [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", LITELLM_SPEC]
         subprocess.run(pip, check=True)
     return binary
+
+
+def installed_litellm() -> str | None:
+    """The version of LiteLLM in its venv, or None when there is none."""
+    python = LITELLM_VENV / "bin" / "python"
+    if not python.exists():
+        return None
+    found = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True,
+        text=True,
+    )
+    return found.stdout.strip() if found.returncode == 0 else None
 
 
 @contextlib.contextmanager
@@ -378,7 +396,7 @@ def start_litellm(
     command = [str(litellm_binary()), "--config", str(config), "--host", "127.0.0.1",
                "--port", str(port), "--num_workers", "1"]  # fmt: skip
     stack.enter_context(running(command, litellm_env, url + "/health/liveliness", 120))
-    emit({"litellm_logging": LITELLM_LOGGING})
+    emit({"litellm_version": LITELLM_VERSION, "litellm_logging": LITELLM_LOGGING})
     return url + "/v1/chat/completions", {"Authorization": f"Bearer {LITELLM_MASTER_KEY}"}
 
 
