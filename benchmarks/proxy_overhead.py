@@ -2,10 +2,10 @@
 
 In one run, against the same instant OpenAI-compatible upstream (`instant_upstream.py`), it
 measures four paths: direct, `bastion proxy --durability process`,
-`bastion proxy --durability fsync`, and LiteLLM's proxy (installed by this script into
-`.bench-venv-litellm/`, configured with the upstream as an openai-compatible model, no database);
-and, as a floor, a bare TCP relay on uvloop (`tcp_relay.py`: what two more hops through a Python
-event loop cost here, with none of a proxy's work).
+`bastion proxy --durability fsync`, and LiteLLM's proxy (LITELLM_VERSION, installed by this
+script into `.bench-venv-litellm/`, configured with the upstream as an openai-compatible model,
+no database); and, as a floor, a bare TCP relay on uvloop (`tcp_relay.py`: what two more hops
+through a Python event loop cost here, with none of a proxy's work).
 All paths get `POST /v1/chat/completions`:
 
 - added latency, p50 and p99 over sequential sized requests;
