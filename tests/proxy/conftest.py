@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from audit_proxy.http_server import HttpServer
 from audit_proxy.keys import KeyStore
 from audit_proxy.store import AuditStore
 
@@ -81,6 +84,18 @@ def start_proxy(
         stop_proxy(proxy)
         raise RuntimeError(f"proxy did not come up:\n{proxy.log()}")
     return proxy
+
+
+async def serving(server: HttpServer) -> asyncio.Task[None]:
+    """`server` serving in a task of this loop, once it takes connections."""
+    task = asyncio.create_task(server.serve())
+    for _ in range(200):
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.close()
+            break
+        await asyncio.sleep(0.01)
+    return task
 
 
 def stop_proxy(proxy: Proxy) -> None:

@@ -25,6 +25,7 @@ from audit_proxy.app import build_app
 from audit_proxy.config import load_config
 from audit_proxy.http_server import HttpServer
 
+from .conftest import serving
 from .fake_upstream import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,13 +63,7 @@ async def proxy_here(instant_upstream: str, tmp_path: Path) -> AsyncIterator[tup
     app = build_app(config)
     key = app.keys.create("alice")
     server = HttpServer(app, "127.0.0.1", free_port(), graceful_s=1, activity=app.activity)
-    task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.close()
-            break
-        await asyncio.sleep(0.01)
+    task = await serving(server)
     yield server.port, key
     server.stop()
     await asyncio.wait_for(task, 10)

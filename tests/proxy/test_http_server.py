@@ -15,6 +15,7 @@ from audit_proxy.busy_poll import BusyPoll
 from audit_proxy.forward import StreamAborted
 from audit_proxy.http_server import HttpServer
 
+from .conftest import serving
 from .fake_upstream import free_port
 
 
@@ -79,18 +80,6 @@ class EchoApp:
 
 def start(status: int, headers: list[tuple[bytes, bytes]] | None = None) -> Message:
     return {"type": "http.response.start", "status": status, "headers": headers or []}
-
-
-async def serving(server: HttpServer) -> asyncio.Task[None]:
-    """`server` serving in a task, once it takes connections."""
-    task = asyncio.create_task(server.serve())
-    for _ in range(100):
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.close()
-            break
-        await asyncio.sleep(0.01)
-    return task
 
 
 @pytest.fixture
