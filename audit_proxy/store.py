@@ -1442,7 +1442,7 @@ class AuditStore:
             self._retired_warned = True
             log.critical("%s", retired_key_message(self.signer, self.where, size))
 
-    def _insert_checkpoint(self, checkpoint: Checkpoint, packed: bytes | None) -> Checkpoint:
+    def _insert_checkpoint(self, checkpoint: Checkpoint, packed: bytes) -> Checkpoint:
         """Under the lock: store a signed checkpoint, and the frontier at its size, `packed`
         (so that the next start reads the leaves after it, not the whole log)."""
         self._conn.execute(
@@ -1450,11 +1450,10 @@ class AuditStore:
             " VALUES (?,?,?,?,?,?)",
             checkpoint.as_row(),
         )
-        if packed is not None:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO frontier (only_row, size, packed) VALUES (1, ?, ?)",
-                (checkpoint.size, packed),
-            )
+        self._conn.execute(
+            "INSERT OR REPLACE INTO frontier (only_row, size, packed) VALUES (1, ?, ?)",
+            (checkpoint.size, packed),
+        )
         self._signed_size = checkpoint.size
         return checkpoint
 
