@@ -991,7 +991,8 @@ class AuditStore:
                 _settle_everywhere([(item, error) for item in committed])
         else:
             _settle_everywhere([(item, None) for item in committed])
-        self._after_commit(len(committed))
+        if committed:
+            self._schedule_filing()  # which also signs the checkpoints due (see `_grow_tree`)
 
     def _commit_group(
         self, group: Sequence[_Pending], alone: bool
@@ -1016,11 +1017,6 @@ class AuditStore:
                     return errors
         except BaseException as exc:  # a caller must never wait forever
             return [self._unavailable(exc) for _ in group]
-
-    def _after_commit(self, committed: int) -> None:
-        """File soon (filing signs the checkpoints due, see `_grow_tree`)."""
-        if committed:
-            self._schedule_filing()
 
     def _schedule_filing(self) -> None:
         """On the writer's loop: file staged records soon (at once when many are waiting)."""
