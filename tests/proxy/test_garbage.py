@@ -9,26 +9,21 @@ another (`benchmarks/instant_upstream.py`), and the collector is asked what the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from audit_proxy.app import build_app
 from audit_proxy.config import load_config
 from audit_proxy.http_server import HttpServer
+from benchmarks.lsp_session import instant_upstream
 
 from .conftest import serving
 from .fake_upstream import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 REQUESTS = 200
 SIZED = json.dumps({"model": "instant", "messages": [{"role": "user", "content": "hi"}]})
 STREAMED = json.dumps(
@@ -36,37 +31,17 @@ STREAMED = json.dumps(
 )
 
 
-@pytest.fixture(scope="module")
-def instant_upstream() -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, str(REPO / "benchmarks" / "instant_upstream.py"), str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/v1/models", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "the instant upstream did not come up"
-            time.sleep(0.05)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
 @pytest.fixture
-async def proxy_here(instant_upstream: str, tmp_path: Path) -> AsyncIterator[tuple[int, str]]:
-    """The proxy serving in this process: (port, a user's key)."""
-    config = load_config(None, {"data_dir": tmp_path, "upstream_url": instant_upstream}, {})
-    app = build_app(config)
-    key = app.keys.create("alice")
-    server = HttpServer(app, "127.0.0.1", free_port(), graceful_s=1, activity=app.activity)
-    task = await serving(server)
-    yield server.port, key
-    server.stop()
-    await asyncio.wait_for(task, 10)
+async def proxy_here(tmp_path: Path) -> AsyncIterator[tuple[int, str]]:
+    """The proxy serving in this process, in front of the instant upstream: (port, a key)."""
+    async with instant_upstream() as upstream:
+        app = build_app(load_config(None, {"data_dir": tmp_path, "upstream_url": upstream}, {}))
+        key = app.keys.create("alice")
+        server = HttpServer(app, "127.0.0.1", free_port(), graceful_s=1, activity=app.activity)
+        task = await serving(server)
+        yield server.port, key
+        server.stop()
+        await asyncio.wait_for(task, 10)
 
 
 async def chat(
