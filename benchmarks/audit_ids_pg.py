@@ -33,11 +33,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,16 +46,10 @@ sys.path.insert(0, str(REPO))
 
 from audit_proxy import pg_store  # noqa: E402
 from audit_proxy.pg_store import PostgresAuditStore  # noqa: E402
-from audit_proxy.store import new_record_id  # noqa: E402
+from benchmarks.audit_filing import ID_MAKERS, ORDERED, RANDOM  # noqa: E402
 from benchmarks.replicas import new_database, start_cluster, stop_cluster  # noqa: E402
 from tests.audit.records import record_outcome, record_request  # noqa: E402
 
-ORDERED = "ordered"
-RANDOM = "random"
-ID_MAKERS: dict[str, Callable[[], str]] = {
-    ORDERED: new_record_id,
-    RANDOM: lambda: os.urandom(16).hex(),
-}
 ID_INDEXES = ("requests_pkey", "outcomes_pkey", "leaves_kind_record_id_key", "payload_keys_pkey")
 
 
