@@ -36,7 +36,7 @@ from audit_proxy.roles import (
 )
 from audit_proxy.roles_reload import LiveRoles
 from audit_proxy.shared_limits import SharedLimits
-from audit_proxy.siem import SiemConfigError, SiemForwarder, build_forwarder
+from audit_proxy.siem import SiemConfigError, SiemForwarder, SyslogTls, build_forwarder
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
 
 if TYPE_CHECKING:
@@ -259,6 +259,9 @@ def build_app(config: ProxyConfig) -> ProxyApp:
             config.siem_max_backoff_s,
             # Replicas of one PostgreSQL log elect the one that ships (see audit_proxy.siem).
             None if isinstance(store, AuditStore) else store.siem_coordination(),
+            SyslogTls(
+                config.siem_syslog_ca_file, config.siem_syslog_certfile, config.siem_syslog_keyfile
+            ),
         )
     except SiemConfigError as exc:
         store.close()

@@ -17,6 +17,15 @@ Syslog messages are RFC 5424, facility "log audit" (13), severity informational,
 structured data element `bastion@32473` (32473 is the documentation enterprise number of
 RFC 5612) carrying `seq`, `kind`, `record_id`, `leaf_hash` and `log_id`; TCP uses RFC 6587
 octet-counting framing.
+
+`tls://HOST:PORT` is syslog over TLS (RFC 5425, the same octet-counted frames): the collector's
+certificate must verify against the system's CAs or `siem_syslog_ca_file` and name HOST, and
+the proxy shows its own certificate when `siem_syslog_certfile`/`siem_syslog_keyfile` are set
+(collectors that take only known senders ask for one). Under TLS 1.3 a collector that refuses
+the proxy's certificate says so only after the handshake has completed on the proxy's side, so
+a new connection waits for the collector's verdict before it carries a record (see
+`_await_verdict`): otherwise the first batch would go into a connection about to be refused,
+and count as shipped.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import logging
 import os
 import select
 import socket
+import ssl
+import stat
 import sys
 import threading
 import time
@@ -46,6 +57,9 @@ FACILITY_LOG_AUDIT = 13
 SEVERITY_INFO = 6
 BATCH = 500
 SEND_TIMEOUT_S = 5.0
+# How long a new TLS connection waits for the collector to accept or refuse this proxy's
+# certificate when it sends no session ticket to say so (see `_await_verdict`).
+VERDICT_WAIT_S = 1.0
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -59,9 +73,13 @@ class SiemConfigError(ValueError):
     """A SIEM setting cannot be used; the message names it and says what to write."""
 
 
+Transport = Literal["udp", "tcp", "tls"]
+_TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp", "tls")
+
+
 @dataclass(frozen=True)
 class SyslogTarget:
-    transport: Literal["udp", "tcp"]
+    transport: Transport
     host: str
     port: int
 
@@ -70,19 +88,110 @@ class SyslogTarget:
 
 
 def parse_syslog_url(url: str) -> SyslogTarget:
-    """`udp://host:port` or `tcp://host:port`; SiemConfigError otherwise."""
+    """`udp://`, `tcp://` or `tls://host:port`; SiemConfigError otherwise."""
     parts = urlsplit(url.strip())
     try:
         port = parts.port
     except ValueError:
         port = None
-    if parts.scheme not in ("udp", "tcp") or not parts.hostname or port is None:
+    transport = next((t for t in _TRANSPORTS if t == parts.scheme), None)
+    if transport is None or not parts.hostname or port is None:
         raise SiemConfigError(
-            f"siem_syslog_url: {url!r} is not udp://HOST:PORT or tcp://HOST:PORT "
-            "(for example tcp://siem.internal:6514)"
+            f"siem_syslog_url: {url!r} is not udp://, tcp:// or tls://HOST:PORT "
+            "(for example tls://siem.internal:6514 for syslog over TLS)"
         )
-    transport: Literal["udp", "tcp"] = "udp" if parts.scheme == "udp" else "tcp"
     return SyslogTarget(transport, parts.hostname, port)
+
+
+@dataclass(frozen=True)
+class SyslogTls:
+    """The files a tls:// collector needs: the CAs that vouch for it, and the proxy's own
+    certificate and key for a collector that asks for one (settings `siem_syslog_*`)."""
+
+    ca_file: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+
+    def given(self) -> list[str]:
+        named = (("siem_syslog_ca_file", self.ca_file), ("siem_syslog_certfile", self.certfile),
+                 ("siem_syslog_keyfile", self.keyfile))  # fmt: skip
+        return [setting for setting, path in named if path is not None]
+
+
+def syslog_tls_context(tls: SyslogTls) -> ssl.SSLContext:
+    """The client context for a tls:// collector, every file checked; SiemConfigError names the
+    setting and the file that cannot be used."""
+    if (tls.certfile is None) != (tls.keyfile is None):
+        given, missing = (
+            ("siem_syslog_certfile", "siem_syslog_keyfile")
+            if tls.certfile is not None
+            else ("siem_syslog_keyfile", "siem_syslog_certfile")
+        )
+        raise SiemConfigError(
+            f"{given} is set but {missing} is not; the proxy's certificate for the collector "
+            "needs both the certificate chain and its private key (PEM files), or neither"
+        )
+    for setting, path in (("siem_syslog_ca_file", tls.ca_file),
+                          ("siem_syslog_certfile", tls.certfile),
+                          ("siem_syslog_keyfile", tls.keyfile)):  # fmt: skip
+        if path is not None:
+            _check_readable(setting, path)
+    context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 9662 (updating RFC 5425)
+    if tls.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(tls.ca_file))
+        except ssl.SSLError as exc:
+            raise SiemConfigError(
+                f"siem_syslog_ca_file {tls.ca_file}: not a PEM bundle of CA certificates "
+                f"({exc.reason or exc})"
+            ) from None
+    if tls.certfile is not None and tls.keyfile is not None:
+        try:
+            context.load_cert_chain(str(tls.certfile), str(tls.keyfile))
+        except ssl.SSLError as exc:
+            raise SiemConfigError(
+                f"siem_syslog_certfile {tls.certfile} / siem_syslog_keyfile {tls.keyfile}: not "
+                f"a usable PEM certificate chain and matching unencrypted key "
+                f"({exc.reason or exc}); check that the key belongs to the certificate"
+            ) from None
+        mode = tls.keyfile.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning(
+                "siem_syslog_keyfile %s is readable by other accounts (mode %o); chmod 600 it",
+                tls.keyfile,
+                stat.S_IMODE(mode),
+            )
+    return context
+
+
+def _check_readable(setting: str, path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise SiemConfigError(
+            f"{setting}: cannot read {path} ({exc.strerror}); point it at a readable PEM file"
+        ) from None
+
+
+def failure_reason(exc: OSError) -> str:
+    """Why shipping failed, in words an operator can act on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"the collector's certificate did not verify ({exc.verify_message}); set "
+            "siem_syslog_ca_file to the CA bundle that issued it, and name the collector in "
+            "siem_syslog_url as its certificate does"
+        )
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason):
+            return (
+                f"the collector refused this proxy's certificate ({reason}); set "
+                "siem_syslog_certfile and siem_syslog_keyfile to a certificate it trusts"
+            )
+        return f"TLS with the collector failed ({reason})"
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 # -- formatting --------------------------------------------------------------------------------
@@ -204,14 +313,19 @@ class JsonlSink:
 
 
 class SyslogSink:
-    """RFC 5424 over UDP (a datagram per record) or TCP (RFC 6587 octet counting)."""
+    """RFC 5424 over UDP (a datagram per record), TCP (RFC 6587 octet counting) or TLS
+    (RFC 5425: the same frames); `tls` is the context for a tls:// target."""
 
-    def __init__(self, target: SyslogTarget) -> None:
+    def __init__(self, target: SyslogTarget, tls: ssl.SSLContext | None = None) -> None:
+        if (target.transport == "tls") != (tls is not None):
+            raise ValueError(f"{target}: a TLS context goes with tls:// and only with it")
         self.target = target
         self.name = "syslog"
+        self._tls = tls
         self._hostname = socket.gethostname()
         self._procid = os.getpid()
         self._sock: socket.socket | None = None
+        self.connects = 0  # connections opened (datagram sockets too)
 
     def __str__(self) -> str:
         return str(self.target)
@@ -220,7 +334,7 @@ class SyslogSink:
         messages = [syslog_message(leaf, log_id, self._hostname, self._procid) for leaf in leaves]
         try:
             sock = self._connected()
-            if self.target.transport == "tcp":
+            if self.target.transport != "udp":
                 sock.sendall(b"".join(b"%d %s" % (len(m), m) for m in messages))
             else:
                 for message in messages:
@@ -230,38 +344,75 @@ class SyslogSink:
             raise
 
     def _connected(self) -> socket.socket:
-        if self._sock is not None and self.target.transport == "tcp" and _peer_closed(self._sock):
+        stream = self.target.transport != "udp"
+        if self._sock is not None and stream and _peer_closed(self._sock):
             self.close()
         if self._sock is None:
-            kind = socket.SOCK_STREAM if self.target.transport == "tcp" else socket.SOCK_DGRAM
+            kind = socket.SOCK_STREAM if stream else socket.SOCK_DGRAM
             info = socket.getaddrinfo(self.target.host, self.target.port, type=kind)[0]
             sock = socket.socket(info[0], info[1], info[2])
             sock.settimeout(SEND_TIMEOUT_S)
             try:
                 sock.connect(info[4])
+                if self._tls is not None:
+                    sock = self._tls.wrap_socket(sock, server_hostname=self.target.host)
+                    _await_verdict(sock)
             except OSError:
                 sock.close()
                 raise
             self._sock = sock
+            self.connects += 1
         return self._sock
 
     def close(self) -> None:
         if self._sock is not None:
+            if isinstance(self._sock, ssl.SSLSocket):
+                # close_notify, so that the collector sees an orderly end, not a cut.
+                self._sock.settimeout(0.5)
+                with contextlib.suppress(OSError, ValueError):
+                    self._sock.unwrap()
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
 
 
+def _await_verdict(sock: ssl.SSLSocket) -> None:
+    """Once a TLS 1.3 handshake is through: wait until the collector has accepted this proxy's
+    certificate (it sends a session ticket) or refused it (an alert: raised as ssl.SSLError),
+    for at most VERDICT_WAIT_S of silence, taken as acceptance. Under TLS 1.2 a refusal fails
+    the handshake itself."""
+    if sock.version() != "TLSv1.3":
+        return
+    deadline = time.monotonic() + VERDICT_WAIT_S
+    while not (sock.session is not None and sock.session.has_ticket):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        select.select([sock], [], [], remaining)
+        if _peer_closed(sock):
+            raise ConnectionResetError(
+                "the collector closed the connection after the TLS handshake"
+            )
+
+
 def _peer_closed(sock: socket.socket) -> bool:
-    """True when a TCP collector has closed its end (so a write would vanish into a dead socket)."""
+    """True when a stream collector has closed its end (so a write would vanish into a dead
+    socket). Raises ssl.SSLError when a TLS collector sent an alert instead."""
     readable, _, _ = select.select([sock], [], [], 0)
     if not readable:
         return False
+    sock.setblocking(False)
     try:
         data = sock.recv(4096)
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False  # no data: a TLS message of its own (a session ticket, say)
+    except ssl.SSLError:
+        raise
     except OSError:
         return True
-    # A collector has nothing to say over RFC 6587; whatever it sent is dropped.
+    finally:
+        sock.settimeout(SEND_TIMEOUT_S)
+    # A collector has nothing to say over RFC 6587 or 5425; whatever it sent is dropped.
     return data == b""
 
 
@@ -494,7 +645,7 @@ class SiemForwarder:
             "SIEM %s %s failed (%s); %d leaves pending, retry in %.1f s",
             lane.sink.name,
             lane.sink,
-            exc.strerror or type(exc).__name__,
+            failure_reason(exc),
             pending,
             delay,
         )
@@ -508,6 +659,7 @@ def build_forwarder(
     syslog_url: str | None,
     max_backoff_s: float = 30.0,
     shared: tuple[CursorStore, Leadership] | None = None,
+    syslog_tls: SyslogTls | None = None,
 ) -> SiemForwarder | None:
     """The forwarder for the configured sinks, or None when none is configured.
 
@@ -516,8 +668,17 @@ def build_forwarder(
     sinks: list[Sink] = []
     if jsonl_path is not None:
         sinks.append(JsonlSink(jsonl_path))
-    if syslog_url:
-        sinks.append(SyslogSink(parse_syslog_url(syslog_url)))
+    tls_files = syslog_tls or SyslogTls()
+    target = parse_syslog_url(syslog_url) if syslog_url else None
+    if tls_files.given() and (target is None or target.transport != "tls"):
+        raise SiemConfigError(
+            f"{', '.join(tls_files.given())} set, but siem_syslog_url is "
+            f"{str(target) if target else 'not set'}: these files are for a collector at "
+            "tls://HOST:PORT (syslog over TLS); set siem_syslog_url to one, or drop them"
+        )
+    if target is not None:
+        context = syslog_tls_context(tls_files) if target.transport == "tls" else None
+        sinks.append(SyslogSink(target, context))
     if not sinks:
         return None
     cursors, leadership = shared or (FileCursors(data_dir, log_id), AlwaysLead())

@@ -49,7 +49,19 @@ def add_proxy_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     proxy.add_argument(
         "--siem-syslog",
         metavar="URL",
-        help="ship audit leaves to syslog: udp:// or tcp://HOST:PORT",
+        help="ship audit leaves to syslog: udp://, tcp:// or tls://HOST:PORT (RFC 5425)",
+    )
+    proxy.add_argument(
+        "--siem-syslog-ca-file", type=Path, metavar="PEM", help="CA bundle for a tls:// collector"
+    )
+    proxy.add_argument(
+        "--siem-syslog-certfile",
+        type=Path,
+        metavar="PEM",
+        help="the proxy's certificate chain, for a tls:// collector that asks for one",
+    )
+    proxy.add_argument(
+        "--siem-syslog-keyfile", type=Path, metavar="PEM", help="the key of --siem-syslog-certfile"
     )
     proxy.set_defaults(func=run_proxy)
 
@@ -103,6 +115,9 @@ def run_proxy(args: argparse.Namespace) -> int:
             upstream_ca_file=args.upstream_ca_file,
             siem_jsonl_path=args.siem_jsonl,
             siem_syslog_url=args.siem_syslog,
+            siem_syslog_ca_file=args.siem_syslog_ca_file,
+            siem_syslog_certfile=args.siem_syslog_certfile,
+            siem_syslog_keyfile=args.siem_syslog_keyfile,
         )
         serve(config)
     except ConfigError as exc:

@@ -160,7 +160,7 @@ def siem_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("siem")
 
 
-def start_siem_proxy(upstream: FakeUpstream, home: Path, syslog_url: str) -> Proxy:
+def start_siem_proxy(upstream: FakeUpstream, home: Path, syslog_url: str, *extra: str) -> Proxy:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "proxy.toml"
     config.write_text("siem_max_backoff_s = 0.5\n")
@@ -174,6 +174,7 @@ def start_siem_proxy(upstream: FakeUpstream, home: Path, syslog_url: str) -> Pro
         syslog_url,
         "--siem-jsonl",
         str(home / "export" / "audit.jsonl"),
+        *extra,
     )
 
 
@@ -346,4 +347,4 @@ def test_the_proxy_refuses_to_start_with_a_bad_syslog_url(tmp_path: Path) -> Non
         wait=False,
     )
     assert proxy.process.wait(20) == 2
-    assert "siem_syslog_url" in proxy.log() and "tcp://HOST:PORT" in proxy.log()
+    assert "siem_syslog_url" in proxy.log() and "tls://HOST:PORT" in proxy.log()

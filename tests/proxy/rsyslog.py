@@ -1,0 +1,98 @@
+"""A real syslog-over-TLS collector for tests: rsyslogd (`scripts/rsyslog.sh` installs it) with
+its OpenSSL driver, listening on 127.0.0.1 and writing each message it takes to a file."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .fake_upstream import free_port
+from .pki import Authority
+
+REPO = Path(__file__).resolve().parents[2]
+
+_CONFIG = """\
+global(
+  DefaultNetstreamDriver="ossl"
+  DefaultNetstreamDriverCAFile="{ca}"
+  DefaultNetstreamDriverCertFile="{cert}"
+  DefaultNetstreamDriverKeyFile="{key}"
+  workDirectory="{work}"
+  maxMessageSize="64k"
+)
+module(load="imtcp" StreamDriver.Name="ossl" StreamDriver.Mode="1"
+       StreamDriver.AuthMode="{auth_mode}")
+input(type="imtcp" port="{port}" address="127.0.0.1")
+template(name="whole" type="string" string="%rawmsg%\\n")
+if $app-name == "bastion-proxy" then {{
+  action(type="omfile" file="{received}" template="whole")
+  stop
+}}
+"""
+
+
+def rsyslogd() -> str:
+    """rsyslogd's path, installed first where it is missing."""
+    done = subprocess.run(
+        [str(REPO / "scripts" / "rsyslog.sh")], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"scripts/rsyslog.sh failed:\n{done.stderr}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+class RsyslogCollector:
+    """rsyslogd serving TLS with a certificate `authority` signed; with `client_certs`, it takes
+    only senders whose certificate that authority signed (AuthMode x509/certvalid)."""
+
+    def __init__(self, directory: Path, authority: Authority, *, client_certs: bool) -> None:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory = directory
+        self.port = free_port()
+        self.received = directory / "received.log"
+        self.stderr = directory / "rsyslogd.err"
+        server = authority.issue(f"collector-{self.port}", server=True, hosts=("127.0.0.1",))
+        (directory / "work").mkdir(exist_ok=True)
+        self.config = directory / "rsyslog.conf"
+        self.config.write_text(
+            _CONFIG.format(
+                ca=authority.cert, cert=server.cert, key=server.key, work=directory / "work",
+                auth_mode="x509/certvalid" if client_certs else "anon", port=self.port,
+                received=self.received,
+            )
+        )  # fmt: skip
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RsyslogCollector:
+        binary = rsyslogd()
+        with self.stderr.open("ab") as err:
+            self._process = subprocess.Popen(
+                [binary, "-n", "-f", str(self.config), "-i", str(self.directory / "pid")],
+                stdout=err,
+                stderr=err,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"rsyslogd exited:\n{self.stderr.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"rsyslogd did not listen:\n{self.stderr.read_text()}")
+
+    def messages(self) -> list[bytes]:
+        """Every message taken so far, in the order it took them."""
+        try:
+            return self.received.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(20)
+            self._process = None
