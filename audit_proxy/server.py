@@ -5,13 +5,16 @@ from __future__ import annotations
 import gc
 import logging
 import ssl
-import stat
-from pathlib import Path
 
 from audit_proxy.app import build_app
 from audit_proxy.config import ConfigError, ProxyConfig
-from audit_proxy.forward import upstream_tls_context
 from audit_proxy.http_server import HttpServer, run
+from audit_proxy.tls_files import (
+    TlsFileError,
+    load_ca_bundle,
+    load_certificate,
+    require_both_or_neither,
+)
 
 log = logging.getLogger("bastion.proxy")
 
@@ -40,56 +43,23 @@ def check_tls_files(config: ProxyConfig) -> ssl.SSLContext | None:
 
     Raises `ConfigError`, naming the setting and the file, when a TLS file cannot be used.
     """
-    if (config.tls_certfile is None) != (config.tls_keyfile is None):
-        given, missing = (
-            ("tls_certfile", "tls_keyfile")
-            if config.tls_certfile is not None
-            else ("tls_keyfile", "tls_certfile")
-        )
-        raise ConfigError(
-            f"{given} is set but {missing} is not; TLS needs both the certificate chain and its "
-            "private key (PEM files), or neither for plain HTTP"
-        )
-    listener: ssl.SSLContext | None = None
-    if config.tls_certfile is not None and config.tls_keyfile is not None:
-        _readable("tls_certfile", config.tls_certfile)
-        _readable("tls_keyfile", config.tls_keyfile)
-        listener = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            listener.load_cert_chain(str(config.tls_certfile), str(config.tls_keyfile))
-        except ssl.SSLError as exc:
-            raise ConfigError(
-                f"tls_certfile {config.tls_certfile} / tls_keyfile {config.tls_keyfile}: not a "
-                f"usable PEM certificate chain and matching unencrypted key ({exc.reason or exc}); "
-                "check that the key belongs to the certificate"
-            ) from None
-        mode = config.tls_keyfile.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning(
-                "tls_keyfile %s is readable by other accounts (mode %o); chmod 600 it",
-                config.tls_keyfile,
-                stat.S_IMODE(mode),
-            )
-    if config.upstream_ca_file is not None:
-        _readable("upstream_ca_file", config.upstream_ca_file)
-        try:
-            upstream_tls_context(config.upstream_ca_file)
-        except ssl.SSLError as exc:
-            raise ConfigError(
-                f"upstream_ca_file {config.upstream_ca_file}: not a PEM bundle of CA "
-                f"certificates ({exc.reason or exc})"
-            ) from None
-    return listener
-
-
-def _readable(setting: str, path: Path) -> None:
     try:
-        with path.open("rb"):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"{setting}: cannot read {path} ({exc.strerror}); point it at a readable PEM file"
-        ) from None
+        require_both_or_neither(
+            "tls_certfile", config.tls_certfile, "tls_keyfile", config.tls_keyfile,
+            "for plain HTTP",
+        )  # fmt: skip
+        listener: ssl.SSLContext | None = None
+        if config.tls_certfile is not None and config.tls_keyfile is not None:
+            listener = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            load_certificate(
+                listener, "tls_certfile", config.tls_certfile, "tls_keyfile", config.tls_keyfile
+            )
+        if config.upstream_ca_file is not None:
+            upstream = ssl.create_default_context()
+            load_ca_bundle(upstream, "upstream_ca_file", config.upstream_ca_file)
+    except TlsFileError as exc:
+        raise ConfigError(str(exc)) from None
+    return listener
 
 
 def serve(config: ProxyConfig) -> None:

@@ -37,7 +37,6 @@ import os
 import select
 import socket
 import ssl
-import stat
 import sys
 import threading
 import time
@@ -46,6 +45,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
+
+from audit_proxy.tls_files import (
+    TlsFileError,
+    load_ca_bundle,
+    load_certificate,
+    require_both_or_neither,
+)
 
 log = logging.getLogger("bastion.proxy.siem")
 
@@ -121,58 +127,22 @@ class SyslogTls:
 def syslog_tls_context(tls: SyslogTls) -> ssl.SSLContext:
     """The client context for a tls:// collector, every file checked; SiemConfigError names the
     setting and the file that cannot be used."""
-    if (tls.certfile is None) != (tls.keyfile is None):
-        given, missing = (
-            ("siem_syslog_certfile", "siem_syslog_keyfile")
-            if tls.certfile is not None
-            else ("siem_syslog_keyfile", "siem_syslog_certfile")
-        )
-        raise SiemConfigError(
-            f"{given} is set but {missing} is not; the proxy's certificate for the collector "
-            "needs both the certificate chain and its private key (PEM files), or neither"
-        )
-    for setting, path in (("siem_syslog_ca_file", tls.ca_file),
-                          ("siem_syslog_certfile", tls.certfile),
-                          ("siem_syslog_keyfile", tls.keyfile)):  # fmt: skip
-        if path is not None:
-            _check_readable(setting, path)
     context = ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 9662 (updating RFC 5425)
-    if tls.ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=str(tls.ca_file))
-        except ssl.SSLError as exc:
-            raise SiemConfigError(
-                f"siem_syslog_ca_file {tls.ca_file}: not a PEM bundle of CA certificates "
-                f"({exc.reason or exc})"
-            ) from None
-    if tls.certfile is not None and tls.keyfile is not None:
-        try:
-            context.load_cert_chain(str(tls.certfile), str(tls.keyfile))
-        except ssl.SSLError as exc:
-            raise SiemConfigError(
-                f"siem_syslog_certfile {tls.certfile} / siem_syslog_keyfile {tls.keyfile}: not "
-                f"a usable PEM certificate chain and matching unencrypted key "
-                f"({exc.reason or exc}); check that the key belongs to the certificate"
-            ) from None
-        mode = tls.keyfile.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning(
-                "siem_syslog_keyfile %s is readable by other accounts (mode %o); chmod 600 it",
-                tls.keyfile,
-                stat.S_IMODE(mode),
-            )
-    return context
-
-
-def _check_readable(setting: str, path: Path) -> None:
     try:
-        with path.open("rb"):
-            pass
-    except OSError as exc:
-        raise SiemConfigError(
-            f"{setting}: cannot read {path} ({exc.strerror}); point it at a readable PEM file"
-        ) from None
+        require_both_or_neither(
+            "siem_syslog_certfile", tls.certfile, "siem_syslog_keyfile", tls.keyfile,
+            "for a collector that asks for no certificate",
+        )  # fmt: skip
+        if tls.ca_file is not None:
+            load_ca_bundle(context, "siem_syslog_ca_file", tls.ca_file)
+        if tls.certfile is not None and tls.keyfile is not None:
+            load_certificate(
+                context, "siem_syslog_certfile", tls.certfile, "siem_syslog_keyfile", tls.keyfile
+            )
+    except TlsFileError as exc:
+        raise SiemConfigError(str(exc)) from None
+    return context
 
 
 def failure_reason(exc: OSError) -> str:
