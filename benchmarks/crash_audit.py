@@ -30,7 +30,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,16 +44,11 @@ sys.path.insert(0, str(REPO))
 
 from audit_proxy.keys import KeyStore  # noqa: E402
 from audit_proxy.store import AuditStore  # noqa: E402
+from bastion.stack import free_port  # noqa: E402
 
 ROUTES = ("/v1/completions", "/v1/chat/completions")
 # The kill comes anyway when no answer came whole this long after the load began.
 FIRST_ANSWER_WITHIN_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

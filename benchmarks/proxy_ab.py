@@ -45,9 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from audit_proxy.keys import KeyStore  # noqa: E402
+from bastion.stack import free_port  # noqa: E402
 from benchmarks.proxy_overhead import (  # noqa: E402
     Call,
-    free_port,
     percentile,
     running,
     sized_call,

@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from audit_proxy.keys import KeyStore  # noqa: E402
-from benchmarks.proxy_overhead import free_port, running, sized_call  # noqa: E402
+from bastion.stack import free_port  # noqa: E402
+from benchmarks.proxy_overhead import running, sized_call  # noqa: E402
 
 VARIANTS = ("full", "store", "filing", "relay", "policy", "access_log", "metrics")
 CANNED = json.dumps(

@@ -52,7 +52,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -68,6 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from audit_proxy.keys import KeyStore  # noqa: E402
+from bastion.stack import free_port  # noqa: E402
 
 CONCURRENCY = 32
 CHUNKS = 4
@@ -101,12 +101,6 @@ LITELLM_LOGGING = (
     "no DATABASE_URL (no spend logs), no success/failure callbacks, telemetry off, "
     "LITELLM_LOG=ERROR, its uvicorn access log on (to stdout, discarded)"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:

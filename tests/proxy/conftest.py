@@ -18,8 +18,9 @@ import pytest
 from audit_proxy.http_server import HttpServer
 from audit_proxy.keys import KeyStore
 from audit_proxy.store import AuditStore
+from bastion.stack import free_port
 
-from .fake_upstream import FakeUpstream, free_port
+from .fake_upstream import FakeUpstream
 
 SERVICE_KEY = "svc-secret-0123456789"
 REPO = Path(__file__).resolve().parents[2]

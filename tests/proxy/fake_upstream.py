@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from bastion.stack import free_port
 
 SLOW_PAUSE_S = 0.5
 
@@ -37,12 +38,6 @@ class Received:
 
     def json(self) -> Any:
         return json.loads(self.body)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sse(doc: dict[str, Any]) -> bytes:

@@ -8,7 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .fake_upstream import free_port
+from bastion.stack import free_port
+
 from .pki import Authority
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,10 +19,10 @@ import pytest
 from audit_proxy.app import build_app
 from audit_proxy.config import load_config
 from audit_proxy.http_server import HttpServer
+from bastion.stack import free_port
 from benchmarks.lsp_session import instant_upstream
 
 from .conftest import serving
-from .fake_upstream import free_port
 
 REQUESTS = 200
 SIZED = json.dumps({"model": "instant", "messages": [{"role": "user", "content": "hi"}]})

@@ -14,9 +14,9 @@ from audit_proxy.asgi import MAX_REQUEST_BODY, ON_CLIENT_GONE, Message, Receive,
 from audit_proxy.busy_poll import BusyPoll
 from audit_proxy.forward import StreamAborted
 from audit_proxy.http_server import HttpServer
+from bastion.stack import free_port
 
 from .conftest import serving
-from .fake_upstream import free_port
 
 
 class EchoApp:

@@ -16,9 +16,10 @@ import httpx
 import pytest
 
 from audit_proxy.store import FILE_AFTER_S, OutcomeRecord
+from bastion.stack import free_port
 
 from .conftest import SERVICE_KEY, Proxy, start_proxy, stop_proxy
-from .fake_upstream import SLOW_PAUSE_S, FakeUpstream, free_port
+from .fake_upstream import SLOW_PAUSE_S, FakeUpstream
 
 COMPLETION = {"model": "tiny", "prompt": "def add(a, b):", "max_tokens": 8}
 

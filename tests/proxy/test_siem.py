@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from audit_proxy.siem import SiemConfigError, parse_syslog_url
+from bastion.stack import free_port
 
 from .conftest import SERVICE_KEY, Proxy, start_proxy, stop_proxy
-from .fake_upstream import FakeUpstream, free_port
+from .fake_upstream import FakeUpstream
 
 PROMPT_MARK = "PROMPT-TEXT-7f3a9c-never-shipped"
 RFC5424 = re.compile(

@@ -14,8 +14,7 @@ from audit_proxy.upstream_client import (
     UpstreamReadTimeout,
     UpstreamUnreachable,
 )
-
-from .fake_upstream import free_port
+from bastion.stack import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 JSON = [(b"content-type", b"application/json")]
