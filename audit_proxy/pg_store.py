@@ -1029,6 +1029,15 @@ class PostgresAuditStore:
         )
         return [checkpoint_of(row) for row in rows]
 
+    def checkpoints_from(self, size: int, limit: int = 1000) -> list[Checkpoint]:
+        """Up to `limit` signed checkpoints of `size` records or more, smallest first."""
+        rows = self._read(
+            f"SELECT {self._checkpoint_columns()} FROM checkpoints"  # noqa: S608
+            " WHERE size >= %s ORDER BY size LIMIT %s",
+            (size, limit),
+        )
+        return [checkpoint_of(row) for row in rows]
+
     def signed_checkpoint(self, size: int | None = None) -> Checkpoint | None:
         """The checkpoint of `size` (the latest by default), or None."""
         where = "" if size is None else " WHERE size = %s"

@@ -1,7 +1,10 @@
 """SIEM export: ship every audit-log leaf, as it is appended, to a JSONL file and/or syslog.
 
 A leaf is the record without its payload (the row binds the prompt and the answer by SHA-256
-only), so nothing shipped holds a prompt, an answer or a key. Each sink keeps its own cursor in
+only), so nothing shipped holds a prompt, an answer or a key. Each signed checkpoint (and each
+key transition) goes out too, once the leaves it covers have: so the SIEM's copy can itself be
+checked offline against the log's public key, complete and unaltered up to its last checkpoint
+(`bastion audit verify --siem`, see `audit_proxy.verify_siem`). Each sink keeps its own cursor in
 the data directory (0600) and advances it only after the collector took the batch: delivery is
 at-least-once. After a crash or a failed batch a record can arrive twice; dedupe on `seq`
 (with `log_id`). Over TCP "took" means the kernel accepted the bytes; RFC 6587 has no
@@ -31,6 +34,7 @@ and count as shipped.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -43,9 +47,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
+from audit_proxy.checkpoints import Checkpoint, KeyTransition
+from audit_proxy.merkle import canonical_json
 from audit_proxy.tls_files import (
     TlsFileError,
     load_ca_bundle,
@@ -73,6 +79,22 @@ class LeafSource(Protocol):
     """The audit store's read side, as the forwarder needs it."""
 
     def leaves_from(self, seq: int, limit: int = 1000) -> list[Leaf]: ...
+
+    def checkpoints_from(self, size: int, limit: int = 1000) -> list[Checkpoint]: ...
+
+    def key_transitions(self) -> list[KeyTransition]: ...
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    """A signed checkpoint or key transition, as shipped: `doc` is its `as_dict()`."""
+
+    kind: Literal["checkpoint", "key_transition"]
+    doc: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        return int(self.doc["size"])
 
 
 class SiemConfigError(ValueError):
@@ -171,8 +193,16 @@ def _record_time(canonical: bytes) -> str:
     try:
         record = json.loads(canonical).get("record", {})
         stamp = record.get("received_at") or record.get("finished_at")
-        when = datetime.fromisoformat(stamp)
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, AttributeError):
+        stamp = None
+    return _timestamp(stamp)
+
+
+def _timestamp(stamp: object) -> str:
+    """An RFC 5424 TIMESTAMP for an ISO 8601 time (now, where it is none)."""
+    try:
+        when = datetime.fromisoformat(stamp)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
         when = datetime.now(UTC)
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -199,25 +229,40 @@ def syslog_message(leaf: Leaf, log_id: str | None, hostname: str, procid: int) -
         "leaf_hash": digest.hex(),
         "log_id": log_id or "-",
     }
+    return _rfc5424(_record_time(canonical), hostname, procid, kind, params, canonical)
+
+
+def syslog_head_message(head: SignedHead, hostname: str, procid: int) -> bytes:
+    """One RFC 5424 message for a signed head; the MSG is its canonical JSON."""
+    params = {"size": str(head.size), "root": str(head.doc.get("root", "-")),
+              "log_id": str(head.doc.get("log_id", "-"))}  # fmt: skip
+    message = canonical_json(head.doc)
+    return _rfc5424(_timestamp(head.doc.get("time")), hostname, procid, head.kind, params, message)
+
+
+def _rfc5424(
+    timestamp: str, hostname: str, procid: int, msgid: str, params: dict[str, str], msg: bytes
+) -> bytes:
     sd = "[" + SD_ID + "".join(f' {k}="{_sd_value(v)}"' for k, v in params.items()) + "]"
     header = " ".join(
         (
             f"<{FACILITY_LOG_AUDIT * 8 + SEVERITY_INFO}>1",
-            _record_time(canonical),
+            timestamp,
             _header_field(hostname, 255),
             APP_NAME,
             str(procid),
-            _header_field(kind, 32),
+            _header_field(msgid, 32),
             sd,
         )
     )
-    return header.encode() + b" " + _BOM + canonical
+    return header.encode() + b" " + _BOM + msg
 
 
 def jsonl_line(leaf: Leaf, log_id: str | None) -> bytes:
     """One JSON line for a leaf: where it sits in the log, its hash, and the record itself."""
     seq, kind, record_id, digest, canonical = leaf
     doc = {
+        "type": "leaf",
         "log_id": log_id,
         "seq": seq,
         "kind": kind,
@@ -225,6 +270,15 @@ def jsonl_line(leaf: Leaf, log_id: str | None) -> bytes:
         "leaf_hash": digest.hex(),
         "leaf": json.loads(canonical),
     }
+    return _json_line(doc)
+
+
+def jsonl_head_line(head: SignedHead) -> bytes:
+    """One JSON line for a signed checkpoint or key transition."""
+    return _json_line({"type": head.kind, **head.doc})
+
+
+def _json_line(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
@@ -236,6 +290,10 @@ class Sink(Protocol):
 
     def ship(self, leaves: list[Leaf], log_id: str | None) -> None:
         """Deliver the batch or raise OSError (then the whole batch is tried again later)."""
+        ...
+
+    def ship_heads(self, heads: list[SignedHead]) -> None:
+        """As `ship`, for signed checkpoints and key transitions."""
         ...
 
     def close(self) -> None: ...
@@ -264,7 +322,12 @@ class JsonlSink:
         return "stdout" if self.to_stdout else str(self.path)
 
     def ship(self, leaves: list[Leaf], log_id: str | None) -> None:
-        data = b"".join(jsonl_line(leaf, log_id) for leaf in leaves)
+        self._append(b"".join(jsonl_line(leaf, log_id) for leaf in leaves))
+
+    def ship_heads(self, heads: list[SignedHead]) -> None:
+        self._append(b"".join(jsonl_head_line(head) for head in heads))
+
+    def _append(self, data: bytes) -> None:
         if self.to_stdout:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
@@ -301,7 +364,12 @@ class SyslogSink:
         return str(self.target)
 
     def ship(self, leaves: list[Leaf], log_id: str | None) -> None:
-        messages = [syslog_message(leaf, log_id, self._hostname, self._procid) for leaf in leaves]
+        self._send([syslog_message(leaf, log_id, self._hostname, self._procid) for leaf in leaves])
+
+    def ship_heads(self, heads: list[SignedHead]) -> None:
+        self._send([syslog_head_message(head, self._hostname, self._procid) for head in heads])
+
+    def _send(self, messages: list[bytes]) -> None:
         try:
             sock = self._connected()
             if self.target.transport != "udp":
@@ -468,9 +536,21 @@ class FileCursors:
 class _Lane:
     sink: Sink
     next_seq: int
+    # The smallest size of a signed checkpoint it has not had, and how many key transitions
+    # it has had (each kept as a cursor of its own, beside the leaves').
+    next_checkpoint: int = 0
+    transitions: int = 0
     failures: int = 0
     retry_at: float = 0.0
     shipped: int = 0
+
+    @property
+    def checkpoint_cursor(self) -> str:
+        return f"{self.sink.name}.checkpoints"
+
+    @property
+    def transition_cursor(self) -> str:
+        return f"{self.sink.name}.transitions"
 
 
 class SiemForwarder:
@@ -497,7 +577,9 @@ class SiemForwarder:
         self.leadership: Leadership = leadership or AlwaysLead()
         self.poll_interval_s = poll_interval_s
         self.max_backoff_s = max_backoff_s
-        self._lanes = [_Lane(sink, cursors.load(sink.name)) for sink in sinks]
+        self._lanes = [_Lane(sink, 0) for sink in sinks]
+        for lane in self._lanes:
+            self._load_cursors(lane)
         self._head = min((lane.next_seq for lane in self._lanes), default=0)
         self._leading: bool | None = None  # unknown until the first pass
         self._stop = threading.Event()
@@ -553,15 +635,20 @@ class SiemForwarder:
                 )
             if leading:
                 for lane in self._lanes:
-                    lane.next_seq = self.cursors.load(lane.sink.name)
+                    self._load_cursors(lane)
         self._leading = leading
         if not leading:
             return  # a replica standing by reads nothing
         self._advance_head()
         now = time.monotonic()
         for lane in self._lanes:
-            if now >= lane.retry_at:
-                self._ship(lane, max_batches)
+            if now >= lane.retry_at and self._ship(lane, max_batches):
+                self._ship_heads(lane)
+
+    def _load_cursors(self, lane: _Lane) -> None:
+        lane.next_seq = self.cursors.load(lane.sink.name)
+        lane.next_checkpoint = self.cursors.load(lane.checkpoint_cursor)
+        lane.transitions = self.cursors.load(lane.transition_cursor)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -583,18 +670,19 @@ class SiemForwarder:
             if len(newer) < BATCH:
                 return
 
-    def _ship(self, lane: _Lane, max_batches: int | None) -> None:
+    def _ship(self, lane: _Lane, max_batches: int | None) -> bool:
+        """Ship the sink's pending leaves; False when it failed."""
         batches = 0
         while max_batches is None or batches < max_batches:
             batches += 1
             leaves = self.source.leaves_from(lane.next_seq, BATCH)
             if not leaves:
-                return
+                return True
             try:
                 lane.sink.ship(leaves, self.log_id)
             except OSError as exc:
                 self._failed(lane, exc)
-                return
+                return False
             lane.next_seq = leaves[-1][0] + 1
             self.cursors.save(lane.sink.name, lane.next_seq)
             with self._lock:
@@ -604,7 +692,37 @@ class SiemForwarder:
                 log.info("SIEM %s %s is back; shipping resumed", lane.sink.name, lane.sink)
                 lane.failures = 0
             if len(leaves) < BATCH:
-                return
+                return True
+        return True
+
+    def _ship_heads(self, lane: _Lane) -> None:
+        """Ship the signed checkpoints and key transitions over leaves the sink already has."""
+        covered = lane.next_seq
+
+        def has_leaves(head: Checkpoint | KeyTransition) -> bool:
+            return head.size <= covered
+
+        checkpoints = list(
+            itertools.takewhile(has_leaves, self.source.checkpoints_from(lane.next_checkpoint))
+        )
+        transitions = list(
+            itertools.takewhile(has_leaves, self.source.key_transitions()[lane.transitions :])
+        )
+        heads = [SignedHead("key_transition", t.as_dict()) for t in transitions]
+        heads += [SignedHead("checkpoint", c.as_dict()) for c in checkpoints]
+        if not heads:
+            return
+        try:
+            lane.sink.ship_heads(heads)
+        except OSError as exc:
+            self._failed(lane, exc)
+            return
+        if checkpoints:
+            lane.next_checkpoint = checkpoints[-1].size + 1
+            self.cursors.save(lane.checkpoint_cursor, lane.next_checkpoint)
+        if transitions:
+            lane.transitions += len(transitions)
+            self.cursors.save(lane.transition_cursor, lane.transitions)
 
     def _failed(self, lane: _Lane, exc: OSError) -> None:
         lane.failures += 1

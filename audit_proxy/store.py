@@ -1756,6 +1756,15 @@ class AuditStore:
         rows = self._read(f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints ORDER BY size")  # noqa: S608
         return [checkpoint_of(row) for row in rows]
 
+    def checkpoints_from(self, size: int, limit: int = 1000) -> list[Checkpoint]:
+        """Up to `limit` signed checkpoints of `size` records or more, smallest first."""
+        rows = self._read(
+            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints"  # noqa: S608
+            " WHERE size >= ? ORDER BY size LIMIT ?",
+            (size, limit),
+        )
+        return [checkpoint_of(row) for row in rows]
+
     def signed_checkpoint(self, size: int | None = None) -> Checkpoint | None:
         """The checkpoint of `size` (the latest by default), or None."""
         rows = self._read(

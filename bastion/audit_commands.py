@@ -37,6 +37,12 @@ def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     verify = audit_sub.add_parser("verify", help="check an export offline, with nothing else")
     verify.add_argument("export", type=Path, metavar="EXPORT.jsonl")
     verify.add_argument(
+        "--siem",
+        action="store_true",
+        help="the file is a SIEM's copy (the lines the JSONL sink shipped, in any order, some "
+        "twice); needs --public-key",
+    )
+    verify.add_argument(
         "--public-key", type=Path, metavar="FILE", help="the key the log must be signed by"
     )
     verify.add_argument(
@@ -164,9 +170,21 @@ def export_command(args: argparse.Namespace) -> int:
 def verify_command(args: argparse.Namespace) -> int:
     """`bastion audit verify EXPORT`: exit 0 if it verifies, 1 naming the first bad record."""
     from audit_proxy.verify import verify_export_file
+    from audit_proxy.verify_siem import verify_siem_copy_file
 
     try:
-        report = verify_export_file(args.export, _pinned_key(args.public_key))
+        pinned = _pinned_key(args.public_key)
+        if not args.siem:
+            report = verify_export_file(args.export, pinned)
+        elif pinned is None:
+            print(
+                f"{PROG} verify --siem: give --public-key FILE (`bastion audit public-key` "
+                "prints it): a SIEM's copy carries no key of its own to trust",
+                file=sys.stderr,
+            )
+            return 2
+        else:
+            report = verify_siem_copy_file(args.export, pinned)
     except (OSError, ValueError) as exc:
         print(f"{PROG} verify: {exc}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from audit_proxy.pg_migrations import LATEST, migrate, schema_version
 from audit_proxy.pg_store import PostgresAuditStore
 from audit_proxy.siem import JsonlSink, SiemForwarder
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
+from audit_proxy.verify_siem import verify_siem_copy
 from tests.proxy.conftest import REPO, Proxy, start_proxy, stop_proxy
 from tests.proxy.fake_upstream import FakeUpstream
 
@@ -493,12 +494,14 @@ def test_one_replica_ships_to_the_siem_and_another_takes_over_from_its_cursor(
         )
     try:
         _record_pairs(stores[0], 5)
+        stores[0].checkpoint()
         for forwarder in forwarders:
             forwarder.run_once()
         # The first to ask took the lock; the other stands by and ships nothing.
         assert [f.status()["jsonl"]["leading"] for f in forwarders] == [1, 0]
         assert [len(_shipped(sink)) for sink in sinks] == [10, 0]
         _record_pairs(stores[1], 3)
+        stores[1].checkpoint()
         forwarders[1].run_once()
         assert _shipped(sinks[1]) == []
         forwarders[0].stop()  # the leader goes (its session, and with it the lock, ends)
@@ -509,8 +512,14 @@ def test_one_replica_ships_to_the_siem_and_another_takes_over_from_its_cursor(
                 break
             time.sleep(0.05)
         assert forwarders[1].status()["jsonl"]["leading"] == 1
-        # It carries on from the shared cursor: every leaf shipped once, in order.
+        # It carries on from the shared cursors: every leaf and checkpoint shipped once, in order.
         assert _shipped(sinks[0]) + _shipped(sinks[1]) == list(range(16))
+        copy = [line for sink in sinks for line in sink.path.read_text().splitlines()]
+        assert [json.loads(line)["size"] for line in copy if '"checkpoint"' in line] == [10, 16]
+        # Together, the two halves are a SIEM copy that verifies against the log's key.
+        report = verify_siem_copy(copy, signer.log_public_key)
+        assert report.ok, [str(p) for p in report.problems]
+        assert report.signed_size == 16
     finally:
         forwarders[1].stop()
         for store in stores:
@@ -520,4 +529,5 @@ def test_one_replica_ships_to_the_siem_and_another_takes_over_from_its_cursor(
 def _shipped(sink: JsonlSink) -> list[int]:
     if not sink.path.exists():
         return []
-    return [json.loads(line)["seq"] for line in sink.path.read_text().splitlines()]
+    lines = map(json.loads, sink.path.read_text().splitlines())
+    return [line["seq"] for line in lines if line["type"] == "leaf"]

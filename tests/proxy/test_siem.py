@@ -143,6 +143,17 @@ def send_requests(proxy: Proxy, key: str, count: int) -> None:
         assert answer.status_code == 200
 
 
+def leaf_messages(messages: list[bytes]) -> list[bytes]:
+    """The syslog messages that carry leaves (the others carry signed checkpoints)."""
+    return [m for m in messages if m.split(b" ", 6)[5] in (b"request", b"outcome")]
+
+
+def leaf_lines(path: Path) -> list[dict[str, object]]:
+    """The JSONL export's leaf lines (the others are signed checkpoints)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [line for line in lines if line["type"] == "leaf"]
+
+
 def parsed(frame: bytes) -> re.Match[bytes]:
     match = RFC5424.match(frame)
     assert match is not None, f"not an RFC 5424 message as expected: {frame[:200]!r}"
@@ -194,12 +205,12 @@ def siem_status(proxy: Proxy) -> dict[str, dict[str, int]]:
 def test_each_request_and_outcome_reaches_the_collector_as_rfc5424(
     proxy: Proxy, collector: TcpCollector, user_key: str
 ) -> None:
-    before = len(collector.frames)
+    before = len(leaf_messages(collector.frames))
     send_requests(proxy, user_key, 4)
 
-    wait_for(lambda: len(collector.frames) >= before + 8, "8 syslog messages")
+    wait_for(lambda: len(leaf_messages(collector.frames)) >= before + 8, "8 syslog messages")
     leaves = proxy.store().leaves()
-    frames = [parsed(frame) for frame in collector.frames]
+    frames = [parsed(frame) for frame in leaf_messages(collector.frames)]
     assert [int(m["seq"]) for m in frames] == list(range(len(leaves)))
     assert [m["kind"] for m in frames[before:]] == [b"request", b"outcome"] * 4
     for match, (seq, kind, record_id, digest, canonical) in zip(frames, leaves, strict=True):
@@ -218,7 +229,9 @@ def test_nothing_is_lost_while_the_collector_is_down(
     proxy: Proxy, collector: TcpCollector, user_key: str
 ) -> None:
     send_requests(proxy, user_key, 1)
-    wait_for(lambda: len(collector.frames) == len(proxy.store().leaves()), "the collector")
+    wait_for(
+        lambda: len(leaf_messages(collector.frames)) == len(proxy.store().leaves()), "the collector"
+    )
     collector.stop()
 
     send_requests(proxy, user_key, 3)
@@ -232,8 +245,12 @@ def test_nothing_is_lost_while_the_collector_is_down(
     collector.start()
 
     total = len(proxy.store().leaves())
-    wait_for(lambda: len(collector.frames) >= total, "the backlog after the collector came back")
-    assert sorted({int(parsed(f)["seq"]) for f in collector.frames}) == list(range(total))
+    wait_for(
+        lambda: len(leaf_messages(collector.frames)) >= total,
+        "the backlog after the collector came back",
+    )
+    shipped = {int(parsed(f)["seq"]) for f in leaf_messages(collector.frames)}
+    assert sorted(shipped) == list(range(total))
     wait_for(lambda: siem_status(proxy)["syslog"]["failures"] == 0, "the failure count to reset")
     assert siem_status(proxy)["syslog"]["pending"] == 0
     assert "leaves pending" in proxy.log()
@@ -245,13 +262,13 @@ def test_the_jsonl_export_is_private_complete_and_parseable(
     send_requests(proxy, user_key, 2)
     path = siem_home / "export" / "audit.jsonl"
     wait_for(
-        lambda: len(path.read_bytes().splitlines()) == len(proxy.store().leaves()),
+        lambda: len(leaf_lines(path)) == len(proxy.store().leaves()),
         "the JSONL export",
     )
 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines = leaf_lines(path)
     leaves = proxy.store().leaves()
     assert [(d["seq"], d["kind"], d["record_id"], d["leaf_hash"]) for d in lines] == [
         (seq, kind, record_id, digest.hex()) for seq, kind, record_id, digest, _ in leaves
@@ -267,7 +284,9 @@ def test_nothing_shipped_holds_a_prompt_an_answer_or_a_key(
     proxy: Proxy, collector: TcpCollector, siem_home: Path, user_key: str
 ) -> None:
     send_requests(proxy, user_key, 1)
-    wait_for(lambda: len(collector.frames) == len(proxy.store().leaves()), "the collector")
+    wait_for(
+        lambda: len(leaf_messages(collector.frames)) == len(proxy.store().leaves()), "the collector"
+    )
 
     shipped = bytes(collector.raw) + (siem_home / "export" / "audit.jsonl").read_bytes()
     for secret in (PROMPT_MARK, SERVICE_KEY, user_key, '"text": "hello"', '"text":"hello"'):
@@ -298,18 +317,18 @@ def test_a_restart_resumes_from_the_cursor(upstream: FakeUpstream, siem_home: Pa
     second = start_siem_proxy(upstream, siem_home / "restart", f"tcp://127.0.0.1:{offline.port}")
     try:
         send_requests(second, bob, 1)
-        wait_for(lambda: len(offline.frames) >= 8, "the pending leaves and the new ones")
-        assert [int(parsed(f)["seq"]) for f in offline.frames] == list(range(8))
+        wait_for(
+            lambda: len(leaf_messages(offline.frames)) >= 8, "the pending leaves and the new ones"
+        )
+        assert [int(parsed(f)["seq"]) for f in leaf_messages(offline.frames)] == list(range(8))
         cursor = siem_home / "restart" / "data" / "siem-syslog.cursor"
         # The cursor moves once the collector has the batch, so it may trail by a moment.
         wait_for(
             lambda: cursor.exists() and json.loads(cursor.read_text())["next_seq"] == 8, "cursor"
         )
         jsonl = siem_home / "restart" / "export" / "audit.jsonl"
-        wait_for(lambda: len(jsonl.read_text().splitlines()) == 8, "8 JSON lines")
-        assert [json.loads(line)["seq"] for line in jsonl.read_text().splitlines()] == list(
-            range(8)
-        )
+        wait_for(lambda: len(leaf_lines(jsonl)) == 8, "8 leaves in JSON lines")
+        assert [line["seq"] for line in leaf_lines(jsonl)] == list(range(8))
     finally:
         stop_proxy(second)
         offline.stop()
@@ -321,8 +340,8 @@ def test_udp_syslog_gets_one_datagram_per_record(upstream: FakeUpstream, tmp_pat
     try:
         key = udp_proxy.keys().create("dave")
         send_requests(udp_proxy, key, 2)
-        wait_for(lambda: len(collector.datagrams) >= 4, "4 datagrams")
-        matches = [parsed(d) for d in collector.datagrams]
+        wait_for(lambda: len(leaf_messages(collector.datagrams)) >= 4, "4 datagrams")
+        matches = [parsed(d) for d in leaf_messages(collector.datagrams)]
         assert [int(m["seq"]) for m in matches] == [0, 1, 2, 3]
         assert [m["kind"] for m in matches] == [b"request", b"outcome"] * 2
     finally:

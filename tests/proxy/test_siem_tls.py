@@ -22,7 +22,14 @@ from .conftest import Proxy, start_proxy, stop_proxy
 from .fake_upstream import FakeUpstream
 from .pki import Authority, Issued
 from .rsyslog import RsyslogCollector
-from .test_siem import parsed, send_requests, siem_status, start_siem_proxy, wait_for
+from .test_siem import (
+    leaf_messages,
+    parsed,
+    send_requests,
+    siem_status,
+    start_siem_proxy,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +81,10 @@ def test_every_leaf_reaches_rsyslog_over_mutual_tls(
     try:
         key = proxy.keys().create("erin")
         send_requests(proxy, key, 3)
-        wait_for(lambda: len(collector.messages()) >= 6, "6 messages at rsyslog")
+        wait_for(lambda: len(leaf_messages(collector.messages())) >= 6, "6 messages at rsyslog")
 
         leaves = proxy.store().leaves()
-        messages = [parsed(message) for message in collector.messages()]
+        messages = [parsed(message) for message in leaf_messages(collector.messages())]
         assert [int(m["seq"]) for m in messages] == [seq for seq, *_ in leaves] == list(range(6))
         assert [m["msg"] for m in messages] == [canonical for *_, canonical in leaves]
         assert siem_status(proxy)["syslog"] == {
@@ -126,8 +133,8 @@ def test_a_failed_tls_check_ships_nothing_loses_nothing_and_says_which_setting(
     # Set right, the same proxy ships everything, from the first leaf.
     fixed = start_tls_siem_proxy(upstream, home, collector, *tls_args(authority.cert, proxy_cert))
     try:
-        wait_for(lambda: len(collector.messages()) >= 4, "the 4 pending leaves")
-        assert [int(parsed(m)["seq"]) for m in collector.messages()] == [0, 1, 2, 3]
+        wait_for(lambda: len(leaf_messages(collector.messages())) >= 4, "the 4 pending leaves")
+        assert [int(parsed(m)["seq"]) for m in leaf_messages(collector.messages())] == [0, 1, 2, 3]
         cursor = home / "data" / "siem-syslog.cursor"
         wait_for(lambda: cursor.exists() and json.loads(cursor.read_text())["next_seq"] == 4, "")
     finally:
@@ -148,10 +155,10 @@ def test_a_tls_sink_keeps_one_connection_across_batches(
             sink.ship([(seq, *leaf[1:])], "log-1")
             time.sleep(0.2)  # the collector's session tickets arrive in between
         sink.close()
-        wait_for(lambda: len(collector.messages()) == 3, "3 messages")
+        wait_for(lambda: len(leaf_messages(collector.messages())) == 3, "3 messages")
         assert sink.connects == 1
         assert time.monotonic() - started < 3
-        assert [int(parsed(m)["seq"]) for m in collector.messages()] == [0, 1, 2]
+        assert [int(parsed(m)["seq"]) for m in leaf_messages(collector.messages())] == [0, 1, 2]
     finally:
         collector.stop()
 
