@@ -198,11 +198,11 @@ def _record_time(canonical: bytes) -> str:
     return _timestamp(stamp)
 
 
-def _timestamp(stamp: object) -> str:
+def _timestamp(stamp: str | None) -> str:
     """An RFC 5424 TIMESTAMP for an ISO 8601 time (now, where it is none)."""
     try:
-        when = datetime.fromisoformat(stamp)  # type: ignore[arg-type]
-    except (ValueError, TypeError):
+        when = datetime.fromisoformat(stamp) if isinstance(stamp, str) else datetime.now(UTC)
+    except ValueError:
         when = datetime.now(UTC)
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -688,9 +688,7 @@ class SiemForwarder:
             with self._lock:
                 lane.shipped += len(leaves)
                 self._head = max(self._head, lane.next_seq)
-            if lane.failures:
-                log.info("SIEM %s %s is back; shipping resumed", lane.sink.name, lane.sink)
-                lane.failures = 0
+            self._back(lane)
             if len(leaves) < BATCH:
                 return True
         return True
@@ -723,6 +721,13 @@ class SiemForwarder:
         if transitions:
             lane.transitions += len(transitions)
             self.cursors.save(lane.transition_cursor, lane.transitions)
+        self._back(lane)
+
+    def _back(self, lane: _Lane) -> None:
+        """After a delivery: a sink that had failed is working again."""
+        if lane.failures:
+            log.info("SIEM %s %s is back; shipping resumed", lane.sink.name, lane.sink)
+            lane.failures = 0
 
     def _failed(self, lane: _Lane, exc: OSError) -> None:
         lane.failures += 1
