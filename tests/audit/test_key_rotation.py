@@ -26,7 +26,9 @@ from audit_proxy.checkpoints import (
 from audit_proxy.key_rotation import RotateKeyRoute
 from audit_proxy.keys import Principal
 from audit_proxy.merkle import Frontier
+from audit_proxy.siem import FileCursors, JsonlSink, SiemForwarder
 from audit_proxy.store import AuditStore, AuditStoreUnavailable
+from audit_proxy.verify_siem import verify_siem_copy
 
 from .cli import bastion
 from .records import record_pair
@@ -377,3 +379,26 @@ def test_the_admin_route_rotates_the_open_store_one_rotation_at_a_time(tmp_path:
     signed = store.checkpoint()  # the open store signs with the incoming key
     assert signed is not None and signed.key_id == done["to_key_id"]
     store.close()
+
+
+def test_a_siem_copy_across_the_rotation_verifies_against_the_pinned_key(
+    rotated: tuple[Path, Signer, str], tmp_path: Path
+) -> None:
+    data_dir, first, _ = rotated
+    store = AuditStore(data_dir / "audit.sqlite3", Signer.load(data_dir))
+    sink = JsonlSink(tmp_path / "siem.jsonl")
+    try:
+        SiemForwarder(store, [sink], FileCursors(tmp_path, first.log_id), first.log_id).run_once()
+    finally:
+        store.close()
+    lines = sink.path.read_text().splitlines()
+    assert [json.loads(line)["type"] for line in lines].count("key_transition") == 1
+
+    report = verify_siem_copy(lines, first.log_public_key)
+
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.key_transitions == 1
+    assert report.signed_size == 2 * (PAIRS_BEFORE + PAIRS_AFTER)
+    # Without the transition, the new key's checkpoints have nothing to vouch for them.
+    dropped = [line for line in lines if '"key_transition"' not in line]
+    assert not verify_siem_copy(dropped, first.log_public_key).ok
