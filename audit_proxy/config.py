@@ -69,9 +69,9 @@ class ProxyConfig(BaseModel):
     # models not named here are identified by their tokenizer.
     fim_templates: dict[str, str] = Field(default_factory=dict)
     # SIEM export of every audit-log leaf (no payloads): a JSONL file ("-" = stdout) and/or
-    # syslog RFC 5424 at udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT (RFC 5425). For
-    # tls://: the CA bundle that vouches for the collector (beside the system's), and the
-    # proxy's own certificate chain and key for a collector that asks for one (PEM).
+    # syslog RFC 5424 at udp://, tcp://, tls:// (RFC 5425), relp:// or relp+tls://HOST:PORT.
+    # For the TLS ones: the CA bundle that vouches for the collector (beside the system's), and
+    # the proxy's own certificate chain and key for a collector that asks for one (PEM).
     siem_jsonl_path: Path | None = None
     siem_syslog_url: str | None = None
     siem_syslog_ca_file: Path | None = None

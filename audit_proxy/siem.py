@@ -7,9 +7,10 @@ checked offline against the log's public key, complete and unaltered up to its l
 (`bastion audit verify --siem`, see `audit_proxy.verify_siem`). Each sink keeps its own cursor in
 the data directory (0600) and advances it only after the collector took the batch: delivery is
 at-least-once. After a crash or a failed batch a record can arrive twice; dedupe on `seq`
-(with `log_id`). Over TCP "took" means the kernel accepted the bytes; RFC 6587 has no
-acknowledgements, so records written in the instant a collector crashes can still be lost on its
-side. UDP syslog is best effort by nature.
+(with `log_id`). Over TCP and TLS "took" means the kernel accepted the bytes; RFC 6587 and
+RFC 5425 have no acknowledgements, so what a collector holds unprocessed when it crashes is lost
+on its side. Over RELP (`relp://`, `relp+tls://`; `audit_proxy.relp`) "took" means the collector
+acknowledged every message of the batch. UDP syslog is best effort by nature.
 
 With several replicas on one PostgreSQL log, one of them ships: the one holding the log's SIEM
 lock (a PostgreSQL advisory lock), with the cursors kept in the database. When it goes, another
@@ -21,7 +22,8 @@ structured data element `bastion@32473` (32473 is the documentation enterprise n
 RFC 5612) carrying `seq`, `kind`, `record_id`, `leaf_hash` and `log_id`; TCP uses RFC 6587
 octet-counting framing.
 
-`tls://HOST:PORT` is syslog over TLS (RFC 5425, the same octet-counted frames): the collector's
+`tls://HOST:PORT` is syslog over TLS (RFC 5425, the same octet-counted frames), and
+`relp+tls://` RELP over TLS: the collector's
 certificate must verify against the system's CAs or `siem_syslog_ca_file` and name HOST, and
 the proxy shows its own certificate when `siem_syslog_certfile`/`siem_syslog_keyfile` are set
 (collectors that take only known senders ask for one). Under TLS 1.3 a collector that refuses
@@ -52,6 +54,7 @@ from urllib.parse import urlsplit
 
 from audit_proxy.checkpoints import Checkpoint, KeyTransition
 from audit_proxy.merkle import canonical_json
+from audit_proxy.relp import RelpSession
 from audit_proxy.tls_files import (
     TlsFileError,
     load_ca_bundle,
@@ -101,8 +104,8 @@ class SiemConfigError(ValueError):
     """A SIEM setting cannot be used; the message names it and says what to write."""
 
 
-Transport = Literal["udp", "tcp", "tls"]
-_TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp", "tls")
+Transport = Literal["udp", "tcp", "tls", "relp", "relp+tls"]
+_TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp", "tls", "relp", "relp+tls")
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,18 @@ class SyslogTarget:
     def __str__(self) -> str:
         return f"{self.transport}://{self.host}:{self.port}"
 
+    @property
+    def secure(self) -> bool:
+        return self.transport in ("tls", "relp+tls")
+
+    @property
+    def relp(self) -> bool:
+        return self.transport.startswith("relp")
+
 
 def parse_syslog_url(url: str) -> SyslogTarget:
-    """`udp://`, `tcp://` or `tls://host:port`; SiemConfigError otherwise."""
+    """`udp://`, `tcp://`, `tls://`, `relp://` or `relp+tls://host:port`; SiemConfigError
+    otherwise."""
     parts = urlsplit(url.strip())
     try:
         port = parts.port
@@ -125,15 +137,15 @@ def parse_syslog_url(url: str) -> SyslogTarget:
     transport = next((t for t in _TRANSPORTS if t == parts.scheme), None)
     if transport is None or not parts.hostname or port is None:
         raise SiemConfigError(
-            f"siem_syslog_url: {url!r} is not udp://, tcp:// or tls://HOST:PORT "
-            "(for example tls://siem.internal:6514 for syslog over TLS)"
+            f"siem_syslog_url: {url!r} is not udp://, tcp://, tls://, relp:// or "
+            "relp+tls://HOST:PORT (for example tls://siem.internal:6514 for syslog over TLS)"
         )
     return SyslogTarget(transport, parts.hostname, port)
 
 
 @dataclass(frozen=True)
 class SyslogTls:
-    """The files a tls:// collector needs: the CAs that vouch for it, and the proxy's own
+    """The files a TLS collector needs: the CAs that vouch for it, and the proxy's own
     certificate and key for a collector that asks for one (settings `siem_syslog_*`)."""
 
     ca_file: Path | None = None
@@ -147,7 +159,7 @@ class SyslogTls:
 
 
 def syslog_tls_context(tls: SyslogTls) -> ssl.SSLContext:
-    """The client context for a tls:// collector, every file checked; SiemConfigError names the
+    """The client context for a TLS collector, every file checked; SiemConfigError names the
     setting and the file that cannot be used."""
     context = ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 9662 (updating RFC 5425)
@@ -346,18 +358,21 @@ class JsonlSink:
 
 
 class SyslogSink:
-    """RFC 5424 over UDP (a datagram per record), TCP (RFC 6587 octet counting) or TLS
-    (RFC 5425: the same frames); `tls` is the context for a tls:// target."""
+    """RFC 5424 over UDP (a datagram per record), TCP (RFC 6587 octet counting), TLS
+    (RFC 5425: the same frames) or RELP (`audit_proxy.relp`: a batch counts as shipped once
+    the collector acknowledged every message), plain or over TLS; `tls` is the context for
+    tls:// and relp+tls://."""
 
     def __init__(self, target: SyslogTarget, tls: ssl.SSLContext | None = None) -> None:
-        if (target.transport == "tls") != (tls is not None):
-            raise ValueError(f"{target}: a TLS context goes with tls:// and only with it")
+        if target.secure != (tls is not None):
+            raise ValueError(f"{target}: a TLS context goes with a TLS target and only with it")
         self.target = target
         self.name = "syslog"
         self._tls = tls
         self._hostname = socket.gethostname()
         self._procid = os.getpid()
         self._sock: socket.socket | None = None
+        self._relp: RelpSession | None = None
         self.connects = 0  # connections opened (datagram sockets too)
 
     def __str__(self) -> str:
@@ -372,19 +387,21 @@ class SyslogSink:
     def _send(self, messages: list[bytes]) -> None:
         try:
             sock = self._connected()
-            if self.target.transport != "udp":
+            if self._relp is not None:
+                self._relp.send(messages)
+            elif self.target.transport != "udp":
                 sock.sendall(b"".join(b"%d %s" % (len(m), m) for m in messages))
             else:
                 for message in messages:
                     sock.send(message)
         except OSError:
-            self.close()
+            self._drop()
             raise
 
     def _connected(self) -> socket.socket:
         stream = self.target.transport != "udp"
-        if self._sock is not None and stream and _peer_closed(self._sock):
-            self.close()
+        if self._sock is not None and stream and self._ended():
+            self._drop()
         if self._sock is None:
             kind = socket.SOCK_STREAM if stream else socket.SOCK_DGRAM
             info = socket.getaddrinfo(self.target.host, self.target.port, type=kind)[0]
@@ -395,20 +412,41 @@ class SyslogSink:
                 if self._tls is not None:
                     sock = self._tls.wrap_socket(sock, server_hostname=self.target.host)
                     _await_verdict(sock)
+                if self.target.relp:
+                    self._relp = RelpSession(sock)
+                    self._relp.open()
             except OSError:
                 sock.close()
+                self._relp = None
                 raise
             self._sock = sock
             self.connects += 1
         return self._sock
 
+    def _ended(self) -> bool:
+        """Whether the collector ended the connection in the meantime."""
+        assert self._sock is not None
+        if self._relp is not None:
+            return self._relp.ended_by_collector()
+        return _peer_closed(self._sock)
+
     def close(self) -> None:
+        """End the connection in order, so that the collector sees no cut: RELP's `close`,
+        then TLS's close_notify, waiting at most 0.5 s for each answer."""
         if self._sock is not None:
+            self._sock.settimeout(0.5)
+            if self._relp is not None:
+                with contextlib.suppress(OSError):
+                    self._relp.close()
             if isinstance(self._sock, ssl.SSLSocket):
-                # close_notify, so that the collector sees an orderly end, not a cut.
-                self._sock.settimeout(0.5)
                 with contextlib.suppress(OSError, ValueError):
                     self._sock.unwrap()
+        self._drop()
+
+    def _drop(self) -> None:
+        """Let the connection go at once: after a failure, the collector may not answer."""
+        self._relp = None
+        if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
@@ -763,14 +801,14 @@ def build_forwarder(
         sinks.append(JsonlSink(jsonl_path))
     tls_files = syslog_tls or SyslogTls()
     target = parse_syslog_url(syslog_url) if syslog_url else None
-    if tls_files.given() and (target is None or target.transport != "tls"):
+    if tls_files.given() and (target is None or not target.secure):
         raise SiemConfigError(
             f"{', '.join(tls_files.given())} set, but siem_syslog_url is "
             f"{str(target) if target else 'not set'}: these files are for a collector at "
-            "tls://HOST:PORT (syslog over TLS); set siem_syslog_url to one, or drop them"
+            "tls:// or relp+tls://HOST:PORT; set siem_syslog_url to one, or drop them"
         )
     if target is not None:
-        context = syslog_tls_context(tls_files) if target.transport == "tls" else None
+        context = syslog_tls_context(tls_files) if target.secure else None
         sinks.append(SyslogSink(target, context))
     if not sinks:
         return None

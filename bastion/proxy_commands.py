@@ -49,16 +49,17 @@ def add_proxy_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     proxy.add_argument(
         "--siem-syslog",
         metavar="URL",
-        help="ship audit leaves to syslog: udp://, tcp:// or tls://HOST:PORT (RFC 5425)",
+        help="ship audit leaves to syslog: udp://, tcp://, tls:// (RFC 5425), relp:// or "
+        "relp+tls://HOST:PORT",
     )
     proxy.add_argument(
-        "--siem-syslog-ca-file", type=Path, metavar="PEM", help="CA bundle for a tls:// collector"
+        "--siem-syslog-ca-file", type=Path, metavar="PEM", help="CA bundle for a TLS collector"
     )
     proxy.add_argument(
         "--siem-syslog-certfile",
         type=Path,
         metavar="PEM",
-        help="the proxy's certificate chain, for a tls:// collector that asks for one",
+        help="the proxy's certificate chain, for a TLS collector that asks for one",
     )
     proxy.add_argument(
         "--siem-syslog-keyfile", type=Path, metavar="PEM", help="the key of --siem-syslog-certfile"

@@ -21,6 +21,7 @@ from audit_proxy.store import AuditStore
 from bastion.stack import free_port
 
 from .fake_upstream import FakeUpstream
+from .pki import Authority, Issued
 
 SERVICE_KEY = "svc-secret-0123456789"
 REPO = Path(__file__).resolve().parents[2]
@@ -132,3 +133,15 @@ def _fresh_upstream_log(request: pytest.FixtureRequest) -> None:
 @pytest.fixture(scope="module")
 def user_key(proxy: Proxy) -> str:
     return proxy.keys().create("alice")
+
+
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    """A private CA for TLS collectors and the proxy's certificate for them."""
+    return Authority.create(tmp_path_factory.mktemp("pki") / "ca")
+
+
+@pytest.fixture(scope="module")
+def proxy_cert(authority: Authority) -> Issued:
+    """The proxy's client certificate, signed by `authority`."""
+    return authority.issue("bastion-proxy", server=False)

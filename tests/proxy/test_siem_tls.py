@@ -33,16 +33,6 @@ from .test_siem import (
 
 
 @pytest.fixture(scope="module")
-def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
-    return Authority.create(tmp_path_factory.mktemp("siem-pki") / "ca")
-
-
-@pytest.fixture(scope="module")
-def proxy_cert(authority: Authority) -> Issued:
-    return authority.issue("bastion-proxy", server=False)
-
-
-@pytest.fixture(scope="module")
 def stranger_cert(tmp_path_factory: pytest.TempPathFactory) -> Issued:
     stranger = Authority.create(tmp_path_factory.mktemp("stranger-pki") / "ca", "Stranger CA")
     return stranger.issue("stranger", server=False)
