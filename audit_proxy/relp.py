@@ -11,6 +11,7 @@ whose data starts with a status ("200 OK"); it may also say `serverclose` (TXNR 
 from __future__ import annotations
 
 import socket
+import ssl
 
 WINDOW = 100  # commands awaiting their answer at once (librelp's own default is 128)
 MAX_FRAME = 16 * 1024 * 1024
@@ -54,8 +55,8 @@ class RelpSession:
         self._sock.setblocking(False)
         try:
             data = self._sock.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return False
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            return False  # nothing from the collector (TLS: no application data)
         except OSError:
             return True
         finally:

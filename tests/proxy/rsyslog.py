@@ -34,7 +34,7 @@ input(type="imrelp" port="{port}" address="127.0.0.1")
     "relp+tls": """\
 module(load="imrelp" tls.tlslib="openssl")
 input(type="imrelp" port="{port}" address="127.0.0.1" tls="on" tls.cacert="{ca}"
-      tls.mycert="{cert}" tls.myprivkey="{key}" tls.authmode="{relp_auth_mode}")
+      tls.mycert="{cert}" tls.myprivkey="{key}" {relp_auth_mode})
 """,
 }
 _OUTPUT = """\
@@ -81,7 +81,8 @@ class RsyslogCollector:
             (_GLOBAL + _INPUT[protocol] + _OUTPUT).format(
                 ca=authority.cert, cert=server.cert, key=server.key, work=directory / "work",
                 auth_mode="x509/certvalid" if client_certs else "anon",
-                relp_auth_mode="certvalid" if client_certs else "anon", port=self.port,
+                relp_auth_mode='tls.authmode="certvalid"' if client_certs else "",
+                port=self.port,
                 received=self.received,
             )
         )  # fmt: skip

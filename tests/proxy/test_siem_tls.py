@@ -21,7 +21,7 @@ from audit_proxy.siem import (
 from .conftest import Proxy, start_proxy, stop_proxy
 from .fake_upstream import FakeUpstream
 from .pki import Authority, Issued
-from .rsyslog import RsyslogCollector
+from .rsyslog import Protocol, RsyslogCollector
 from .test_siem import (
     leaf_messages,
     parsed,
@@ -131,13 +131,16 @@ def test_a_failed_tls_check_ships_nothing_loses_nothing_and_says_which_setting(
         stop_proxy(fixed)
 
 
+@pytest.mark.parametrize("protocol", ["tls", "relp+tls"])
 def test_a_tls_sink_keeps_one_connection_across_batches(
-    tmp_path: Path, authority: Authority, proxy_cert: Issued
+    protocol: Protocol, tmp_path: Path, authority: Authority
 ) -> None:
     # A collector that asks for no certificate, as many SIEMs are set up.
-    collector = RsyslogCollector(tmp_path / "anon", authority, client_certs=False).start()
+    collector = RsyslogCollector(
+        tmp_path / "anon", authority, client_certs=False, protocol=protocol
+    ).start()
     try:
-        target = parse_syslog_url(f"tls://127.0.0.1:{collector.port}")
+        target = parse_syslog_url(f"{protocol}://127.0.0.1:{collector.port}")
         sink = SyslogSink(target, syslog_tls_context(SyslogTls(ca_file=authority.cert)))
         leaf = (0, "request", "0" * 32, b"\x00" * 32, b'{"record":{}}')
         started = time.monotonic()
