@@ -37,7 +37,7 @@ from audit_proxy.roles import (
 from audit_proxy.roles_reload import LiveRoles
 from audit_proxy.shared_limits import SharedLimits
 from audit_proxy.siem import SiemConfigError, SiemForwarder, SyslogTls, build_forwarder
-from audit_proxy.store import AuditStore, AuditStoreUnavailable
+from audit_proxy.store import AuditStore, AuditStoreUnavailable, sign_before_stopping
 
 if TYPE_CHECKING:
     from audit_proxy.pg_store import PostgresAuditStore
@@ -165,14 +165,6 @@ class ProxyApp:
             health["rate_limits"] = self.shared_limits.status()
         return json.dumps(health).encode()
 
-    def _sign_what_is_there(self) -> None:
-        if self.store.signer is None:
-            return
-        try:
-            self.store.checkpoint()
-        except AuditStoreUnavailable as exc:
-            log.error("no checkpoint at shutdown: %s", exc)
-
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
@@ -192,7 +184,7 @@ class ProxyApp:
                 if self.siem is not None:
                     # Its last pass ships what the final requests appended, under a checkpoint
                     # signed now (closing the store would sign the same one, too late for it).
-                    await asyncio.to_thread(self._sign_what_is_there)
+                    await asyncio.to_thread(sign_before_stopping, self.store)
                     await asyncio.to_thread(self.siem.stop)
                 self.store.close()
                 self.keys.close()

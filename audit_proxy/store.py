@@ -440,6 +440,26 @@ def outcome_from_row(row: tuple[object, ...], key_wrap: KeyWrap | None) -> Outco
     return OutcomeRecord.model_validate(record)
 
 
+class SigningStore(Protocol):
+    """A store that may sign checkpoints (SQLite's and PostgreSQL's)."""
+
+    @property
+    def signer(self) -> Signer | None: ...
+
+    def checkpoint(self) -> Checkpoint | None: ...
+
+
+def sign_before_stopping(store: SigningStore) -> None:
+    """Sign a checkpoint over what the log holds now, when the store signs: the last one a
+    stopping proxy makes. Logged, not raised, where the store cannot."""
+    if store.signer is None:
+        return
+    try:
+        store.checkpoint()
+    except AuditStoreUnavailable as exc:
+        log.error("no checkpoint at shutdown: %s", exc)
+
+
 class AuditRecorder(Protocol):
     """What the audit layer needs of a store: the two durable record calls (see the top)."""
 
@@ -859,11 +879,7 @@ class AuditStore:
                 thread.join(5)
         if self._syncer is not None:
             self._syncer.close()
-        if self.signer is not None:
-            try:
-                self.checkpoint()
-            except AuditStoreUnavailable as exc:
-                log.error("no checkpoint at shutdown: %s", exc)
+        sign_before_stopping(self)
         with self._lock:
             self._conn.close()
 
@@ -1297,14 +1313,10 @@ class AuditStore:
     def _sign_due_head(self, head: _TreeHead) -> bool:
         """Under the lock, once its leaves are filed: sign the checkpoint `head` is due for.
         False where the database refuses: the next filing tries again."""
-        if self.signer is None or head.size <= self._signed_size:
-            return True
-        retired = self._retired_at(self.signer)
-        if retired is not None:
-            self._warn_retired(retired)
+        if head.size <= self._signed_size:
             return True
         try:
-            self._insert_checkpoint(self.signer.sign(head.size, head.root), head.packed)
+            self._sign_head(head)
         except sqlite3.Error as exc:
             if not (isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)):
                 log.error("checkpoint at %d records of %s failed: %s", head.size, self.path, exc)
@@ -1424,14 +1436,21 @@ class AuditStore:
                 if size == 0 or size <= signed:
                     self._signed_size = max(self._signed_size, int(signed))
                     return None
-                retired = self._retired_at(self.signer)
-                if retired is not None:
-                    self._warn_retired(retired)
-                    return None
-                head = self._frontier
-                return self._insert_checkpoint(self.signer.sign(size, head.root()), head.packed())
+                frontier = self._frontier
+                return self._sign_head(_TreeHead(size, frontier.root(), frontier.packed()))
         except sqlite3.Error as exc:
             raise AuditStoreUnavailable(f"the audit store {self.path} cannot sign: {exc}") from exc
+
+    def _sign_head(self, head: _TreeHead) -> Checkpoint | None:
+        """Under the lock: sign `head` and store the checkpoint; None (warned once) when this
+        store's key was retired. Raises sqlite3.Error."""
+        if self.signer is None:
+            return None
+        retired = self._retired_at(self.signer)
+        if retired is not None:
+            self._warn_retired(retired)
+            return None
+        return self._insert_checkpoint(self.signer.sign(head.size, head.root), head.packed)
 
     def _warn_retired(self, size: int) -> None:
         if not self._retired_warned and self.signer is not None:
