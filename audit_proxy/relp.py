@@ -11,7 +11,8 @@ whose data starts with a status ("200 OK"); it may also say `serverclose` (TXNR 
 from __future__ import annotations
 
 import socket
-import ssl
+
+from audit_proxy.nonblocking_read import read_waiting
 
 WINDOW = 100  # commands awaiting their answer at once (librelp's own default is 128)
 MAX_FRAME = 16 * 1024 * 1024
@@ -52,15 +53,12 @@ class RelpSession:
     def ended_by_collector(self) -> bool:
         """Whether the collector has ended the session (said `serverclose`, or hung up),
         judged from what it already sent; a collector has nothing else to say unasked."""
-        self._sock.setblocking(False)
         try:
-            data = self._sock.recv(4096)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
-            return False  # nothing from the collector (TLS: no application data)
+            data = read_waiting(self._sock)
         except OSError:
             return True
-        finally:
-            self._sock.settimeout(self._timeout_s)
+        if data is None:
+            return False
         self._buffer += data
         return data == b"" or b"serverclose" in self._buffer
 

@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 from audit_proxy.checkpoints import Checkpoint, KeyTransition
 from audit_proxy.merkle import canonical_json
+from audit_proxy.nonblocking_read import read_waiting
 from audit_proxy.relp import RelpSession
 from audit_proxy.tls_files import (
     TlsFileError,
@@ -474,20 +475,12 @@ def _await_verdict(sock: ssl.SSLSocket) -> None:
 def _peer_closed(sock: socket.socket) -> bool:
     """True when a stream collector has closed its end (so a write would vanish into a dead
     socket). Raises ssl.SSLError when a TLS collector sent an alert instead."""
-    readable, _, _ = select.select([sock], [], [], 0)
-    if not readable:
-        return False
-    sock.setblocking(False)
     try:
-        data = sock.recv(4096)
-    except (BlockingIOError, ssl.SSLWantReadError):
-        return False  # no data: a TLS message of its own (a session ticket, say)
+        data = read_waiting(sock)
     except ssl.SSLError:
         raise
     except OSError:
         return True
-    finally:
-        sock.settimeout(SEND_TIMEOUT_S)
     # A collector has nothing to say over RFC 6587 or 5425; whatever it sent is dropped.
     return data == b""
 
