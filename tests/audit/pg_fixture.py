@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -16,8 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "postgres.sh"
+from tests.project_scripts import run_script
 
 
 @dataclass
@@ -30,17 +28,7 @@ class PgCluster:
 
     def _script(self, *command: str) -> str:
         env = {**os.environ, "BASTION_PG_DIR": str(self.directory)}
-        done = subprocess.run(
-            ["bash", str(SCRIPT), *command],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"scripts/postgres.sh {command} failed:\n{done.stderr}")
-        return done.stdout.strip()
+        return run_script("postgres.sh", *command, env=env)
 
     def new_database(self) -> str:
         """A fresh, empty database owned by the `bastion` role; its URL (no password)."""

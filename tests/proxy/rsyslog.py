@@ -4,6 +4,7 @@ writing each message it takes to a file."""
 
 from __future__ import annotations
 
+import functools
 import signal
 import socket
 import subprocess
@@ -12,10 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 from bastion.stack import free_port
+from tests.project_scripts import run_script
 
 from .pki import Authority
 
-REPO = Path(__file__).resolve().parents[2]
 Protocol = Literal["tls", "relp", "relp+tls"]
 
 _GLOBAL = 'global(workDirectory="{work}" maxMessageSize="64k")\n'
@@ -46,14 +47,10 @@ if $app-name == "bastion-proxy" then {{
 """
 
 
+@functools.cache
 def rsyslogd() -> str:
-    """rsyslogd's path, installed first where it is missing."""
-    done = subprocess.run(
-        [str(REPO / "scripts" / "rsyslog.sh")], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"scripts/rsyslog.sh failed:\n{done.stderr}")
-    return done.stdout.strip().splitlines()[-1]
+    """rsyslogd's path, installed first where it is missing (once a test session)."""
+    return run_script("rsyslog.sh").splitlines()[-1]
 
 
 class RsyslogCollector:

@@ -19,6 +19,7 @@ from bastion.stack import free_port
 
 from .conftest import SERVICE_KEY, Proxy, start_proxy, stop_proxy
 from .fake_upstream import FakeUpstream
+from .pki import Issued
 
 PROMPT_MARK = "PROMPT-TEXT-7f3a9c-never-shipped"
 RFC5424 = re.compile(
@@ -170,6 +171,15 @@ def collector() -> Iterator[TcpCollector]:
 @pytest.fixture(scope="module")
 def siem_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("siem")
+
+
+def siem_tls_args(ca: Path | None, cert: Issued | None) -> list[str]:
+    """The proxy's flags for a TLS collector: the CA that vouches for it, the proxy's own
+    certificate."""
+    args = ["--siem-syslog-ca-file", str(ca)] if ca else []
+    if cert is not None:
+        args += ["--siem-syslog-certfile", str(cert.cert), "--siem-syslog-keyfile", str(cert.key)]
+    return args
 
 
 def start_siem_proxy(upstream: FakeUpstream, home: Path, syslog_url: str, *extra: str) -> Proxy:

@@ -17,6 +17,7 @@ from .test_siem import (
     parsed,
     send_requests,
     siem_status,
+    siem_tls_args,
     start_siem_proxy,
     wait_for,
 )
@@ -39,10 +40,7 @@ def test_every_leaf_and_its_checkpoint_reach_rsyslog_over_relp(
     proxy_cert: Issued,
 ) -> None:
     collector = RsyslogCollector(tmp_path / "rsyslog", authority, protocol=protocol).start()
-    tls: list[str] = []
-    if protocol == "relp+tls":
-        tls = ["--siem-syslog-ca-file", str(authority.cert), "--siem-syslog-certfile",
-               str(proxy_cert.cert), "--siem-syslog-keyfile", str(proxy_cert.key)]  # fmt: skip
+    tls = siem_tls_args(authority.cert, proxy_cert) if protocol == "relp+tls" else []
     try:
         url = f"{protocol}://127.0.0.1:{collector.port}"
         proxy = start_siem_proxy(upstream, tmp_path / "home", url, *tls)

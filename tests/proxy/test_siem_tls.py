@@ -27,6 +27,7 @@ from .test_siem import (
     parsed,
     send_requests,
     siem_status,
+    siem_tls_args,
     start_siem_proxy,
     wait_for,
 )
@@ -45,13 +46,6 @@ def collector(tmp_path: Path, authority: Authority) -> Iterator[RsyslogCollector
     running.stop()
 
 
-def tls_args(ca: Path | None, cert: Issued | None) -> list[str]:
-    args = ["--siem-syslog-ca-file", str(ca)] if ca else []
-    if cert is not None:
-        args += ["--siem-syslog-certfile", str(cert.cert), "--siem-syslog-keyfile", str(cert.key)]
-    return args
-
-
 def start_tls_siem_proxy(
     upstream: FakeUpstream, home: Path, collector: RsyslogCollector, *tls: str
 ) -> Proxy:
@@ -66,7 +60,7 @@ def test_every_leaf_reaches_rsyslog_over_mutual_tls(
     proxy_cert: Issued,
 ) -> None:
     proxy = start_tls_siem_proxy(
-        upstream, tmp_path / "home", collector, *tls_args(authority.cert, proxy_cert)
+        upstream, tmp_path / "home", collector, *siem_tls_args(authority.cert, proxy_cert)
     )
     try:
         key = proxy.keys().create("erin")
@@ -96,10 +90,10 @@ def test_a_failed_tls_check_ships_nothing_loses_nothing_and_says_which_setting(
 ) -> None:
     wrong, setting = {
         # Without the private CA, the collector's certificate verifies against nothing.
-        "collector not trusted": (tls_args(None, proxy_cert), "siem_syslog_ca_file"),
+        "collector not trusted": (siem_tls_args(None, proxy_cert), "siem_syslog_ca_file"),
         # TLS 1.3: the collector refuses a certificate only after the handshake, on our side.
         "proxy's certificate refused": (
-            tls_args(authority.cert, stranger_cert),
+            siem_tls_args(authority.cert, stranger_cert),
             "siem_syslog_certfile",
         ),
     }[case]
@@ -121,7 +115,9 @@ def test_a_failed_tls_check_ships_nothing_loses_nothing_and_says_which_setting(
     assert not (home / "data" / "siem-syslog.cursor").exists()
 
     # Set right, the same proxy ships everything, from the first leaf.
-    fixed = start_tls_siem_proxy(upstream, home, collector, *tls_args(authority.cert, proxy_cert))
+    fixed = start_tls_siem_proxy(
+        upstream, home, collector, *siem_tls_args(authority.cert, proxy_cert)
+    )
     try:
         wait_for(lambda: len(leaf_messages(collector.messages())) >= 4, "the 4 pending leaves")
         assert [int(parsed(m)["seq"]) for m in leaf_messages(collector.messages())] == [0, 1, 2, 3]
