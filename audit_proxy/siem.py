@@ -23,10 +23,10 @@ RFC 5612) carrying `seq`, `kind`, `record_id`, `leaf_hash` and `log_id`; TCP use
 octet-counting framing.
 
 `tls://HOST:PORT` is syslog over TLS (RFC 5425, the same octet-counted frames), and
-`relp+tls://` RELP over TLS: the collector's
-certificate must verify against the system's CAs or `siem_syslog_ca_file` and name HOST, and
-the proxy shows its own certificate when `siem_syslog_certfile`/`siem_syslog_keyfile` are set
-(collectors that take only known senders ask for one). Under TLS 1.3 a collector that refuses
+`relp+tls://` RELP over TLS: the collector's certificate must verify against the system's CAs
+or `siem_syslog_ca_file` and name HOST, and the proxy shows its own certificate when
+`siem_syslog_certfile`/`siem_syslog_keyfile` are set (collectors that take only known senders
+ask for one). Under TLS 1.3 a collector that refuses
 the proxy's certificate says so only after the handshake has completed on the proxy's side, so
 a new connection waits for the collector's verdict before it carries a record (see
 `_await_verdict`): otherwise the first batch would go into a connection about to be refused,
