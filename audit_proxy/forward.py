@@ -29,6 +29,7 @@ from audit_proxy.asgi import (
 )
 from audit_proxy.metrics import METRICS
 from audit_proxy.store import AbortedBy
+from audit_proxy.tls_files import load_ca_bundle
 from audit_proxy.upstream_client import (
     UpstreamConnectTimeout,
     UpstreamDisconnected,
@@ -298,11 +299,11 @@ class Upstream:
 def upstream_tls_context(ca_file: Path | None) -> ssl.SSLContext:
     """Verification against the system trust store, plus the operator's CA bundle if given.
 
-    Raises OSError / ssl.SSLError for an unreadable or malformed bundle.
+    Raises `TlsFileError` (naming `upstream_ca_file`) for an unreadable or malformed bundle.
     """
     context = ssl.create_default_context()
     if ca_file is not None:
-        context.load_verify_locations(cafile=str(ca_file))
+        load_ca_bundle(context, "upstream_ca_file", ca_file)
     return context
 
 

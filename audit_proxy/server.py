@@ -8,10 +8,10 @@ import ssl
 
 from audit_proxy.app import build_app
 from audit_proxy.config import ConfigError, ProxyConfig
+from audit_proxy.forward import upstream_tls_context
 from audit_proxy.http_server import HttpServer, run
 from audit_proxy.tls_files import (
     TlsFileError,
-    load_ca_bundle,
     load_certificate,
     require_both_or_neither,
 )
@@ -54,9 +54,7 @@ def check_tls_files(config: ProxyConfig) -> ssl.SSLContext | None:
             load_certificate(
                 listener, "tls_certfile", config.tls_certfile, "tls_keyfile", config.tls_keyfile
             )
-        if config.upstream_ca_file is not None:
-            upstream = ssl.create_default_context()
-            load_ca_bundle(upstream, "upstream_ca_file", config.upstream_ca_file)
+        upstream_tls_context(config.upstream_ca_file)  # only to check the bundle before start
     except TlsFileError as exc:
         raise ConfigError(str(exc)) from None
     return listener
