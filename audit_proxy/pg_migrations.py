@@ -156,7 +156,19 @@ CREATE TABLE key_transitions (
     to_signature TEXT NOT NULL
 );
 """
-MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5, _V6)
+
+# Requests to ship the log to a SIEM sink again from an earlier seq (`bastion audit
+# siem-resend`), until the replica that ships takes them.
+_V7 = """
+CREATE TABLE siem_resend (
+    log_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    from_seq BIGINT NOT NULL CHECK (from_seq >= 0),
+    asked_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX siem_resend_sink ON siem_resend (log_id, sink);
+"""
+MIGRATIONS: Final[tuple[str, ...]] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 LATEST: Final = len(MIGRATIONS)
 
 

@@ -1022,6 +1022,24 @@ class PostgresAuditStore:
         leadership = PostgresSiemLeadership(self._connect)
         return PostgresSiemCursors(leadership, log_id), leadership
 
+    def ask_siem_resend(self, log_id: str, sinks: Sequence[str], from_seq: int) -> None:
+        """Ask the replica that ships (now, or the next to) to ship log `log_id` to each of
+        `sinks` again from `from_seq`."""
+        try:
+            with contextlib.closing(self._connect()) as conn, conn.transaction():
+                for sink in sinks:
+                    conn.execute(
+                        "INSERT INTO siem_resend (log_id, sink, from_seq) VALUES (%s, %s, %s)",
+                        (log_id, sink, from_seq),
+                    )
+        except psycopg.errors.UndefinedTable:
+            raise AuditStoreUnavailable(
+                f"the audit database {self.where} predates SIEM resends; start a proxy of this "
+                "release on it first (it upgrades the schema)"
+            ) from None
+        except psycopg.Error as exc:
+            raise self._unavailable("cannot take a request in", exc) from exc
+
     def checkpoints(self) -> list[Checkpoint]:
         """Every signed checkpoint, smallest first."""
         rows = self._read(
@@ -1209,3 +1227,27 @@ class PostgresSiemCursors:
             )
         except psycopg.Error as exc:
             raise OSError(f"cannot save the SIEM cursor: {exc}") from exc
+
+    def rewind(self, sink: str, next_seq: int) -> None:
+        try:
+            self._conn().execute(
+                "UPDATE siem_cursors SET next_seq = LEAST(next_seq, %s)"
+                " WHERE log_id = %s AND sink = %s",
+                (next_seq, self._log_id, sink),
+            )
+        except psycopg.Error as exc:
+            raise OSError(f"cannot save the SIEM cursor: {exc}") from exc
+
+    def take_resend(self, sink: str) -> int | None:
+        conn = self._leadership.conn
+        if conn is None:
+            return None
+        try:
+            rows = conn.execute(
+                "DELETE FROM siem_resend WHERE log_id = %s AND sink = %s RETURNING from_seq",
+                (self._log_id, sink),
+            ).fetchall()
+        except psycopg.Error as exc:
+            log.warning("SIEM resend requests cannot be read now (%s); trying again", exc)
+            return None
+        return min((int(row[0]) for row in rows), default=None)

@@ -12,6 +12,12 @@ RFC 5425 have no acknowledgements, so what a collector holds unprocessed when it
 on its side. Over RELP (`relp://`, `relp+tls://`; `audit_proxy.relp`) "took" means the collector
 acknowledged every message of the batch. UDP syslog is best effort by nature.
 
+What a collector lost is shipped again on request: `bastion audit siem-resend --from SEQ` leaves
+a request beside the cursors (a 0600 file, or a row in PostgreSQL), and the process that ships
+takes it at its next pass, moves the sink's cursors back to SEQ (and its checkpoint and key
+transition cursors to those over SEQ) and ships from there: the gap `verify --siem` names is
+filled without the whole log going out again.
+
 With several replicas on one PostgreSQL log, one of them ships: the one holding the log's SIEM
 lock (a PostgreSQL advisory lock), with the cursors kept in the database. When it goes, another
 takes the lock and carries on from the cursors; the batch in flight at that moment may arrive
@@ -46,6 +52,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +74,9 @@ log = logging.getLogger("bastion.proxy.siem")
 
 Leaf = tuple[int, str, str, bytes, bytes]
 STDOUT = "-"
+JSONL_SINK = "jsonl"
+SYSLOG_SINK = "syslog"
+SINK_NAMES = (JSONL_SINK, SYSLOG_SINK)
 APP_NAME = "bastion-proxy"
 SD_ID = "bastion@32473"
 FACILITY_LOG_AUDIT = 13
@@ -322,7 +332,7 @@ class JsonlSink:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.to_stdout = str(path) == STDOUT
-        self.name = "jsonl"
+        self.name = JSONL_SINK
         if not self.to_stdout:
             _private_dir(path.parent)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -368,7 +378,7 @@ class SyslogSink:
         if target.secure != (tls is not None):
             raise ValueError(f"{target}: a TLS context goes with a TLS target and only with it")
         self.target = target
-        self.name = "syslog"
+        self.name = SYSLOG_SINK
         self._tls = tls
         self._hostname = socket.gethostname()
         self._procid = os.getpid()
@@ -489,11 +499,23 @@ def _peer_closed(sock: socket.socket) -> bool:
 
 
 class CursorStore(Protocol):
-    """Where each sink's cursor (the next seq it has to ship) is kept."""
+    """Where each sink's cursor (the next seq it has to ship) is kept, and the operator's
+    requests to ship again from an earlier seq (`bastion audit siem-resend`)."""
 
     def load(self, sink: str) -> int: ...
 
-    def save(self, sink: str, next_seq: int) -> None: ...
+    def save(self, sink: str, next_seq: int) -> None:
+        """Move the cursor on, after a delivery."""
+        ...
+
+    def rewind(self, sink: str, next_seq: int) -> None:
+        """Move the cursor back to `next_seq` if it is past it (a resend)."""
+        ...
+
+    def take_resend(self, sink: str) -> int | None:
+        """The earliest seq the operator asked `sink` to ship again from, if any; the request
+        is gone once taken."""
+        ...
 
 
 class Leadership(Protocol):
@@ -515,7 +537,8 @@ class AlwaysLead:
 
 
 class FileCursors:
-    """Cursors in 0600 files `siem-SINK.cursor` in the data dir; reset for a new log."""
+    """Cursors in 0600 files `siem-SINK.cursor` in the data dir; reset for a new log. A resend
+    request waits in `siem-SINK.resend` until the forwarder takes it."""
 
     def __init__(self, directory: Path, log_id: str | None) -> None:
         self.directory = directory
@@ -523,6 +546,54 @@ class FileCursors:
 
     def _path(self, sink: str) -> Path:
         return self.directory / f"siem-{sink}.cursor"
+
+    def _resend_path(self, sink: str) -> Path:
+        return self.directory / f"siem-{sink}.resend"
+
+    def ask_resend(self, sinks: Sequence[str], from_seq: int) -> None:
+        """Ask each of `sinks` to ship the log again from `from_seq` (a request already waiting
+        keeps the earlier of the two)."""
+        for sink in sinks:
+            path = self._resend_path(sink)
+            waiting = None
+            with contextlib.suppress(FileNotFoundError, SiemConfigError):
+                waiting = self._read_resend(path)  # (an unreadable one is replaced)
+            earliest = from_seq if waiting is None else min(from_seq, waiting)
+            _write_private_json(path, {"log_id": self.log_id, "from_seq": earliest})
+
+    def take_resend(self, sink: str) -> int | None:
+        path = self._resend_path(sink)
+        taken = path.with_name(path.name + ".taken")
+        try:
+            # Renamed first: a request written meanwhile is a new file, taken at the next pass.
+            os.replace(path, taken)
+        except FileNotFoundError:
+            return None
+        try:
+            return self._read_resend(taken, path)
+        except SiemConfigError as exc:
+            log.error("%s; ask again with `bastion audit siem-resend`", exc)
+            return None
+        finally:
+            taken.unlink(missing_ok=True)
+
+    def _read_resend(self, path: Path, named: Path | None = None) -> int | None:
+        """The seq a request file asks for (None: another log's); `named`: the file's name
+        before the forwarder took it."""
+        named = named or path
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise SiemConfigError(f"{named}: unreadable SIEM resend request ({exc})") from None
+        seq = doc.get("from_seq") if isinstance(doc, dict) else None
+        if not isinstance(seq, int) or seq < 0:
+            raise SiemConfigError(f"{named}: 'from_seq' is missing or not a seq")
+        if doc.get("log_id") != self.log_id:
+            log.warning("%s was asked of another audit log; ignored", named)
+            return None
+        return seq
 
     def load(self, sink: str) -> int:
         path = self._path(sink)
@@ -547,17 +618,24 @@ class FileCursors:
         return seq
 
     def save(self, sink: str, next_seq: int) -> None:
-        path = self._path(sink)
-        _private_dir(path.parent)
-        data = json.dumps({"log_id": self.log_id, "next_seq": next_seq}).encode()
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        _write_private_json(self._path(sink), {"log_id": self.log_id, "next_seq": next_seq})
+
+    def rewind(self, sink: str, next_seq: int) -> None:
+        if next_seq < self.load(sink):
+            self.save(sink, next_seq)
+
+
+def _write_private_json(path: Path, doc: dict[str, Any]) -> None:
+    """Replace `path` (0600) with `doc`, whole or not at all."""
+    _private_dir(path.parent)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(doc).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 # -- the forwarder -----------------------------------------------------------------------------
@@ -671,10 +749,47 @@ class SiemForwarder:
         if not leading:
             return  # a replica standing by reads nothing
         self._advance_head()
+        for lane in self._lanes:
+            self._take_resend(lane)
+        self._drop_resends_for_absent_sinks()
         now = time.monotonic()
         for lane in self._lanes:
             if now >= lane.retry_at and self._ship(lane, max_batches):
                 self._ship_heads(lane)
+
+    def _take_resend(self, lane: _Lane) -> None:
+        """Move the sink's cursors back where the operator asked it to ship again from: the
+        leaves from there, and the signed checkpoints and key transitions over them."""
+        from_seq = self.cursors.take_resend(lane.sink.name)
+        if from_seq is None:
+            return
+        if from_seq >= lane.next_seq:
+            log.info(
+                "SIEM %s %s: asked to resend from seq %d, but it has shipped up to seq %d only; "
+                "nothing to resend",
+                lane.sink.name, lane.sink, from_seq, lane.next_seq - 1,
+            )  # fmt: skip
+            return
+        covered = sum(1 for t in self.source.key_transitions() if t.size <= from_seq)
+        again = lane.next_seq - from_seq
+        with self._lock:
+            lane.next_seq = from_seq
+        lane.next_checkpoint = min(lane.next_checkpoint, from_seq + 1)
+        lane.transitions = min(lane.transitions, covered)
+        self.cursors.rewind(lane.sink.name, lane.next_seq)
+        self.cursors.rewind(lane.checkpoint_cursor, lane.next_checkpoint)
+        self.cursors.rewind(lane.transition_cursor, lane.transitions)
+        log.warning(
+            "SIEM %s %s: shipping again from seq %d, as asked (%d leaves it had already, and "
+            "the signed checkpoints over them)",
+            lane.sink.name, lane.sink, from_seq, again,
+        )  # fmt: skip
+
+    def _drop_resends_for_absent_sinks(self) -> None:
+        have = {lane.sink.name for lane in self._lanes}
+        for name in SINK_NAMES:
+            if name not in have and self.cursors.take_resend(name) is not None:
+                log.info("SIEM: a resend was asked of the %s sink, which this proxy lacks", name)
 
     def _load_cursors(self, lane: _Lane) -> None:
         lane.next_seq = self.cursors.load(lane.sink.name)

@@ -106,16 +106,36 @@ def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     rotate.set_defaults(func=rotate_key_command)
 
-    for parser in (export, prove, tail, public_key, evidence, purge, rotate):
+    resend = audit_sub.add_parser(
+        "siem-resend",
+        help="ship the log to the SIEM again from record SEQ (after a collector lost records)",
+    )
+    resend.add_argument(
+        "--from", dest="from_seq", required=True, type=_seq, metavar="SEQ",
+        help="the first record to ship again (`verify --siem` names the first one missing)",
+    )  # fmt: skip
+    resend.add_argument(
+        "--sink", choices=("all", "jsonl", "syslog"), default="all", help="which sink (all)"
+    )
+    resend.set_defaults(func=siem_resend_command)
+
+    for parser in (export, prove, tail, public_key, evidence, purge, rotate, resend):
         parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
         parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where the stores live")
-    for parser in (export, prove, tail, purge, rotate):
+    for parser in (export, prove, tail, purge, rotate, resend):
         parser.add_argument(
             "--store-url",
             metavar="URL",
             help="read the PostgreSQL audit store at postgresql://USER@HOST:PORT/DB "
             "(password: $BASTION_STORE_PASSWORD or store_password_file in --config)",
         )
+
+
+def _seq(text: str) -> int:
+    """A record's seq on the command line: a whole number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a record seq (0, 1, 2, ...)")
+    return int(text)
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -131,6 +151,19 @@ def _location(args: argparse.Namespace) -> tuple[Path, AuditDatabase | None]:
         return config.data_dir, None
     password = config.store_password.get_secret_value() if config.store_password else None
     return config.data_dir, AuditDatabase(config.store_url, password)
+
+
+def _siem_sinks(args: argparse.Namespace) -> tuple[str, ...]:
+    """The sinks `--sink` names: for "all", those the config ships to (both when it names
+    none: the proxy may take them from its flags)."""
+    from audit_proxy.siem import SINK_NAMES
+
+    if args.sink != "all":
+        return (args.sink,)
+    config = load_config(args.config, {"data_dir": args.data_dir})
+    settings = (config.siem_jsonl_path, config.siem_syslog_url)
+    configured = tuple(n for n, s in zip(SINK_NAMES, settings, strict=True) if s is not None)
+    return configured or SINK_NAMES
 
 
 def _pinned_key(path: Path | None) -> bytes | None:
@@ -444,6 +477,47 @@ def rotate_key_command(args: argparse.Namespace) -> int:
             "into each replica's data dir (replicas that share this one have them already); a "
             "running replica signs on with them at its next checkpoint, with no restart."
         )
+    return 0
+
+
+def siem_resend_command(args: argparse.Namespace) -> int:
+    """`bastion audit siem-resend --from SEQ`: a request the proxy that ships to the SIEM takes
+    at its next pass (within a second), or at its next start."""
+    from audit_proxy.checkpoints import Signer, SigningKeyError
+    from audit_proxy.export import ExportError, open_reader
+    from audit_proxy.siem import FileCursors
+    from audit_proxy.store import AuditStore, AuditStoreUnavailable
+
+    try:
+        sinks = _siem_sinks(args)
+        data_dir, database = _location(args)
+        log_id = Signer.load(data_dir).log_id
+        store = open_reader(data_dir, database)
+    except (ConfigError, SigningKeyError, ExportError, OSError) as exc:
+        print(f"{PROG} siem-resend: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if not store.leaves_from(args.from_seq, 1):
+            print(
+                f"{PROG} siem-resend: the log has no record seq {args.from_seq} yet; "
+                f"`{PROG} tail -n 1` shows its last",
+                file=sys.stderr,
+            )
+            return 1
+        if isinstance(store, AuditStore):
+            FileCursors(data_dir, log_id).ask_resend(sinks, args.from_seq)
+        else:
+            store.ask_siem_resend(log_id, sinks, args.from_seq)
+    except (AuditStoreUnavailable, sqlite3.Error, OSError) as exc:
+        print(f"{PROG} siem-resend: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(
+        f"asked the SIEM export ({', '.join(sinks)}) to ship the log again from seq "
+        f"{args.from_seq}: a running proxy starts within a second, a stopped one when it next "
+        "starts; the SIEM may then hold records twice (dedupe on seq and log_id)"
+    )
     return 0
 
 

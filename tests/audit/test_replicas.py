@@ -526,6 +526,45 @@ def test_one_replica_ships_to_the_siem_and_another_takes_over_from_its_cursor(
             store.close()
 
 
+def test_the_replica_that_ships_takes_a_resend_asked_through_the_database(
+    cluster: PgCluster, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, cluster.password)
+    signer = Signer.load_or_create(tmp_path)
+    stores = [PostgresAuditStore(db_url, cluster.password, signer) for _ in range(2)]
+    sinks = [JsonlSink(tmp_path / f"replica-{i}.jsonl") for i in range(2)]
+    forwarders = []
+    for store, sink in zip(stores, sinks, strict=True):
+        cursors, leadership = store.siem_coordination()
+        forwarders.append(
+            SiemForwarder(store, [sink], cursors, signer.log_id, leadership=leadership)
+        )
+    try:
+        _record_pairs(stores[0], 4)
+        stores[0].checkpoint()
+        for forwarder in forwarders:
+            forwarder.run_once()
+        assert [_shipped(sink) for sink in sinks] == [list(range(8)), []]
+
+        said = _audit_cli(tmp_path, db_url, "siem-resend", "--from", "5", "--sink", "jsonl")
+        assert "from seq 5" in said
+        forwarders[1].run_once()  # standing by: it leaves the request to the one that ships
+        forwarders[0].run_once()
+        assert [_shipped(sink) for sink in sinks] == [[*range(8), 5, 6, 7], []]
+        copy = sinks[0].path.read_text().splitlines()
+        assert [json.loads(line)["size"] for line in copy if '"checkpoint"' in line] == [8, 8]
+        forwarders[0].run_once()  # taken once
+        assert len(_shipped(sinks[0])) == 11
+        with psycopg.connect(db_url, password=cluster.password) as conn:
+            left = conn.execute("SELECT count(*) FROM siem_resend").fetchone()
+        assert left == (0,)
+    finally:
+        for forwarder in forwarders:
+            forwarder.stop()
+        for store in stores:
+            store.close()
+
+
 def _shipped(sink: JsonlSink) -> list[int]:
     if not sink.path.exists():
         return []

@@ -1,6 +1,6 @@
 """A real syslog collector for tests: rsyslogd (`scripts/rsyslog.sh` installs it), listening on
-127.0.0.1 for syslog over TLS (RFC 5425, its OpenSSL driver) or over RELP (plain or TLS), and
-writing each message it takes to a file."""
+127.0.0.1 for syslog over TCP (RFC 6587) or TLS (RFC 5425, its OpenSSL driver) or over RELP
+(plain or TLS), and writing each message it takes to a file."""
 
 from __future__ import annotations
 
@@ -17,10 +17,14 @@ from tests.project_scripts import run_script
 
 from .pki import Authority
 
-Protocol = Literal["tls", "relp", "relp+tls"]
+Protocol = Literal["tcp", "tls", "relp", "relp+tls"]
 
 _GLOBAL = 'global(workDirectory="{work}" maxMessageSize="64k")\n'
 _INPUT: dict[Protocol, str] = {
+    "tcp": """\
+module(load="imtcp")
+input(type="imtcp" port="{port}" address="127.0.0.1")
+""",
     "tls": """\
 global(DefaultNetstreamDriver="ossl" DefaultNetstreamDriverCAFile="{ca}"
        DefaultNetstreamDriverCertFile="{cert}" DefaultNetstreamDriverKeyFile="{key}")
