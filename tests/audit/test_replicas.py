@@ -480,89 +480,95 @@ def test_database_down_means_503_and_nothing_upstream_then_recovery(
     assert len(upstream.received) == 1
 
 
-def test_one_replica_ships_to_the_siem_and_another_takes_over_from_its_cursor(
-    cluster: PgCluster, db_url: str, tmp_path: Path
-) -> None:
-    signer = Signer.load_or_create(tmp_path)
-    stores = [PostgresAuditStore(db_url, cluster.password, signer) for _ in range(2)]
-    sinks = [JsonlSink(tmp_path / f"replica-{i}.jsonl") for i in range(2)]
-    forwarders = []
-    for store, sink in zip(stores, sinks, strict=True):
-        cursors, leadership = store.siem_coordination()
-        forwarders.append(
-            SiemForwarder(store, [sink], cursors, signer.log_id, leadership=leadership)
-        )
-    try:
-        _record_pairs(stores[0], 5)
-        stores[0].checkpoint()
-        for forwarder in forwarders:
+class ShippingReplicas:
+    """Two replicas of one log, each with a SIEM forwarder to a JSONL file of its own."""
+
+    def __init__(self, cluster: PgCluster, db_url: str, tmp_path: Path) -> None:
+        self.signer = Signer.load_or_create(tmp_path)
+        self.stores = [PostgresAuditStore(db_url, cluster.password, self.signer) for _ in "ab"]
+        self.sinks = [JsonlSink(tmp_path / f"replica-{i}.jsonl") for i in range(2)]
+        self.forwarders = []
+        for store, sink in zip(self.stores, self.sinks, strict=True):
+            cursors, leadership = store.siem_coordination()
+            self.forwarders.append(
+                SiemForwarder(store, [sink], cursors, self.signer.log_id, leadership=leadership)
+            )
+
+    def record_and_ship(self, pairs: int) -> None:
+        """`pairs` request + outcome pairs through the first replica, a checkpoint over them,
+        and a pass of each forwarder."""
+        _record_pairs(self.stores[0], pairs)
+        self.stores[0].checkpoint()
+        for forwarder in self.forwarders:
             forwarder.run_once()
-        # The first to ask took the lock; the other stands by and ships nothing.
-        assert [f.status()["jsonl"]["leading"] for f in forwarders] == [1, 0]
-        assert [len(_shipped(sink)) for sink in sinks] == [10, 0]
-        _record_pairs(stores[1], 3)
-        stores[1].checkpoint()
-        forwarders[1].run_once()
-        assert _shipped(sinks[1]) == []
-        forwarders[0].stop()  # the leader goes (its session, and with it the lock, ends)
-        deadline = time.monotonic() + 10
-        while True:  # the server ends the session a moment after the client hangs up
-            forwarders[1].run_once()
-            if forwarders[1].status()["jsonl"]["leading"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert forwarders[1].status()["jsonl"]["leading"] == 1
-        # It carries on from the shared cursors: every leaf and checkpoint shipped once, in order.
-        assert _shipped(sinks[0]) + _shipped(sinks[1]) == list(range(16))
-        copy = [line for sink in sinks for line in sink.path.read_text().splitlines()]
-        assert [json.loads(line)["size"] for line in copy if '"checkpoint"' in line] == [10, 16]
-        # Together, the two halves are a SIEM copy that verifies against the log's key.
-        report = verify_siem_copy(copy, signer.log_public_key)
-        assert report.ok, [str(p) for p in report.problems]
-        assert report.signed_size == 16
-    finally:
-        forwarders[1].stop()
-        for store in stores:
+
+    def close(self) -> None:
+        for forwarder in self.forwarders:
+            forwarder.stop()
+        for store in self.stores:
             store.close()
+
+
+@pytest.fixture
+def replicas(cluster: PgCluster, db_url: str, tmp_path: Path) -> Iterator[ShippingReplicas]:
+    shipping = ShippingReplicas(cluster, db_url, tmp_path)
+    yield shipping
+    shipping.close()
+
+
+def test_one_replica_ships_to_the_siem_and_another_takes_over_from_its_cursor(
+    replicas: ShippingReplicas,
+) -> None:
+    stores, sinks, forwarders = replicas.stores, replicas.sinks, replicas.forwarders
+    replicas.record_and_ship(5)
+    # The first to ask took the lock; the other stands by and ships nothing.
+    assert [f.status()["jsonl"]["leading"] for f in forwarders] == [1, 0]
+    assert [len(_shipped(sink)) for sink in sinks] == [10, 0]
+    _record_pairs(stores[1], 3)
+    stores[1].checkpoint()
+    forwarders[1].run_once()
+    assert _shipped(sinks[1]) == []
+    forwarders[0].stop()  # the leader goes (its session, and with it the lock, ends)
+    deadline = time.monotonic() + 10
+    while True:  # the server ends the session a moment after the client hangs up
+        forwarders[1].run_once()
+        if forwarders[1].status()["jsonl"]["leading"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert forwarders[1].status()["jsonl"]["leading"] == 1
+    # It carries on from the shared cursors: every leaf and checkpoint shipped once, in order.
+    assert _shipped(sinks[0]) + _shipped(sinks[1]) == list(range(16))
+    copy = [line for sink in sinks for line in sink.path.read_text().splitlines()]
+    assert [json.loads(line)["size"] for line in copy if '"checkpoint"' in line] == [10, 16]
+    # Together, the two halves are a SIEM copy that verifies against the log's key.
+    report = verify_siem_copy(copy, replicas.signer.log_public_key)
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.signed_size == 16
 
 
 def test_the_replica_that_ships_takes_a_resend_asked_through_the_database(
-    cluster: PgCluster, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    replicas: ShippingReplicas,
+    cluster: PgCluster,
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(PASSWORD_ENV, cluster.password)
-    signer = Signer.load_or_create(tmp_path)
-    stores = [PostgresAuditStore(db_url, cluster.password, signer) for _ in range(2)]
-    sinks = [JsonlSink(tmp_path / f"replica-{i}.jsonl") for i in range(2)]
-    forwarders = []
-    for store, sink in zip(stores, sinks, strict=True):
-        cursors, leadership = store.siem_coordination()
-        forwarders.append(
-            SiemForwarder(store, [sink], cursors, signer.log_id, leadership=leadership)
-        )
-    try:
-        _record_pairs(stores[0], 4)
-        stores[0].checkpoint()
-        for forwarder in forwarders:
-            forwarder.run_once()
-        assert [_shipped(sink) for sink in sinks] == [list(range(8)), []]
+    sinks, forwarders = replicas.sinks, replicas.forwarders
+    replicas.record_and_ship(4)
+    assert [_shipped(sink) for sink in sinks] == [list(range(8)), []]
 
-        said = _audit_cli(tmp_path, db_url, "siem-resend", "--from", "5", "--sink", "jsonl")
-        assert "from seq 5" in said
-        forwarders[1].run_once()  # standing by: it leaves the request to the one that ships
-        forwarders[0].run_once()
-        assert [_shipped(sink) for sink in sinks] == [[*range(8), 5, 6, 7], []]
-        copy = sinks[0].path.read_text().splitlines()
-        assert [json.loads(line)["size"] for line in copy if '"checkpoint"' in line] == [8, 8]
-        forwarders[0].run_once()  # taken once
-        assert len(_shipped(sinks[0])) == 11
-        with psycopg.connect(db_url, password=cluster.password) as conn:
-            left = conn.execute("SELECT count(*) FROM siem_resend").fetchone()
-        assert left == (0,)
-    finally:
-        for forwarder in forwarders:
-            forwarder.stop()
-        for store in stores:
-            store.close()
+    monkeypatch.setenv(PASSWORD_ENV, cluster.password)
+    said = _audit_cli(tmp_path, db_url, "siem-resend", "--from", "5", "--sink", "jsonl")
+    assert "from seq 5" in said
+    forwarders[1].run_once()  # standing by: it leaves the request to the one that ships
+    forwarders[0].run_once()
+    assert [_shipped(sink) for sink in sinks] == [[*range(8), 5, 6, 7], []]
+    copy = sinks[0].path.read_text().splitlines()
+    assert [json.loads(line)["size"] for line in copy if '"checkpoint"' in line] == [8, 8]
+    forwarders[0].run_once()  # the request is taken once
+    assert len(_shipped(sinks[0])) == 11
+    with psycopg.connect(db_url, password=cluster.password) as conn:
+        assert conn.execute("SELECT count(*) FROM siem_resend").fetchone() == (0,)
 
 
 def _shipped(sink: JsonlSink) -> list[int]:
