@@ -230,6 +230,11 @@ def verify_command(args: argparse.Namespace) -> int:
         for problem in report.problems:
             if problem is not first:
                 print(f"  also: {problem}")
+        if args.siem and first.seq is not None and first.message.startswith("missing"):
+            print(
+                f"if the SIEM lost records, `{PROG} siem-resend --from {first.seq}` on the "
+                "proxy's side ships the log to it again from there"
+            )
         return 1
     payloads = f"{report.payloads_checked} payloads checked"
     if report.payloads_shredded:
