@@ -231,6 +231,7 @@ def test_a_v2_database_with_plaintext_rows_migrates_reads_and_purges(
         conn.execute("DROP TABLE key_transitions")
         conn.execute("DROP TABLE frontier")
         conn.execute("DROP TABLE tiles")
+        conn.execute("DROP TABLE siem_resend")
         conn.execute("ALTER TABLE checkpoints DROP COLUMN key_id")
         conn.execute("DELETE FROM schema_version WHERE version > 2")
 
@@ -241,7 +242,7 @@ def test_a_v2_database_with_plaintext_rows_migrates_reads_and_purges(
 
     store = PostgresAuditStore(db_url, cluster.password, signer=signer)
     with psycopg.connect(db_url, password=cluster.password) as conn:
-        assert schema_version(conn) == LATEST == 6
+        assert schema_version(conn) == LATEST == 7
     assert store.requests()[0].body == legacy_prompt
     cutoff = a_moment_after_now()
     sealed = record(store, b"sealed " + CANARY)
