@@ -1243,11 +1243,20 @@ class PostgresSiemCursors:
         if conn is None:
             return None
         try:
-            rows = conn.execute(
-                "DELETE FROM siem_resend WHERE log_id = %s AND sink = %s RETURNING from_seq",
+            row = conn.execute(
+                "SELECT MIN(from_seq) FROM siem_resend WHERE log_id = %s AND sink = %s",
                 (self._log_id, sink),
-            ).fetchall()
+            ).fetchone()
         except psycopg.Error as exc:
             log.warning("SIEM resend requests cannot be read now (%s); trying again", exc)
             return None
-        return min((int(row[0]) for row in rows), default=None)
+        return None if row is None or row[0] is None else int(row[0])
+
+    def forget_resend(self, sink: str, from_seq: int) -> None:
+        try:
+            self._conn().execute(
+                "DELETE FROM siem_resend WHERE log_id = %s AND sink = %s AND from_seq >= %s",
+                (self._log_id, sink, from_seq),
+            )
+        except psycopg.Error as exc:
+            raise OSError(f"cannot drop a SIEM resend request: {exc}") from exc

@@ -513,8 +513,14 @@ class CursorStore(Protocol):
         ...
 
     def take_resend(self, sink: str) -> int | None:
-        """The earliest seq the operator asked `sink` to ship again from, if any; the request
-        is gone once taken."""
+        """The earliest seq the operator asked `sink` to ship again from, if any. The request
+        stays until `forget_resend`: one that was taken but not carried out (a failed write of
+        the cursors) is taken again."""
+        ...
+
+    def forget_resend(self, sink: str, from_seq: int) -> None:
+        """The resend from `from_seq` is carried out: drop it, and any from a later seq (they
+        ship nothing it does not); one asked meanwhile from an earlier seq stays."""
         ...
 
 
@@ -561,21 +567,28 @@ class FileCursors:
             earliest = from_seq if waiting is None else min(from_seq, waiting)
             _write_private_json(path, {"log_id": self.log_id, "from_seq": earliest})
 
+    def _taken_path(self, sink: str) -> Path:
+        return self.directory / f"siem-{sink}.resend.taken"
+
     def take_resend(self, sink: str) -> int | None:
-        path = self._resend_path(sink)
-        taken = path.with_name(path.name + ".taken")
+        path, taken = self._resend_path(sink), self._taken_path(sink)
+        if not taken.exists():
+            try:
+                # Renamed: a request written meanwhile is a new file, for the next pass.
+                os.replace(path, taken)
+            except FileNotFoundError:
+                return None
         try:
-            # Renamed first: a request written meanwhile is a new file, taken at the next pass.
-            os.replace(path, taken)
-        except FileNotFoundError:
-            return None
-        try:
-            return self._read_resend(taken, path)
+            from_seq = self._read_resend(taken, path)
         except SiemConfigError as exc:
             log.error("%s; ask again with `bastion audit siem-resend`", exc)
-            return None
-        finally:
+            from_seq = None
+        if from_seq is None:
             taken.unlink(missing_ok=True)
+        return from_seq
+
+    def forget_resend(self, sink: str, from_seq: int) -> None:
+        self._taken_path(sink).unlink(missing_ok=True)
 
     def _read_resend(self, path: Path, named: Path | None = None) -> int | None:
         """The seq a request file asks for (None: another log's); `named`: the file's name
@@ -763,32 +776,37 @@ class SiemForwarder:
         from_seq = self.cursors.take_resend(lane.sink.name)
         if from_seq is None:
             return
-        if from_seq >= lane.next_seq:
+        if from_seq < lane.next_seq:
+            covered = sum(1 for t in self.source.key_transitions() if t.size <= from_seq)
+            next_checkpoint = min(lane.next_checkpoint, from_seq + 1)
+            transitions = min(lane.transitions, covered)
+            # The kept cursors first: where that fails, the request is taken again next pass.
+            self.cursors.rewind(lane.sink.name, from_seq)
+            self.cursors.rewind(lane.checkpoint_cursor, next_checkpoint)
+            self.cursors.rewind(lane.transition_cursor, transitions)
+            again = lane.next_seq - from_seq
+            with self._lock:
+                lane.next_seq = from_seq
+            lane.next_checkpoint, lane.transitions = next_checkpoint, transitions
+            log.warning(
+                "SIEM %s %s: shipping again from seq %d, as asked (%d leaves it had already, "
+                "and the signed checkpoints over them)",
+                lane.sink.name, lane.sink, from_seq, again,
+            )  # fmt: skip
+        else:
             log.info(
                 "SIEM %s %s: asked to resend from seq %d, but it has shipped up to seq %d only; "
                 "nothing to resend",
                 lane.sink.name, lane.sink, from_seq, lane.next_seq - 1,
             )  # fmt: skip
-            return
-        covered = sum(1 for t in self.source.key_transitions() if t.size <= from_seq)
-        again = lane.next_seq - from_seq
-        with self._lock:
-            lane.next_seq = from_seq
-        lane.next_checkpoint = min(lane.next_checkpoint, from_seq + 1)
-        lane.transitions = min(lane.transitions, covered)
-        self.cursors.rewind(lane.sink.name, lane.next_seq)
-        self.cursors.rewind(lane.checkpoint_cursor, lane.next_checkpoint)
-        self.cursors.rewind(lane.transition_cursor, lane.transitions)
-        log.warning(
-            "SIEM %s %s: shipping again from seq %d, as asked (%d leaves it had already, and "
-            "the signed checkpoints over them)",
-            lane.sink.name, lane.sink, from_seq, again,
-        )  # fmt: skip
+        self.cursors.forget_resend(lane.sink.name, from_seq)
 
     def _drop_resends_for_absent_sinks(self) -> None:
         have = {lane.sink.name for lane in self._lanes}
         for name in SINK_NAMES:
-            if name not in have and self.cursors.take_resend(name) is not None:
+            from_seq = None if name in have else self.cursors.take_resend(name)
+            if from_seq is not None:
+                self.cursors.forget_resend(name, from_seq)
                 log.info("SIEM: a resend was asked of the %s sink, which this proxy lacks", name)
 
     def _load_cursors(self, lane: _Lane) -> None:

@@ -111,6 +111,24 @@ def test_a_copy_with_a_gap_verifies_again_once_the_gap_is_shipped_again(
     assert shipping.cursors.load("jsonl") == 2 * PAIRS
 
 
+def test_a_resend_the_cursors_could_not_take_is_carried_out_at_the_next_pass(
+    shipping: Shipping,
+) -> None:
+    shipped = shipping.lines()
+    resend(shipping.data_dir, "--from", "6")
+    # The checkpoint cursor cannot be written (a directory is in its place).
+    blocked = shipping.data_dir / "siem-jsonl.checkpoints.cursor"
+    blocked.unlink()
+    blocked.mkdir()
+    with pytest.raises(ValueError, match="unreadable SIEM cursor"):
+        shipping.forwarder.run_once()
+    assert shipping.lines() == shipped
+    blocked.rmdir()
+    shipping.forwarder.run_once()
+    assert seqs(shipping.lines()[len(shipped) :]) == [6, 7]
+    assert not list(shipping.data_dir.glob("*.resend*"))
+
+
 def test_only_the_sink_named_ships_again(shipping: Shipping) -> None:
     resend(shipping.data_dir, "--from", "0", "--sink", "syslog")
     before = shipping.lines()
@@ -145,11 +163,18 @@ def test_requests_wait_in_private_files_and_the_earliest_wins(tmp_path: Path) ->
     request = tmp_path / "siem-jsonl.resend"
     assert stat.S_IMODE(os.stat(request).st_mode) == 0o600
     assert cursors.take_resend("jsonl") == 7
+    assert cursors.take_resend("jsonl") == 7  # until it is carried out
+    cursors.ask_resend(["jsonl"], 2)  # asked meanwhile: the next one
+    cursors.forget_resend("jsonl", 7)
+    assert cursors.take_resend("jsonl") == 2
+    cursors.forget_resend("jsonl", 2)
     assert cursors.take_resend("jsonl") is None
     assert cursors.take_resend("syslog") == 40
     # A request made of another log's data dir is not this log's.
+    cursors.forget_resend("syslog", 40)
     FileCursors(tmp_path, "log-b").ask_resend(["jsonl"], 3)
     assert cursors.take_resend("jsonl") is None
+    assert not list(tmp_path.iterdir())
 
 
 def test_an_unreadable_request_is_reported_and_dropped(
