@@ -153,17 +153,17 @@ def _location(args: argparse.Namespace) -> tuple[Path, AuditDatabase | None]:
     return config.data_dir, AuditDatabase(config.store_url, password)
 
 
-def _siem_sinks(args: argparse.Namespace) -> tuple[str, ...]:
-    """The sinks `--sink` names: for "all", those the config ships to (both when it names
-    none: the proxy may take them from its flags)."""
+def _siem_sinks(args: argparse.Namespace) -> tuple[tuple[str, ...], bool]:
+    """The sinks `--sink` names (for "all", those the config ships to, or both when it names
+    none: the proxy may take them from its flags), and whether the config names any."""
     from audit_proxy.siem import SINK_NAMES
 
-    if args.sink != "all":
-        return (args.sink,)
     config = load_config(args.config, {"data_dir": args.data_dir})
     settings = (config.siem_jsonl_path, config.siem_syslog_url)
     configured = tuple(n for n, s in zip(SINK_NAMES, settings, strict=True) if s is not None)
-    return configured or SINK_NAMES
+    if args.sink != "all":
+        return (args.sink,), bool(configured)
+    return configured or SINK_NAMES, bool(configured)
 
 
 def _pinned_key(path: Path | None) -> bytes | None:
@@ -494,7 +494,7 @@ def siem_resend_command(args: argparse.Namespace) -> int:
     from audit_proxy.store import AuditStore, AuditStoreUnavailable
 
     try:
-        sinks = _siem_sinks(args)
+        sinks, configured = _siem_sinks(args)
         data_dir, database = _location(args)
         log_id = Signer.load(data_dir).log_id
         store = open_reader(data_dir, database)
@@ -523,6 +523,11 @@ def siem_resend_command(args: argparse.Namespace) -> int:
         f"{args.from_seq}: a running proxy starts within a second, a stopped one when it next "
         "starts; the SIEM may then hold records twice (dedupe on seq and log_id)"
     )
+    if not configured:
+        print(
+            "note: the config names no SIEM sink (siem_jsonl_path, siem_syslog_url): if the "
+            "proxy ships to none (no --siem-jsonl or --siem-syslog flag either), this does nothing"
+        )
     return 0
 
 

@@ -130,7 +130,8 @@ def test_a_resend_the_cursors_could_not_take_is_carried_out_at_the_next_pass(
 
 
 def test_only_the_sink_named_ships_again(shipping: Shipping) -> None:
-    resend(shipping.data_dir, "--from", "0", "--sink", "syslog")
+    said = resend(shipping.data_dir, "--from", "0", "--sink", "syslog")
+    assert "note: the config names no SIEM sink" in said
     before = shipping.lines()
     shipping.forwarder.run_once()
     assert shipping.lines() == before
@@ -141,6 +142,7 @@ def test_all_means_the_sinks_the_config_ships_to(shipping: Shipping, tmp_path: P
     config.write_text(f'siem_jsonl_path = "{shipping.sink.path}"\n')
     said = resend(shipping.data_dir, "--from", "1", "--config", str(config))
     assert "SIEM export (jsonl)" in said
+    assert "note:" not in said
     assert [p.name for p in shipping.data_dir.glob("*.resend")] == ["siem-jsonl.resend"]
 
 
