@@ -562,8 +562,8 @@ class FileCursors:
         for sink in sinks:
             path = self._resend_path(sink)
             waiting = None
-            with contextlib.suppress(FileNotFoundError, SiemConfigError):
-                waiting = self._read_resend(path)  # (an unreadable one is replaced)
+            with contextlib.suppress(SiemConfigError):
+                waiting = self._read_resend(path)  # (none, or an unreadable one: replaced)
             earliest = from_seq if waiting is None else min(from_seq, waiting)
             _write_private_json(path, {"log_id": self.log_id, "from_seq": earliest})
 
@@ -596,8 +596,6 @@ class FileCursors:
         named = named or path
         try:
             doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise
         except (OSError, ValueError) as exc:
             raise SiemConfigError(f"{named}: unreadable SIEM resend request ({exc})") from None
         seq = doc.get("from_seq") if isinstance(doc, dict) else None

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from audit_proxy.config import ConfigError, load_config
+from audit_proxy.config import ConfigError, ProxyConfig, load_config
 
 if TYPE_CHECKING:
     from audit_proxy.export import AuditDatabase
@@ -144,25 +144,31 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 def _location(args: argparse.Namespace) -> tuple[Path, AuditDatabase | None]:
     """The data dir (signing key) and, when configured, the PostgreSQL audit store."""
+    return _location_of(_config(args))
+
+
+def _config(args: argparse.Namespace) -> ProxyConfig:
+    return load_config(args.config, {"data_dir": args.data_dir, "store_url": args.store_url})
+
+
+def _location_of(config: ProxyConfig) -> tuple[Path, AuditDatabase | None]:
     from audit_proxy.export import AuditDatabase
 
-    config = load_config(args.config, {"data_dir": args.data_dir, "store_url": args.store_url})
     if config.store_url is None:
         return config.data_dir, None
     password = config.store_password.get_secret_value() if config.store_password else None
     return config.data_dir, AuditDatabase(config.store_url, password)
 
 
-def _siem_sinks(args: argparse.Namespace) -> tuple[tuple[str, ...], bool]:
+def _siem_sinks(config: ProxyConfig, sink: str) -> tuple[tuple[str, ...], bool]:
     """The sinks `--sink` names (for "all", those the config ships to, or both when it names
     none: the proxy may take them from its flags), and whether the config names any."""
     from audit_proxy.siem import SINK_NAMES
 
-    config = load_config(args.config, {"data_dir": args.data_dir})
     settings = (config.siem_jsonl_path, config.siem_syslog_url)
     configured = tuple(n for n, s in zip(SINK_NAMES, settings, strict=True) if s is not None)
-    if args.sink != "all":
-        return (args.sink,), bool(configured)
+    if sink != "all":
+        return (sink,), bool(configured)
     return configured or SINK_NAMES, bool(configured)
 
 
@@ -494,8 +500,9 @@ def siem_resend_command(args: argparse.Namespace) -> int:
     from audit_proxy.store import AuditStore, AuditStoreUnavailable
 
     try:
-        sinks, configured = _siem_sinks(args)
-        data_dir, database = _location(args)
+        config = _config(args)
+        sinks, configured = _siem_sinks(config, args.sink)
+        data_dir, database = _location_of(config)
         log_id = Signer.load(data_dir).log_id
         store = open_reader(data_dir, database)
     except (ConfigError, SigningKeyError, ExportError, OSError) as exc:
