@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audit_proxy.policy import pii
+from audit_proxy.policy.gates import folded
 from audit_proxy.policy.rules import Policy, Step
 
 # Keys whose values route the request rather than carry the user's text.
@@ -206,12 +207,12 @@ class Engine:
         findings: list[Finding] = []
         original = text
         kept: list[int] | None = None  # stripped position -> original position
-        strip_spans = _claim(self._strip, text, text.lower())
+        strip_spans = _claim(self._strip, text)
         if strip_spans:
             findings.extend(self._finding(s, original, field_path, a, b) for a, b, s in strip_spans)
             text, kept = _remove(text, [(a, b) for a, b, _ in strip_spans])
         rest = self._rest_in_templates if _TEMPLATE_FIELD.match(field_path) else self._rest
-        spans = _claim(rest, text, text.lower())
+        spans = _claim(rest, text)
         if not spans:
             return text, findings
         parts: list[str] = []
@@ -235,22 +236,32 @@ class Engine:
         return Finding(step.rule.id, step.rule.action, field_path, start, end, digest)
 
 
-def _claim(steps: list[Step], text: str, lowered: str) -> list[tuple[int, int, Step]]:
+def _claim(steps: list[Step], text: str) -> list[tuple[int, int, Step]]:
     """Each step's spans in policy order; an earlier rule keeps a span a later one overlaps."""
     claimed: list[tuple[int, int, Step]] = []
+    holds = _Needles(folded(text))
     for step in steps:
-        needles = step.detector.needles
-        if needles:
-            for needle in needles:  # (a loop, not any(): no generator per step and request)
-                if needle in lowered:
-                    break
-            else:
-                continue
+        if not step.detector.gate.opens(holds):
+            continue
         for a, b in _spans(step, text):
             if all(b <= x or a >= y for x, y, _ in claimed):
                 claimed.append((a, b, step))
     claimed.sort(key=lambda c: c[0])
     return claimed
+
+
+class _Needles:
+    """Which needles a folded text holds, each looked for once."""
+
+    def __init__(self, folded_text: str) -> None:
+        self.text = folded_text
+        self.known: dict[str, bool] = {}
+
+    def __call__(self, needle: str) -> bool:
+        held = self.known.get(needle)
+        if held is None:
+            held = self.known[needle] = needle in self.text
+        return held
 
 
 def _spans(step: Step, text: str) -> Iterator[tuple[int, int]]:

@@ -5,19 +5,66 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from audit_proxy.policy.gates import Gate, Group
+
 Span = tuple[int, int]
 
-_OVERRIDE = re.compile(
-    r"(?i)\b(?:ignore|disregard|forget|override|bypass|skip)\s+(?:all\s+|any\s+|every\s+)?"
-    r"(?:of\s+)?(?:the\s+|your\s+|my\s+)?(?:previous|prior|above|earlier|preceding|former"
-    r"|original|system|safety)\s+(?:instructions?|prompts?|rules|directions|directives"
-    r"|guidelines|context|messages?|constraints)"
-    r"|\b(?:new|updated|real)\s+(?:system\s+)?instructions\s*:"
-    r"|\byou\s+are\s+now\s+(?:in\s+)?(?:developer\s+mode|DAN|jailbroken|unrestricted|an?\s+unfiltered)"
-    r"|\bdo\s+not\s+(?:follow|obey)\s+(?:the\s+|your\s+)?(?:system|previous|original)\s+"
-    r"(?:prompt|instructions?|rules)"
-    r"|\b(?:reveal|print|repeat|output)\s+(?:the\s+|your\s+)?(?:system\s+prompt|hidden\s+instructions)"
+_VERBS = ("ignore", "disregard", "forget", "override", "bypass", "skip")
+_QUALIFIERS = (
+    "previous", "prior", "above", "earlier", "preceding", "former", "original", "system", "safety",
+)  # fmt: skip
+_OBJECTS = (
+    "instructions?", "prompts?", "rules", "directions", "directives", "guidelines", "context",
+    "messages?", "constraints",
+)  # fmt: skip
+_REVEAL = ("reveal", "print", "repeat", "output")
+
+
+def _either(words: tuple[str, ...]) -> str:
+    return "|".join(words)
+
+
+def _needles(words: tuple[str, ...]) -> Group:
+    """What each of `words` (a plural made optional by `s?`) always holds."""
+    return tuple(w.removesuffix("s?") for w in words)
+
+
+# Each way to phrase an override, with the words every match of it holds (one of each group).
+_OVERRIDE_WAYS: tuple[tuple[str, tuple[Group, ...]], ...] = (
+    (
+        rf"\b(?:{_either(_VERBS)})\s+(?:all\s+|any\s+|every\s+)?(?:of\s+)?"
+        rf"(?:the\s+|your\s+|my\s+)?(?:{_either(_QUALIFIERS)})\s+(?:{_either(_OBJECTS)})",
+        (_VERBS, _QUALIFIERS, _needles(_OBJECTS)),
+    ),
+    (
+        r"\b(?:new|updated|real)\s+(?:system\s+)?instructions\s*:",
+        (("instructions",), ("new", "updated", "real")),
+    ),
+    (
+        r"\byou\s+are\s+now\s+(?:in\s+)?"
+        r"(?:developer\s+mode|DAN|jailbroken|unrestricted|an?\s+unfiltered)",
+        (("jailbroken", "unrestricted", "unfiltered", "developer", "dan"), ("now",), ("you",)),
+    ),
+    (
+        r"\bdo\s+not\s+(?:follow|obey)\s+(?:the\s+|your\s+)?(?:system|previous|original)\s+"
+        r"(?:prompt|instructions?|rules)",
+        (
+            ("obey", "follow"),
+            ("system", "previous", "original"),
+            ("prompt", "instruction", "rules"),
+        ),
+    ),
+    (
+        rf"\b(?:{_either(_REVEAL)})\s+(?:the\s+|your\s+)?"
+        r"(?:system\s+prompt|hidden\s+instructions)",
+        (("hidden", "system"), ("prompt", "instructions"), _REVEAL),
+    ),
 )
+_OVERRIDE = re.compile("(?i)" + "|".join(pattern for pattern, _ in _OVERRIDE_WAYS))
+# Code is full of "skip", "context" and "message": the override pattern runs only where all the
+# words of one way to phrase it occur.
+OVERRIDE_GATE = Gate(tuple(needs for _, needs in _OVERRIDE_WAYS))
+
 _ROLE = re.compile(
     r"<\|im_start\|>\s*(?:system|assistant)|<\|im_end\|>|<\|(?:system|assistant)\|>"
     r"|<\|start_header_id\|>\s*(?:system|assistant)|<<SYS>>|\[/?INST\]|<\|endoftext\|>"
@@ -32,30 +79,8 @@ _INVISIBLE = re.compile(
 _TAGS = re.compile(r"[\U000e0000-\U000e007f]+")
 
 
-# One of these occurs in every override phrase; most code has none of them.
-_OVERRIDE_NEEDLES = (
-    "instruction",
-    "prompt",
-    "rules",
-    "direction",
-    "guideline",
-    "constraint",
-    "context",
-    "message",
-    "you are now",
-)
-_OVERRIDE_VERBS = ("ignore", "disregard", "forget", "override", "bypass", "skip", "follow", "obey")
-
-
 def override_phrase(text: str) -> Iterator[Span]:
-    """'Ignore previous instructions' and its kin."""
-    lowered = text.lower()
-    if not any(n in lowered for n in _OVERRIDE_NEEDLES):
-        return
-    if "you are now" not in lowered and not any(
-        v in lowered for v in (*_OVERRIDE_VERBS, "instructions", "system prompt")
-    ):
-        return
+    """'Ignore previous instructions' and its kin (behind OVERRIDE_GATE in a policy)."""
     for m in _OVERRIDE.finditer(text):
         yield m.span()
 

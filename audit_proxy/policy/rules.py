@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from audit_proxy.config import ConfigError, read_toml
 from audit_proxy.policy import injection, pii, secrets
+from audit_proxy.policy.gates import ALWAYS, Gate, one_of
 
 Span = tuple[int, int]
 Find = Callable[[str], Iterable[Span]]
@@ -42,63 +43,74 @@ Action = Literal["redact", "block", "allow", "strip", "annotate"]
 
 @dataclass(frozen=True)
 class Detector:
-    """A named pure function from text to spans, and the cheap substrings it needs to fire."""
+    """A named pure function from text to spans, and the substrings it needs to fire."""
 
     name: str
     find: Find
-    # Lower-case substrings one of which must occur in the lower-cased text; empty = always run.
-    needles: tuple[str, ...] = ()
+    gate: Gate = ALWAYS
 
 
 DETECTORS: dict[str, Detector] = {
     d.name: d
     for d in (
-        Detector("aws_access_key_id", secrets.aws_access_key_id, ("akia", "asia", "abia", "acca")),
-        Detector("aws_secret_access_key", secrets.aws_secret_access_key, ("aws",)),
-        Detector("gcp_api_key", secrets.gcp_api_key, ("aiza",)),
         Detector(
-            "gcp_service_account_key_id", secrets.gcp_service_account_key_id, ("private_key_id",)
+            "aws_access_key_id", secrets.aws_access_key_id, one_of("akia", "asia", "abia", "acca")
+        ),
+        Detector("aws_secret_access_key", secrets.aws_secret_access_key, one_of("aws")),
+        Detector("gcp_api_key", secrets.gcp_api_key, one_of("aiza")),
+        Detector(
+            "gcp_service_account_key_id",
+            secrets.gcp_service_account_key_id,
+            one_of("private_key_id"),
         ),
         Detector(
-            "azure_storage_key", secrets.azure_storage_key, ("accountkey", "sharedaccess", "sig=")
+            "azure_storage_key",
+            secrets.azure_storage_key,
+            one_of("accountkey", "sharedaccess", "sig="),
         ),
         Detector(
             "github_token",
             secrets.github_token,
-            ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+            one_of("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
         ),
-        Detector("gitlab_token", secrets.gitlab_token, ("glpat-", "gldt-", "glrt-", "glptt-")),
-        Detector("slack_token", secrets.slack_token, ("xox",)),
-        Detector("slack_webhook", secrets.slack_webhook, ("hooks.slack.com",)),
-        Detector("stripe_key", secrets.stripe_key, ("_live_",)),
-        Detector("private_key_block", secrets.private_key_block, ("private key-----",)),
-        Detector("jwt", secrets.jwt, ("eyj",)),
+        Detector(
+            "gitlab_token", secrets.gitlab_token, one_of("glpat-", "gldt-", "glrt-", "glptt-")
+        ),
+        Detector("slack_token", secrets.slack_token, one_of("xox")),
+        Detector("slack_webhook", secrets.slack_webhook, one_of("hooks.slack.com")),
+        Detector("stripe_key", secrets.stripe_key, one_of("_live_")),
+        Detector("private_key_block", secrets.private_key_block, one_of("private key")),
+        Detector("jwt", secrets.jwt, one_of("eyj")),
         Detector(
             "auth_header_credential",
             secrets.auth_header_credential,
-            ("bearer", "token ", "basic "),
+            one_of("bearer", "token", "basic"),
         ),
-        Detector("url_password", secrets.url_password, ("://",)),
+        Detector("url_password", secrets.url_password, one_of("://")),
         Detector(
-            "connection_string_password", secrets.connection_string_password, ("password", "pwd")
+            "connection_string_password",
+            secrets.connection_string_password,
+            one_of("password", "pwd"),
         ),
         Detector(
-            "secret_assignment", secrets.secret_assignment, ("pass", "secret", "key", "token")
+            "secret_assignment", secrets.secret_assignment, one_of("pass", "secret", "key", "token")
         ),
-        Detector("us_ssn", pii.us_ssn, ("-", "ssn", "social security")),
+        Detector("us_ssn", pii.us_ssn, one_of("-", "ssn", "social security")),
         Detector("payment_card", pii.payment_card),
-        Detector("email_address", pii.email_address, ("@",)),
+        Detector("email_address", pii.email_address, one_of("@")),
         Detector("phone_number", pii.phone_number),
         Detector("iban", pii.iban),
         Detector(
-            "medical_record_number", pii.medical_record_number, ("mrn", "medical record", "patient")
+            "medical_record_number",
+            pii.medical_record_number,
+            one_of("mrn", "medical record", "patient"),
         ),
-        Detector("date_of_birth", pii.date_of_birth, ("dob", "d.o.b", "birth", "born")),
-        Detector("override_phrase", injection.override_phrase),
+        Detector("date_of_birth", pii.date_of_birth, one_of("dob", "d.o.b", "birth", "born")),
+        Detector("override_phrase", injection.override_phrase, injection.OVERRIDE_GATE),
         Detector(
             "role_directive",
             injection.role_directive,
-            ("<|", "<<sys>>", "inst]", "system", "assistant"),
+            one_of("<|", "<<sys>>", "inst]", "system", "assistant"),
         ),
         Detector("invisible_unicode", injection.invisible_unicode),
         Detector("unicode_tags", injection.unicode_tags),

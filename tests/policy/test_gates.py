@@ -1,0 +1,134 @@
+"""A gate only saves work: through the engine, each detector finds exactly what it finds alone.
+
+Before gates were checked against this, three let a match through unseen: a PGP private key
+block (its needle was "private key-----", and the block says "PRIVATE KEY BLOCK-----"), a
+credential after "Token" and a tab, and most override phrases written with two spaces, a line
+break, "directives", or a dotless i.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from audit_proxy.policy import DETECTORS, Engine, Policy, Rule
+from audit_proxy.policy.gates import folded
+
+from .test_detectors import CASES
+
+FIELD = "messages[0].content"  # not a raw prompt, where role directives are template structure
+
+
+def alone(detector: str, text: str) -> list[tuple[int, int]]:
+    """The detector's spans, overlaps resolved as the engine resolves them."""
+    claimed: list[tuple[int, int]] = []
+    for a, b in DETECTORS[detector].find(text):
+        if b > a and all(b <= x or a >= y for x, y in claimed):
+            claimed.append((a, b))
+    return sorted(claimed)
+
+
+def through_engine(detector: str, text: str) -> list[tuple[int, int]]:
+    rule = Rule(id="under_test", detector=detector, action="redact")
+    engine = Engine(Policy(name="t", version="1", rules=(rule,)))
+    _, findings = engine.apply_text(text, FIELD)
+    return sorted((f.start, f.end) for f in findings)
+
+
+# Ways to write the same thing that a pattern with \s+ or (?i) still matches.
+VARIANTS: dict[str, Callable[[str], str]] = {
+    "as is": lambda t: t,
+    "tabs": lambda t: t.replace(" ", "\t"),
+    "line breaks": lambda t: t.replace(" ", "\n"),
+    "two spaces": lambda t: t.replace(" ", "  "),
+    "em spaces": lambda t: t.replace(" ", "\u2003"),
+    "upper": str.upper,
+    "lower": str.lower,
+    "swapped case": str.swapcase,
+    "dotless i": lambda t: t.replace("i", "\u0131"),
+    "dotted capital I": lambda t: t.upper().replace("I", "\u0130"),
+    "long s": lambda t: t.replace("s", "\u017f"),
+    "in code": lambda t: f"def f(x):\n    return x  # {t}\n",
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("detector", sorted(DETECTORS))
+def test_the_engine_finds_what_the_detector_finds(detector: str, variant: str) -> None:
+    hits, misses = CASES[detector]
+    for text in [t for t, _ in hits] + misses:
+        written = VARIANTS[variant](text)
+        assert through_engine(detector, written) == alone(detector, written), repr(written)
+
+
+# Override phrases word by word (each slot one of its words, or left out where it may be), then
+# shuffled words from the same vocabulary: near misses.
+PHRASES = [
+    [
+        ["ignore", "disregard", "forget", "override", "bypass", "skip"],
+        ["", "all", "any", "every"],
+        ["", "of"],
+        ["", "the", "your", "my"],
+        [
+            "previous",
+            "prior",
+            "above",
+            "earlier",
+            "preceding",
+            "former",
+            "original",
+            "system",
+            "safety",
+        ],
+        [
+            "instructions",
+            "instruction",
+            "prompts",
+            "rules",
+            "directions",
+            "directives",
+            "guidelines",
+            "context",
+        ],
+    ],
+    [["new", "updated", "real"], ["", "system"], ["instructions:", "instructions :"]],
+    [["you"], ["are"], ["now"], ["", "in"], ["developer mode", "DAN", "an unfiltered"]],
+    [["do"], ["not"], ["follow", "obey"], ["", "the"], ["system", "original"], ["prompt", "rules"]],
+    [
+        ["reveal", "print", "repeat", "output"],
+        ["", "your"],
+        ["system prompt", "hidden instructions"],
+    ],
+]
+SEPARATORS = [" ", "  ", "\t", "\n", " \n ", "\u2003", ""]
+
+
+def test_override_phrases_however_spaced_cased_or_spelled() -> None:
+    rng = random.Random(7)
+    vocabulary = [w for phrase in PHRASES for slot in phrase for w in slot if w]
+    found = 0
+    for i in range(3000):
+        if i % 3:
+            words = [rng.choice(slot) for phrase in [rng.choice(PHRASES)] for slot in phrase]
+        else:
+            words = rng.sample(vocabulary, rng.randint(2, 8))
+        text = "".join(w + rng.choice(SEPARATORS) for w in words if w)
+        text = rng.choice(list(VARIANTS.values()))(text)
+        expected = alone("override_phrase", text)
+        assert through_engine("override_phrase", text) == expected, repr(text)
+        found += bool(expected)
+    assert found > 500  # most of the phrases are whole enough to match
+
+
+def test_folding_covers_every_letter_a_case_insensitive_pattern_matches() -> None:
+    letter = re.compile("(?i)[a-z]")
+    for code in range(0x80, min(sys.maxunicode, 0x30000)):
+        char = chr(code)
+        if letter.fullmatch(char):
+            matched = [a for a in string.ascii_lowercase if re.fullmatch(f"(?i){a}", char)]
+            assert matched[0] in folded(char), f"U+{code:04X}"
