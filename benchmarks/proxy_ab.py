@@ -15,10 +15,10 @@ The base is checked out with `git archive` into a temporary directory; both run 
 `python -m bastion.cli proxy` from their own tree, with the same virtual environment.
 
     .venv/bin/python benchmarks/proxy_ab.py [--base HEAD~1] [--durability process]
-        [--blocks 40] [--block-size 100] [--rps-runs 4]
+        [--blocks 40] [--block-size 100] [--rps-runs 4] [--prompt-kb 4]
 
 Prints a line per block pair, a one-line summary, and last
-`{"base": .., "durability": .., "paired_p50_us": .., "pairs_won": .., "pairs": ..,
+`{"base": .., "durability": .., "prompt_kb": .., "paired_p50_us": .., "pairs_won": .., "pairs": ..,
 "base_added_p50_us": .., "work_added_p50_us": .., "base_p99_us": .., "work_p99_us": ..,
 "base_rps_32": .., "work_rps_32": ..}` (p99: each side's latency over all its requests).
 """
@@ -49,6 +49,7 @@ from bastion.stack import free_port  # noqa: E402
 from benchmarks.proxy_overhead import (  # noqa: E402
     Call,
     percentile,
+    request_body,
     running,
     sized_call,
     throughput,
@@ -96,15 +97,16 @@ async def sequential(
     blocks: int,
     size: int,
     samples: dict[str, list[float]],
+    body: dict[str, object],
 ) -> dict[str, list[float]]:
     async with aiohttp.ClientSession() as session:
-        calls = {name: sized_call(session, url, h) for name, (url, h) in targets.items()}
+        calls = {name: sized_call(session, url, h, body) for name, (url, h) in targets.items()}
         return await paired_blocks(calls, blocks, size, samples)
 
 
-async def rps(url: str, headers: dict[str, str], seconds: float) -> float:
+async def rps(url: str, headers: dict[str, str], seconds: float, body: dict[str, object]) -> float:
     async with aiohttp.ClientSession() as session:
-        return await throughput(sized_call(session, url, headers), seconds)
+        return await throughput(sized_call(session, url, headers, body), seconds)
 
 
 def proxy_command(port: int, upstream: str, data_dir: Path, durability: str) -> list[str]:
@@ -121,7 +123,9 @@ def main() -> int:
     parser.add_argument("--block-size", type=int, default=100)
     parser.add_argument("--rps-runs", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--prompt-kb", type=int, default=0, help="KiB of code a request carries")
     args = parser.parse_args()
+    body = request_body(args.prompt_kb)
 
     with tempfile.TemporaryDirectory(prefix="bastion-ab-") as tmp, contextlib.ExitStack() as up:
         base_tree = Path(tmp) / "base"
@@ -159,7 +163,8 @@ def main() -> int:
             targets[name] = (url + "/v1/chat/completions", headers)
         started = time.perf_counter()
         samples: dict[str, list[float]] = {}
-        medians = asyncio.run(sequential(targets, args.blocks, args.block_size, samples))
+        blocks = sequential(targets, args.blocks, args.block_size, samples, body)
+        medians = asyncio.run(blocks)
         pairs = list(zip(medians["base"], medians["work"], strict=True))
         for i, (base, work) in enumerate(pairs):
             print(json.dumps({"pair": i, "base_us": round(base), "work_us": round(work)}))
@@ -168,13 +173,14 @@ def main() -> int:
         for _ in range(args.rps_runs):
             for name in order:
                 url, headers = targets[name]
-                rates[name].append(asyncio.run(rps(url, headers, args.seconds)))
+                rates[name].append(asyncio.run(rps(url, headers, args.seconds, body)))
             order.reverse()
         os.chdir(REPO)
     direct = statistics.median(medians["direct"])
     doc = {
         "base": commit,
         "durability": args.durability,
+        "prompt_kb": args.prompt_kb,
         "paired_p50_us": round(statistics.median(work - base for base, work in pairs)),
         "pairs_won": sum(1 for base, work in pairs if work < base),
         "pairs": len(pairs),

@@ -34,14 +34,20 @@ With `--pace-ms`, last, direct, Bastion (`process`), the relay and LiteLLM again
 with that pause after every request: each request then finds an idle process, whose caches the
 machine has given to others, as an editor's requests do between keystrokes.
 
+Every request carries one line of code, as the issue's figures do, unless `--prompt-kb N` gives
+it N KiB of real code: the size of the completion prompts Bastion's own language server sends,
+where the policy's scan of the prompt is a good part of what Bastion adds.
+
     .venv/bin/python benchmarks/proxy_overhead.py [--requests 2000] [--seconds 3]
         [--skip-litellm] [--mixed] [--busy-poll-us 500] [--pace-ms 30 [--paced-rounds 200]]
+        [--prompt-kb 4]
 
 Prints JSON lines, a one-line summary, and last
 `{"bastion": {"added_p50_ms", "added_p99_ms", "rps_32", "ttft_added_ms"}, "bastion_fsync": {..},
 "tcp_relay": {..}, "litellm": {..}, "bastion_busy_poll": {..}, "litellm_over_bastion_p50": ..,
 "paced": {"bastion": {"added_p50_ms", "added_p99_ms"}, .., "litellm_over_bastion_p50", "pace_ms"},
-"mixed_added_p50_ms": {"bastion": .., ..}}` ("paced" with `--pace-ms` only, "mixed" with `--mixed`).
+"mixed_added_p50_ms": {"bastion": .., ..}, "prompt_kb": ..}` ("paced" with `--pace-ms` only,
+"mixed" with `--mixed`).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ import random
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -80,8 +87,7 @@ LITELLM_VENV = REPO / ".bench-venv-litellm"
 LITELLM_VERSION = "1.108.7"
 LITELLM_SPEC = f"litellm[proxy]=={LITELLM_VERSION}"
 MESSAGES = [{"role": "user", "content": "def add(a, b):"}]
-BODY = {"model": "instant", "messages": MESSAGES, "max_tokens": 8}
-STREAM_BODY = {**BODY, "stream": True}
+BODY: dict[str, object] = {"model": "instant", "messages": MESSAGES, "max_tokens": 8}
 # LiteLLM as it runs out of the box, minus a database: what this benchmark turns on or off.
 LITELLM_CONFIG = """\
 model_list:
@@ -99,7 +105,8 @@ LITELLM_MASTER_KEY = "sk-bench-" + "0" * 32
 LITELLM_LOGGING = (
     "LiteLLM: master key set (it refuses to start without one; checked in memory, no database), "
     "no DATABASE_URL (no spend logs), no success/failure callbacks, telemetry off, "
-    "LITELLM_LOG=ERROR, its uvicorn access log on (to stdout, discarded)"
+    "LITELLM_LOG unset (its default: LITELLM_LOG=ERROR would also turn its access log off), "
+    "its uvicorn access log on (to stdout, discarded), as Bastion's access log is"
 )
 
 
@@ -126,12 +133,29 @@ def percentile(samples: list[float], q: float) -> float:
 Call = Callable[[], Awaitable[float]]
 
 
-def sized_call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Call:
+def request_body(prompt_kb: int) -> dict[str, object]:
+    """The chat request every path gets: BODY's one line of code, or with `prompt_kb` > 0 a
+    message of that many KiB of real code (the installed httpx's sources), as big as the
+    completion prompts Bastion's own language server sends (`context_budget_tokens` 1536)."""
+    if prompt_kb <= 0:
+        return BODY
+    root = Path(sysconfig.get_paths()["purelib"]) / "httpx"
+    code = "".join(path.read_text(encoding="utf-8") for path in sorted(root.glob("*.py")))
+    content = code[: prompt_kb * 1024]
+    return {**BODY, "messages": [{"role": "user", "content": content}]}
+
+
+def sized_call(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, object] = BODY,
+) -> Call:
     """A whole request and answer; returns the milliseconds it took."""
 
     async def call() -> float:
         started = time.perf_counter()
-        async with session.post(url, json=BODY, headers=headers) as resp:
+        async with session.post(url, json=body, headers=headers) as resp:
             await resp.read()
             if resp.status != 200:
                 raise RuntimeError(f"{url}: HTTP {resp.status}")
@@ -140,13 +164,19 @@ def sized_call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
     return call
 
 
-def stream_call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Call:
+def stream_call(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, object] = BODY,
+) -> Call:
     """A streamed request; returns the milliseconds to its first body chunk (TTFT)."""
+    streamed = {**body, "stream": True}
 
     async def call() -> float:
         started = time.perf_counter()
         first: float | None = None
-        async with session.post(url, json=STREAM_BODY, headers=headers) as resp:
+        async with session.post(url, json=streamed, headers=headers) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"{url}: HTTP {resp.status}")
             async for chunk in resp.content.iter_any():
@@ -249,14 +279,14 @@ Targets = dict[str, tuple[str, dict[str, str]]]
 
 
 async def measure(
-    groups: dict[str, Targets], n: int, seconds: float
+    groups: dict[str, Targets], n: int, seconds: float, body: dict[str, object] = BODY
 ) -> dict[str, dict[str, PathResult]]:
     """Each group's measurements: sequential ones interleaved within the group, the groups
     taking turns in `CHUNKS` chunks; requests/s one path at a time."""
     connector = aiohttp.TCPConnector(limit=CONCURRENCY * 2)
     async with aiohttp.ClientSession(connector=connector) as session:
-        sized = {g: _calls(sized_call, session, targets) for g, targets in groups.items()}
-        streamed = {g: _calls(stream_call, session, targets) for g, targets in groups.items()}
+        sized = {g: _calls(sized_call, session, targets, body) for g, targets in groups.items()}
+        streamed = {g: _calls(stream_call, session, targets, body) for g, targets in groups.items()}
         latency = await _in_chunks(sized, n)
         ttft = await _in_chunks(streamed, max(n // 4, 100))
         rps = {
@@ -273,20 +303,22 @@ async def measure(
     return results
 
 
-async def mixed_added_p50(targets: Targets, n: int) -> dict[str, float]:
+async def mixed_added_p50(targets: Targets, n: int, body: dict[str, object]) -> dict[str, float]:
     """Added p50 (ms) of each path over direct, all of `targets` interleaved in one group (the
     old way, reported beside): sequential requests only, as that is all it compares."""
     async with aiohttp.ClientSession() as session:
-        latency = (await _in_chunks({"mixed": _calls(sized_call, session, targets)}, n))["mixed"]
+        calls = _calls(sized_call, session, targets, body)
+        latency = (await _in_chunks({"mixed": calls}, n))["mixed"]
     return {name: added["added_p50_ms"] for name, added in added_over_direct(latency).items()}
 
 
 def _calls(
-    make: Callable[[aiohttp.ClientSession, str, dict[str, str]], Call],
+    make: Callable[[aiohttp.ClientSession, str, dict[str, str], dict[str, object]], Call],
     session: aiohttp.ClientSession,
     targets: Targets,
+    body: dict[str, object],
 ) -> dict[str, Call]:
-    return {name: make(session, url, headers) for name, (url, headers) in targets.items()}
+    return {name: make(session, url, headers, body) for name, (url, headers) in targets.items()}
 
 
 async def _in_chunks(
@@ -385,8 +417,8 @@ def start_litellm(
     config.write_text(LITELLM_CONFIG.format(upstream=upstream, master_key=LITELLM_MASTER_KEY))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    litellm_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
-    litellm_env.update({"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"})
+    litellm_env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "LITELLM_LOG")}
+    litellm_env["LITELLM_TELEMETRY"] = "False"
     command = [str(litellm_binary()), "--config", str(config), "--host", "127.0.0.1",
                "--port", str(port), "--num_workers", "1"]  # fmt: skip
     stack.enter_context(running(command, litellm_env, url + "/health/liveliness", 120))
@@ -417,7 +449,15 @@ def main() -> int:
         default=500,
         help="also measure `process` mode with this busy-poll window (0: skip)",
     )
+    parser.add_argument(
+        "--prompt-kb",
+        type=int,
+        default=0,
+        help="send this many KiB of real code as the message (0: one line, as the issue does)",
+    )
     args = parser.parse_args()
+    body = request_body(args.prompt_kb)
+    emit({"prompt_kb": args.prompt_kb, "request_bytes": len(json.dumps(body))})
 
     with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp, contextlib.ExitStack() as up:
         env = {**os.environ, "PYTHONPATH": str(REPO), "BASTION_UPSTREAM_API_KEY": "bench-svc"}
@@ -439,7 +479,7 @@ def main() -> int:
         if not args.skip_litellm:
             paths["litellm"] = start_litellm(up, env, upstream, Path(tmp))
         groups = {name: {**direct, name: target} for name, target in paths.items()}
-        measured = asyncio.run(measure(groups, args.requests, args.seconds))
+        measured = asyncio.run(measure(groups, args.requests, args.seconds, body))
         result = {
             name: path.added_over(paths["direct"])
             for paths in measured.values()
@@ -448,24 +488,26 @@ def main() -> int:
         }
         mixed: dict[str, float] = {}
         if args.mixed:
-            mixed = asyncio.run(mixed_added_p50({**direct, **paths}, args.requests))
+            mixed = asyncio.run(mixed_added_p50({**direct, **paths}, args.requests, body))
             emit({"mixed": mixed})
         if args.busy_poll_us:
             # Not interleaved: its polling would take CPU from whichever path came next. Direct
             # is measured again the same way, alone, just before.
-            base = asyncio.run(measure({"alone": direct}, args.requests, args.seconds))["alone"]
+            alone_direct = measure({"alone": direct}, args.requests, args.seconds, body)
+            base = asyncio.run(alone_direct)["alone"]
             target = start_bastion(
                 up, env, upstream, Path(tmp) / "busy", "--busy-poll-us", str(args.busy_poll_us)
             )
             alone = asyncio.run(
-                measure({"alone": {BUSY_POLL: target}}, args.requests, args.seconds)
+                measure({"alone": {BUSY_POLL: target}}, args.requests, args.seconds, body)
             )
             result[BUSY_POLL] = alone["alone"][BUSY_POLL].added_over(base["direct"])
         paced: dict[str, dict[str, float]] = {}
         if args.pace_ms:
             targets = {**direct, **paths}
             del targets["bastion_fsync"]
-            paced = asyncio.run(paced_added(targets, args.paced_rounds, args.pace_ms / 1000))
+            pause_s = args.pace_ms / 1000
+            paced = asyncio.run(paced_added(targets, args.paced_rounds, pause_s, body))
             emit({"paced": paced, "pace_ms": args.pace_ms})
 
     parts = [
@@ -473,7 +515,7 @@ def main() -> int:
         f"{r[f'rps_{CONCURRENCY}']:.0f} rps@{CONCURRENCY}, +{r['ttft_added_ms']:.2f} ms TTFT"
         for name, r in result.items()
     ]
-    summary: dict[str, object] = {**result, **_ratio(result)}
+    summary: dict[str, object] = {**result, **_ratio(result), "prompt_kb": args.prompt_kb}
     if "litellm_over_bastion_p50" in summary:
         parts.append(f"LiteLLM's added p50 is {summary['litellm_over_bastion_p50']}x Bastion's")
     if paced:
@@ -486,7 +528,9 @@ def main() -> int:
             f"{name} +{added:.2f} ms p50" for name, added in mixed.items()
         ))  # fmt: skip
         summary["mixed_added_p50_ms"] = mixed
-    print("added over direct: " + "; ".join(parts) + " (goals: bastion p50 <= 0.5 ms, "
+    prompt = f"{args.prompt_kb} KiB of code" if args.prompt_kb else "one line of code"
+    print(f"added over direct ({prompt} a request): " + "; ".join(parts) +
+          " (goals: bastion p50 <= 0.5 ms, "
           ">= 20x lower than LiteLLM's, >= 3000 rps, TTFT <= 1 ms; fsync p50 <= 1 ms, "
           ">= 1500 rps; busy polling is off by default; tcp_relay is the floor, no product)",
           flush=True)  # fmt: skip
@@ -494,11 +538,13 @@ def main() -> int:
     return 0
 
 
-async def paced_added(targets: Targets, rounds: int, pause_s: float) -> dict[str, dict[str, float]]:
+async def paced_added(
+    targets: Targets, rounds: int, pause_s: float, body: dict[str, object]
+) -> dict[str, dict[str, float]]:
     """Added p50 and p99 (ms) of each path over direct, with a pause after every request: each
     request comes to a process that has been idle, as an editor's do between keystrokes."""
     async with aiohttp.ClientSession() as session:
-        calls = _calls(sized_call, session, targets)
+        calls = _calls(sized_call, session, targets, body)
         latency = await sequential(calls, rounds, pause_s=pause_s)
     return added_over_direct(latency)
 

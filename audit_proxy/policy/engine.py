@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audit_proxy.policy import pii
-from audit_proxy.policy.gates import folded
+from audit_proxy.policy.gates import NeedleScan, folded
 from audit_proxy.policy.rules import Policy, Step
 
 # Keys whose values route the request rather than carry the user's text.
@@ -138,6 +138,7 @@ class Engine:
         self._rest_in_templates = [
             s for s in self._rest if s.rule.detector_name not in _TEMPLATE_DETECTORS
         ]
+        self._needles = NeedleScan(n for s in steps for n in s.detector.gate.needles())
         # Most requests hold nothing: their evidence is the same string every time.
         self._clean_evidence = Outcome(b"").evidence(policy)
 
@@ -207,12 +208,12 @@ class Engine:
         findings: list[Finding] = []
         original = text
         kept: list[int] | None = None  # stripped position -> original position
-        strip_spans = _claim(self._strip, text)
+        strip_spans = _claim(self._strip, text, self._needles)
         if strip_spans:
             findings.extend(self._finding(s, original, field_path, a, b) for a, b, s in strip_spans)
             text, kept = _remove(text, [(a, b) for a, b, _ in strip_spans])
         rest = self._rest_in_templates if _TEMPLATE_FIELD.match(field_path) else self._rest
-        spans = _claim(rest, text)
+        spans = _claim(rest, text, self._needles)
         if not spans:
             return text, findings
         parts: list[str] = []
@@ -236,32 +237,22 @@ class Engine:
         return Finding(step.rule.id, step.rule.action, field_path, start, end, digest)
 
 
-def _claim(steps: list[Step], text: str) -> list[tuple[int, int, Step]]:
+def _claim(steps: list[Step], text: str, needles: NeedleScan) -> list[tuple[int, int, Step]]:
     """Each step's spans in policy order; an earlier rule keeps a span a later one overlaps."""
     claimed: list[tuple[int, int, Step]] = []
-    holds = _Needles(folded(text))
+    held: frozenset[str] | None = None
     for step in steps:
-        if not step.detector.gate.opens(holds):
-            continue
+        gate = step.detector.gate
+        if not gate.always:
+            if held is None:
+                held = needles.held(folded(text))
+            if not gate.opens(held):
+                continue
         for a, b in _spans(step, text):
             if all(b <= x or a >= y for x, y, _ in claimed):
                 claimed.append((a, b, step))
     claimed.sort(key=lambda c: c[0])
     return claimed
-
-
-class _Needles:
-    """Which needles a folded text holds, each looked for once."""
-
-    def __init__(self, folded_text: str) -> None:
-        self.text = folded_text
-        self.known: dict[str, bool] = {}
-
-    def __call__(self, needle: str) -> bool:
-        held = self.known.get(needle)
-        if held is None:
-            held = self.known[needle] = needle in self.text
-        return held
 
 
 def _spans(step: Step, text: str) -> Iterator[tuple[int, int]]:

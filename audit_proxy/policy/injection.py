@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+import re2
+
 from audit_proxy.policy.gates import Gate, Group
 
 Span = tuple[int, int]
@@ -61,6 +63,10 @@ _OVERRIDE_WAYS: tuple[tuple[str, tuple[Group, ...]], ...] = (
     ),
 )
 _OVERRIDE = re.compile("(?i)" + "|".join(pattern for pattern, _ in _OVERRIDE_WAYS))
+# The same pattern in RE2, a DFA that scans 4 KB in microseconds where `re` takes some 200, for
+# ASCII text: there RE2's \b is `re`'s, and this class is what `re`'s \s matches.
+_ASCII_SPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f ]"
+_OVERRIDE_IN_ASCII = re2.compile(_OVERRIDE.pattern.replace(r"\s", _ASCII_SPACE))
 # Code is full of "skip", "context" and "message": the override pattern runs only where all the
 # words of one way to phrase it occur.
 OVERRIDE_GATE = Gate(tuple(needs for _, needs in _OVERRIDE_WAYS))
@@ -81,7 +87,8 @@ _TAGS = re.compile(r"[\U000e0000-\U000e007f]+")
 
 def override_phrase(text: str) -> Iterator[Span]:
     """'Ignore previous instructions' and its kin (behind OVERRIDE_GATE in a policy)."""
-    for m in _OVERRIDE.finditer(text):
+    pattern = _OVERRIDE_IN_ASCII if text.isascii() else _OVERRIDE
+    for m in pattern.finditer(text):
         yield m.span()
 
 

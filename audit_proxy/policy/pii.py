@@ -6,11 +6,16 @@ import re
 from collections.abc import Iterator
 from functools import lru_cache
 
+from audit_proxy.policy.gates import PatternScan
+
 Span = tuple[int, int]
 
 # Every number these detectors look for holds a run like this; one scan finds the runs, and the
 # detectors' own patterns then run only in windows around them (a scan per pattern costs ~40 µs).
 _NUMERIC_RUN = re.compile(r"\d[\d ().+-]{7,}\d")
+# Whether there is a run at all, in one RE2 pass (a third of the scan above); \p{Nd} is what
+# Python's \d matches in a str (RE2's Unicode tables are as new or newer).
+_ANY_NUMERIC_RUN = PatternScan([r"\p{Nd}[\p{Nd} ().+-]{7,}\p{Nd}"])
 _MARGIN = 48
 _SSN = re.compile(r"(?<![\w-])(\d{3})-(\d{2})-(\d{4})(?![\w-])")
 _SSN_IN_CONTEXT = re.compile(
@@ -92,6 +97,8 @@ _DOB = re.compile(
 @lru_cache(maxsize=4)
 def numeric_windows(text: str) -> tuple[Span, ...]:
     """Merged windows around the runs of digits (with separators) in `text`."""
+    if not _ANY_NUMERIC_RUN.held(text):
+        return ()
     windows: list[list[int]] = []
     n = len(text)
     for m in _NUMERIC_RUN.finditer(text):
