@@ -72,28 +72,29 @@ class PatternScan:
     """Which of a fixed set of RE2 patterns match somewhere in a text, found in one pass."""
 
     def __init__(self, patterns: Iterable[str]) -> None:
-        self.patterns = tuple(sorted(set(patterns)))
+        self._named = self._compile({p: p for p in patterns})
+
+    def _compile(self, named: dict[str, str]) -> tuple[str, ...]:
+        """Builds the set from {pattern: what `held` calls it}; returns the names by index."""
         self._set = re2.Set.SearchSet(re2.Options())
-        for pattern in self.patterns:
+        for pattern in named:
             self._set.Add(pattern)
         self._set.Compile()
+        return tuple(named.values())
 
     def held(self, text: str) -> frozenset[str]:
+        if not self._named:
+            return _NONE
         # (bytes: a JSON string may hold a lone surrogate, which strict UTF-8 refuses)
-        matched = self._set.Match(text.encode("utf-8", "surrogatepass")) if self.patterns else None
-        return frozenset(self.patterns[i] for i in matched) if matched else _NONE
+        matched = self._set.Match(text.encode("utf-8", "surrogatepass"))
+        return frozenset([self._named[i] for i in matched]) if matched else _NONE
 
 
 class NeedleScan(PatternScan):
     """Which of a fixed set of needles a folded text holds, found in one pass."""
 
     def __init__(self, needles: Iterable[str]) -> None:
-        self._needles = {re2.escape(n): n for n in set(needles)}
-        super().__init__(self._needles)
-
-    def held(self, folded_text: str) -> frozenset[str]:
-        found = super().held(folded_text)
-        return frozenset(self._needles[p] for p in found) if found else _NONE
+        self._named = self._compile({re2.escape(n): n for n in set(needles)})
 
 
 _NONE: frozenset[str] = frozenset()
