@@ -66,7 +66,7 @@ _OVERRIDE = re.compile("(?i)" + "|".join(pattern for pattern, _ in _OVERRIDE_WAY
 # The same pattern in RE2, a DFA that scans 4 KB in microseconds where `re` takes some 200, for
 # ASCII text: there RE2's \b is `re`'s, and this class is what `re`'s \s matches.
 _ASCII_SPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f ]"
-_OVERRIDE_IN_ASCII = re2.compile(_OVERRIDE.pattern.replace(r"\s", _ASCII_SPACE))
+_OVERRIDE_IN_ASCII = re2.compile(_OVERRIDE.pattern.replace(r"\s", _ASCII_SPACE).encode())
 # Code is full of "skip", "context" and "message": the override pattern runs only where all the
 # words of one way to phrase it occur.
 OVERRIDE_GATE = Gate(tuple(needs for _, needs in _OVERRIDE_WAYS))
@@ -87,8 +87,11 @@ _TAGS = re.compile(r"[\U000e0000-\U000e007f]+")
 
 def override_phrase(text: str) -> Iterator[Span]:
     """'Ignore previous instructions' and its kin (behind OVERRIDE_GATE in a policy)."""
-    pattern = _OVERRIDE_IN_ASCII if text.isascii() else _OVERRIDE
-    for m in pattern.finditer(text):
+    # (RE2 over bytes: given a str, its wrapper maps every offset back, at twice the cost)
+    found = (
+        _OVERRIDE_IN_ASCII.finditer(text.encode()) if text.isascii() else _OVERRIDE.finditer(text)
+    )
+    for m in found:
         yield m.span()
 
 

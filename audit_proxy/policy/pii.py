@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterator
 from functools import lru_cache
 
+import re2
+
 from audit_proxy.policy.gates import PatternScan
 
 Span = tuple[int, int]
@@ -13,8 +15,10 @@ Span = tuple[int, int]
 # Every number these detectors look for holds a run like this; one scan finds the runs, and the
 # detectors' own patterns then run only in windows around them (a scan per pattern costs ~40 µs).
 _NUMERIC_RUN = re.compile(r"\d[\d ().+-]{7,}\d")
-# Whether there is a run at all, in one RE2 pass (a third of the scan above); \p{Nd} is what
-# Python's \d matches in a str (RE2's Unicode tables are as new or newer).
+# The same runs found by RE2 in ASCII text (where \d is [0-9]), in two thirds of the time; in
+# other text, whether there is a run at all, in one RE2 pass (a third of the scan above):
+# \p{Nd} is what Python's \d matches in a str (RE2's Unicode tables are as new or newer).
+_NUMERIC_RUN_IN_ASCII = re2.compile(rb"[0-9][0-9 ().+-]{7,}[0-9]")  # over bytes: half the time
 _ANY_NUMERIC_RUN = PatternScan([r"\p{Nd}[\p{Nd} ().+-]{7,}\p{Nd}"])
 _MARGIN = 48
 _SSN = re.compile(r"(?<![\w-])(\d{3})-(\d{2})-(\d{4})(?![\w-])")
@@ -97,11 +101,15 @@ _DOB = re.compile(
 @lru_cache(maxsize=4)
 def numeric_windows(text: str) -> tuple[Span, ...]:
     """Merged windows around the runs of digits (with separators) in `text`."""
-    if not _ANY_NUMERIC_RUN.held(text):
+    if text.isascii():
+        runs = _NUMERIC_RUN_IN_ASCII.finditer(text.encode("ascii"))
+    elif _ANY_NUMERIC_RUN.held(text):
+        runs = _NUMERIC_RUN.finditer(text)
+    else:
         return ()
     windows: list[list[int]] = []
     n = len(text)
-    for m in _NUMERIC_RUN.finditer(text):
+    for m in runs:
         lo, hi = max(0, m.start() - _MARGIN), min(n, m.end() + _MARGIN)
         if windows and lo <= windows[-1][1]:
             windows[-1][1] = hi
