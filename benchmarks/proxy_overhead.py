@@ -141,7 +141,7 @@ def request_body(prompt_kb: int) -> dict[str, object]:
         return BODY
     root = Path(sysconfig.get_paths()["purelib"]) / "httpx"
     code = "".join(path.read_text(encoding="utf-8") for path in sorted(root.glob("*.py")))
-    content = code[: prompt_kb * 1024]
+    content = (code * (prompt_kb * 1024 // len(code) + 1))[: prompt_kb * 1024]
     return {**BODY, "messages": [{"role": "user", "content": content}]}
 
 
