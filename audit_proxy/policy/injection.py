@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from functools import lru_cache
 
 import re2
 
-from audit_proxy.policy.gates import Gate, Group
+from audit_proxy.policy.gates import Gate, Group, PatternScan
 
 Span = tuple[int, int]
 
@@ -78,11 +79,20 @@ _ROLE = re.compile(
     r"(?:you\s+(?:are|must|will|should)\b|ignore\b|from\s+now\s+on\b|act\s+as\b|disregard\b"
     r"|new\s+instructions\b))"
 )
-# Zero-width characters, bidi embedding/override/isolate controls, invisible operators, BOM.
-_INVISIBLE = re.compile(
-    r"[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]+"
-)
-_TAGS = re.compile(r"[\U000e0000-\U000e007f]+")
+# Zero-width characters, bidi embedding/override/isolate controls, invisible operators, BOM;
+# and the tag characters. (The characters themselves, not escapes: RE2 reads the same classes.)
+_INVISIBLE_CLASS = "[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]+"
+_TAGS_CLASS = "[\U000e0000-\U000e007f]+"
+_INVISIBLE = re.compile(_INVISIBLE_CLASS)
+_TAGS = re.compile(_TAGS_CLASS)
+# Which of the two a text holds at all, in one RE2 pass: most non-ASCII text holds neither, and
+# `re` walks a class at some 7 ns a character (0.9 ms over 128 KiB).
+_HIDDEN = PatternScan([_INVISIBLE_CLASS, _TAGS_CLASS])
+
+
+@lru_cache(maxsize=4)
+def _hidden(text: str) -> frozenset[str]:
+    return _HIDDEN.held(text)
 
 
 def override_phrase(text: str) -> Iterator[Span]:
@@ -103,7 +113,7 @@ def role_directive(text: str) -> Iterator[Span]:
 
 def invisible_unicode(text: str) -> Iterator[Span]:
     """Runs of zero-width, bidi-control and other invisible characters."""
-    if text.isascii():
+    if text.isascii() or _INVISIBLE_CLASS not in _hidden(text):
         return
     for m in _INVISIBLE.finditer(text):
         yield m.span()
@@ -111,7 +121,7 @@ def invisible_unicode(text: str) -> Iterator[Span]:
 
 def unicode_tags(text: str) -> Iterator[Span]:
     """Runs of Unicode tag characters (U+E0000 to U+E007F), which can spell hidden ASCII text."""
-    if text.isascii():
+    if text.isascii() or _TAGS_CLASS not in _hidden(text):
         return
     for m in _TAGS.finditer(text):
         yield m.span()

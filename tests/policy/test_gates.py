@@ -145,11 +145,36 @@ def test_a_credential_scheme_counts_only_at_a_word_start() -> None:
     assert len(found) == 1
 
 
+def test_connection_string_passwords_found_from_the_key_are_the_patterns_matches() -> None:
+    pieces = ["password", "PWD", "Password", "pwd", "=", " = ", "'", '"', ";", " ", "\t", "\n",
+              "s3cr3t", "x", "'a b'", "(", ",", "passwordpwd", "Server=db;", "abc"]  # fmt: skip
+    rng = random.Random(11)
+    found = 0
+    for _ in range(4000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        fast = [m.span(1) for m in secrets._dsn_passwords(text)]
+        assert fast == [m.span(1) for m in secrets._DSN_PASSWORD.finditer(text)], repr(text)
+        found += bool(fast)
+    assert found > 100  # enough of them are connection strings
+
+
 def test_numbers_in_any_script_are_looked_at() -> None:
     arabic_indic = "".join(chr(0x660 + int(d)) for d in "078051120")
     text = f"SSN {arabic_indic[:3]}-{arabic_indic[3:5]}-{arabic_indic[5:]}"
     assert pii.numeric_windows(text)
     assert set(pii.us_ssn(text)) == {(4, len(text))}
+
+
+def test_every_hidden_character_is_looked_for() -> None:
+    """RE2 says whether a text holds any before `re` looks for where: they must agree."""
+    for pattern, find in (
+        (injection._INVISIBLE, injection.invisible_unicode),
+        (injection._TAGS, injection.unicode_tags),
+    ):
+        chars = [chr(c) for c in range(0x80, 0xE0100) if pattern.fullmatch(chr(c))]
+        assert chars
+        for char in chars:
+            assert list(find(f"caf\u00e9 {char}")) == [(5, 6)], f"U+{ord(char):04X}"
 
 
 def test_folding_covers_every_letter_a_case_insensitive_pattern_matches() -> None:
