@@ -79,6 +79,8 @@ _ROLE = re.compile(
     r"(?:you\s+(?:are|must|will|should)\b|ignore\b|from\s+now\s+on\b|act\s+as\b|disregard\b"
     r"|new\s+instructions\b))"
 )
+_ROLE_IN_ASCII = re2.compile(_ROLE.pattern.replace(r"\s", _ASCII_SPACE).encode())  # as above
+
 # Zero-width characters, bidi embedding/override/isolate controls, invisible operators, BOM;
 # and the tag characters. (The characters themselves, not escapes: RE2 reads the same classes.)
 _INVISIBLE_CLASS = "[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]+"
@@ -107,7 +109,8 @@ def override_phrase(text: str) -> Iterator[Span]:
 
 def role_directive(text: str) -> Iterator[Span]:
     """Chat-template tokens and `system:` directives smuggled into user content."""
-    for m in _ROLE.finditer(text):
+    found = _ROLE_IN_ASCII.finditer(text.encode()) if text.isascii() else _ROLE.finditer(text)
+    for m in found:
         yield m.span()
 
 

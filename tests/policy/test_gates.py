@@ -145,6 +145,22 @@ def test_a_credential_scheme_counts_only_at_a_word_start() -> None:
     assert len(found) == 1
 
 
+def test_role_directives_found_by_re2_are_the_patterns_matches() -> None:
+    pieces = ["<|im_start|>", "<|im_end|>", "<|system|>", "<|assistant|>", "<|start_header_id|>",
+              "<<SYS>>", "[INST]", "[/INST]", "<|endoftext|>", "system", "System", "ASSISTANT",
+              "assistant", "prompt", "message", ":", " : ", "you are", "you  must", "ignore",
+              "from now on", "act as", "disregard", "new\tinstructions", "\n", "\n# ", "// ",
+              " > ", "-", " ", "\x0b", "\x1c", "x", "_", "youare"]  # fmt: skip
+    rng = random.Random(13)
+    found = 0
+    for _ in range(4000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 10)))
+        spans = list(injection.role_directive(text))
+        assert spans == [m.span() for m in injection._ROLE.finditer(text)], repr(text)
+        found += bool(spans)
+    assert found > 1000
+
+
 def test_connection_string_passwords_found_from_the_key_are_the_patterns_matches() -> None:
     pieces = ["password", "PWD", "Password", "pwd", "=", " = ", "'", '"', ";", " ", "\t", "\n",
               "s3cr3t", "x", "'a b'", "(", ",", "passwordpwd", "Server=db;", "abc"]  # fmt: skip
