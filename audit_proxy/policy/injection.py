@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from functools import lru_cache
 
 import re2
 
@@ -87,14 +86,10 @@ _INVISIBLE_CLASS = "[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\
 _TAGS_CLASS = "[\U000e0000-\U000e007f]+"
 _INVISIBLE = re.compile(_INVISIBLE_CLASS)
 _TAGS = re.compile(_TAGS_CLASS)
-# Which of the two a text holds at all, in one RE2 pass: most non-ASCII text holds neither, and
-# `re` walks a class at some 7 ns a character (0.9 ms over 128 KiB).
-_HIDDEN = PatternScan([_INVISIBLE_CLASS, _TAGS_CLASS])
-
-
-@lru_cache(maxsize=4)
-def _hidden(text: str) -> frozenset[str]:
-    return _HIDDEN.held(text)
+# Whether a text holds any at all, in one RE2 pass: most non-ASCII text holds none, and `re`
+# walks a class at some 7 ns a character (0.9 ms over 128 KiB).
+_ANY_INVISIBLE = PatternScan([_INVISIBLE_CLASS])
+_ANY_TAGS = PatternScan([_TAGS_CLASS])
 
 
 def override_phrase(text: str) -> Iterator[Span]:
@@ -116,7 +111,7 @@ def role_directive(text: str) -> Iterator[Span]:
 
 def invisible_unicode(text: str) -> Iterator[Span]:
     """Runs of zero-width, bidi-control and other invisible characters."""
-    if text.isascii() or _INVISIBLE_CLASS not in _hidden(text):
+    if text.isascii() or not _ANY_INVISIBLE.held(text):
         return
     for m in _INVISIBLE.finditer(text):
         yield m.span()
@@ -124,7 +119,7 @@ def invisible_unicode(text: str) -> Iterator[Span]:
 
 def unicode_tags(text: str) -> Iterator[Span]:
     """Runs of Unicode tag characters (U+E0000 to U+E007F), which can spell hidden ASCII text."""
-    if text.isascii() or _TAGS_CLASS not in _hidden(text):
+    if text.isascii() or not _ANY_TAGS.held(text):
         return
     for m in _TAGS.finditer(text):
         yield m.span()

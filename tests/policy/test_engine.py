@@ -241,3 +241,19 @@ def test_template_markers_of_a_raw_prompt_are_structure_not_injection() -> None:
     assert "[FLAGGED:role_directive]" in json.loads(flagged.body)["messages"][0]["content"]
     secret = json.dumps({"prompt": f"{prompt}{KEY}"}).encode()
     assert "[REDACTED:" in json.loads(Engine(DEFAULT_POLICY).apply(secret).body)["prompt"]
+
+
+def test_no_prompt_outlives_its_request_in_a_cache() -> None:
+    from audit_proxy.policy import engine as engine_module
+    from audit_proxy.policy import gates, injection, pii, rules, secrets
+
+    body = json.dumps({"prompt": "call 415-555-0134 \u200b caf\u00e9 " + KEY}).encode()
+    assert Engine(DEFAULT_POLICY).apply(body).findings
+    modules = (engine_module, gates, injection, pii, rules, secrets)
+    cached = [
+        (module.__name__, name)
+        for module in modules
+        for name, value in vars(module).items()
+        if hasattr(value, "cache_info") and value.cache_info().currsize
+    ]
+    assert cached == []
