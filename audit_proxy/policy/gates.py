@@ -71,30 +71,34 @@ def one_of(*needles: str) -> Gate:
 class PatternScan:
     """Which of a fixed set of RE2 patterns match somewhere in a text, found in one pass."""
 
-    def __init__(self, patterns: Iterable[str]) -> None:
-        self._named = self._compile({p: p for p in patterns})
-
-    def _compile(self, named: dict[str, str]) -> tuple[str, ...]:
-        """Builds the set from {pattern: what `held` calls it}; returns the names by index."""
+    def __init__(self, items: Iterable[str]) -> None:
+        named = {self._pattern(item): item for item in items}
+        self._names = tuple(named.values())
         self._set = re2.Set.SearchSet(re2.Options())
         for pattern in named:
             self._set.Add(pattern)
         self._set.Compile()
-        return tuple(named.values())
+
+    @staticmethod
+    def _pattern(item: str) -> str:
+        return item
 
     def held(self, text: str) -> frozenset[str]:
-        if not self._named:
+        """The items (patterns, or needles) that occur in `text`."""
+        if not self._names:
             return _NONE
         # (bytes: a JSON string may hold a lone surrogate, which strict UTF-8 refuses)
         matched = self._set.Match(text.encode("utf-8", "surrogatepass"))
-        return frozenset([self._named[i] for i in matched]) if matched else _NONE
+        return frozenset([self._names[i] for i in matched]) if matched else _NONE
 
 
 class NeedleScan(PatternScan):
     """Which of a fixed set of needles a folded text holds, found in one pass."""
 
-    def __init__(self, needles: Iterable[str]) -> None:
-        self._named = self._compile({re2.escape(n): n for n in set(needles)})
+    @staticmethod
+    def _pattern(item: str) -> str:
+        escaped: str = re2.escape(item)
+        return escaped
 
 
 _NONE: frozenset[str] = frozenset()

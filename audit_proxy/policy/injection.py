@@ -63,10 +63,6 @@ _OVERRIDE_WAYS: tuple[tuple[str, tuple[Group, ...]], ...] = (
     ),
 )
 _OVERRIDE = re.compile("(?i)" + "|".join(pattern for pattern, _ in _OVERRIDE_WAYS))
-# The same pattern in RE2, a DFA that scans 4 KB of code in 7 us where `re` takes some 150, for
-# ASCII text: there RE2's \b is `re`'s, and this class is what `re`'s \s matches.
-_ASCII_SPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f ]"
-_OVERRIDE_IN_ASCII = re2.compile(_OVERRIDE.pattern.replace(r"\s", _ASCII_SPACE).encode())
 # Code is full of "skip", "context" and "message": the override pattern runs only where all the
 # words of one way to phrase it occur.
 OVERRIDE_GATE = Gate(tuple(needs for _, needs in _OVERRIDE_WAYS))
@@ -78,48 +74,70 @@ _ROLE = re.compile(
     r"(?:you\s+(?:are|must|will|should)\b|ignore\b|from\s+now\s+on\b|act\s+as\b|disregard\b"
     r"|new\s+instructions\b))"
 )
-_ROLE_IN_ASCII = re2.compile(_ROLE.pattern.replace(r"\s", _ASCII_SPACE).encode())  # as above
 
 # Zero-width characters, bidi embedding/override/isolate controls, invisible operators, BOM;
 # and the tag characters. (The characters themselves, not escapes: RE2 reads the same classes.)
 _INVISIBLE_CLASS = "[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]+"
 _TAGS_CLASS = "[\U000e0000-\U000e007f]+"
-_INVISIBLE = re.compile(_INVISIBLE_CLASS)
-_TAGS = re.compile(_TAGS_CLASS)
-# Whether a text holds any at all, in one RE2 pass: most non-ASCII text holds none, and `re`
-# walks a class at some 7 ns a character (0.9 ms over 128 KiB).
-_ANY_INVISIBLE = PatternScan([_INVISIBLE_CLASS])
-_ANY_TAGS = PatternScan([_TAGS_CLASS])
+
+
+class _Pattern:
+    """A pattern run by `re`, and in ASCII text by RE2: a DFA that scans 4 KB of code in 7 us
+    where `re` takes some 150. There RE2's \\b is `re`'s, and _ASCII_SPACE is what `re`'s \\s
+    matches; RE2 reads bytes (given a str, its wrapper maps every offset back, at twice the cost).
+    """
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self.in_ascii = re2.compile(pattern.pattern.replace(r"\s", _ASCII_SPACE).encode())
+
+    def spans(self, text: str) -> Iterator[Span]:
+        if text.isascii():
+            found = self.in_ascii.finditer(text.encode())
+        else:
+            found = self.pattern.finditer(text)
+        for m in found:
+            yield m.span()
+
+
+class _Runs:
+    """Runs of the characters of a class, found by `re` only in text that RE2 says holds one:
+    most non-ASCII text holds none, and `re` walks a class at some 7 ns a character (0.9 ms
+    over 128 KiB)."""
+
+    def __init__(self, char_class: str) -> None:
+        self.pattern = re.compile(char_class)
+        self.any = PatternScan([char_class])
+
+    def spans(self, text: str) -> Iterator[Span]:
+        if text.isascii() or not self.any.held(text):
+            return
+        for m in self.pattern.finditer(text):
+            yield m.span()
+
+
+_ASCII_SPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f ]"
+_OVERRIDE_FAST = _Pattern(_OVERRIDE)
+_ROLE_FAST = _Pattern(_ROLE)
+_INVISIBLE_RUNS = _Runs(_INVISIBLE_CLASS)
+_TAG_RUNS = _Runs(_TAGS_CLASS)
 
 
 def override_phrase(text: str) -> Iterator[Span]:
     """'Ignore previous instructions' and its kin (behind OVERRIDE_GATE in a policy)."""
-    # (RE2 over bytes: given a str, its wrapper maps every offset back, at twice the cost)
-    found = (
-        _OVERRIDE_IN_ASCII.finditer(text.encode()) if text.isascii() else _OVERRIDE.finditer(text)
-    )
-    for m in found:
-        yield m.span()
+    return _OVERRIDE_FAST.spans(text)
 
 
 def role_directive(text: str) -> Iterator[Span]:
     """Chat-template tokens and `system:` directives smuggled into user content."""
-    found = _ROLE_IN_ASCII.finditer(text.encode()) if text.isascii() else _ROLE.finditer(text)
-    for m in found:
-        yield m.span()
+    return _ROLE_FAST.spans(text)
 
 
 def invisible_unicode(text: str) -> Iterator[Span]:
     """Runs of zero-width, bidi-control and other invisible characters."""
-    if text.isascii() or not _ANY_INVISIBLE.held(text):
-        return
-    for m in _INVISIBLE.finditer(text):
-        yield m.span()
+    return _INVISIBLE_RUNS.spans(text)
 
 
 def unicode_tags(text: str) -> Iterator[Span]:
     """Runs of Unicode tag characters (U+E0000 to U+E007F), which can spell hidden ASCII text."""
-    if text.isascii() or not _ANY_TAGS.held(text):
-        return
-    for m in _TAGS.finditer(text):
-        yield m.span()
+    return _TAG_RUNS.spans(text)

@@ -278,13 +278,11 @@ def secret_assignment(text: str) -> Iterator[Span]:
     for name in _SECRET_NAMES:
         if name not in held:
             continue
-        at = lowered.find(name)
-        while at != -1:
+        for at in _occurrences(lowered, name):
             m = _ASSIGNMENT_TAIL.match(text, at + len(name))
             if m and m.start(2) not in seen and _looks_random(m.group(2)):
                 seen.add(m.start(2))
                 yield m.span(2)
-            at = lowered.find(name, at + 1)
 
 
 # Values that name the thing instead of being it (`user:pass@`, `password=password`).

@@ -185,8 +185,8 @@ def test_numbers_in_any_script_are_looked_at() -> None:
 def test_every_hidden_character_is_looked_for() -> None:
     """RE2 says whether a text holds any before `re` looks for where: they must agree."""
     for pattern, find in (
-        (injection._INVISIBLE, injection.invisible_unicode),
-        (injection._TAGS, injection.unicode_tags),
+        (injection._INVISIBLE_RUNS.pattern, injection.invisible_unicode),
+        (injection._TAG_RUNS.pattern, injection.unicode_tags),
     ):
         chars = [chr(c) for c in range(0x80, 0xE0100) if pattern.fullmatch(chr(c))]
         assert chars
