@@ -133,11 +133,12 @@ class Engine:
         steps = policy.steps()
         # Stripping goes first, so that a secret split by zero-width characters is whole again
         # before the detectors look for it.
-        self._strip = [s for s in steps if s.rule.action == "strip"]
-        self._rest = [s for s in steps if s.rule.action != "strip"]
-        self._rest_in_templates = [
-            s for s in self._rest if s.rule.detector_name not in _TEMPLATE_DETECTORS
-        ]
+        self._strip = _Steps([s for s in steps if s.rule.action == "strip"])
+        rest = [s for s in steps if s.rule.action != "strip"]
+        self._rest = _Steps(rest)
+        self._rest_in_templates = _Steps(
+            [s for s in rest if s.rule.detector_name not in _TEMPLATE_DETECTORS]
+        )
         self._needles = NeedleScan(n for s in steps for n in s.detector.gate.needles())
         # Most requests hold nothing: their evidence is the same string every time.
         self._clean_evidence = Outcome(b"").evidence(policy)
@@ -237,17 +238,28 @@ class Engine:
         return Finding(step.rule.id, step.rule.action, field_path, start, end, digest)
 
 
-def _claim(steps: list[Step], text: str, needles: NeedleScan) -> list[tuple[int, int, Step]]:
+class _Steps:
+    """Steps in policy order, and those whose gates open on a text that holds no needle: most
+    fields hold none, and then no gate need be asked."""
+
+    def __init__(self, steps: list[Step]) -> None:
+        self.all = steps
+        self.on_no_needle = [s for s in steps if s.detector.gate.opens(frozenset())]
+
+    def opening(self, text: str, needles: NeedleScan) -> list[Step]:
+        """The steps whose gates open on `text`, in policy order."""
+        if len(self.on_no_needle) == len(self.all):
+            return self.all
+        held = needles.held(folded(text))
+        if not held:
+            return self.on_no_needle
+        return [s for s in self.all if s.detector.gate.opens(held)]
+
+
+def _claim(steps: _Steps, text: str, needles: NeedleScan) -> list[tuple[int, int, Step]]:
     """Each step's spans in policy order; an earlier rule keeps a span a later one overlaps."""
     claimed: list[tuple[int, int, Step]] = []
-    held: frozenset[str] | None = None
-    for step in steps:
-        gate = step.detector.gate
-        if not gate.always:
-            if held is None:
-                held = needles.held(folded(text))
-            if not gate.opens(held):
-                continue
+    for step in steps.opening(text, needles):
         for a, b in _spans(step, text):
             if all(b <= x or a >= y for x, y, _ in claimed):
                 claimed.append((a, b, step))
