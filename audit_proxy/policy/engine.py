@@ -249,7 +249,7 @@ class _Steps:
     def opening(self, text: str, needles: NeedleScan) -> list[Step]:
         """The steps whose gates open on `text`, in policy order."""
         if len(self.on_no_needle) == len(self.all):
-            return self.all
+            return self.all  # (a gate open on no needle is open on any: needles only add ways)
         held = needles.held(folded(text))
         if not held:
             return self.on_no_needle

@@ -44,10 +44,6 @@ class Gate:
         if len(self.ways) == 1 and len(self.ways[0]) == 1:
             object.__setattr__(self, "_any_of", frozenset(self.ways[0][0]))
 
-    @property
-    def always(self) -> bool:
-        return not self.ways
-
     def needles(self) -> frozenset[str]:
         return frozenset(n for way in self.ways for group in way for n in group)
 
