@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from audit_proxy.busy_poll import MAX_WINDOW_US
+from audit_proxy.busy_poll import DEFAULT_MAX_US, MAX_WINDOW_US
 from audit_proxy.shared_limits import DEFAULT_SYNC_S
 from audit_proxy.siem import parse_syslog_url
 
@@ -90,10 +90,10 @@ class ProxyConfig(BaseModel):
     # With store_url, how often replicas exchange what their users took, so that a rate limit
     # holds across all of them (see audit_proxy.shared_limits).
     rate_limit_sync_s: float = Field(default=DEFAULT_SYNC_S, gt=0, le=60)
-    # After each read from or write to a client, keep the event loop polling this many
-    # microseconds instead of sleeping: less latency on a VM, at the price of CPU (see
-    # audit_proxy.busy_poll). 0 = off.
-    busy_poll_us: int = Field(default=0, ge=0, le=MAX_WINDOW_US)
+    # The longest the event loop polls instead of sleeping between a request and the next I/O,
+    # when requests come that close together (see audit_proxy.busy_poll): less latency on a VM
+    # for CPU while they do. 0 = off.
+    busy_poll_us: int = Field(default=DEFAULT_MAX_US, ge=0, le=MAX_WINDOW_US)
 
     @field_validator("store_url")
     @classmethod

@@ -150,6 +150,8 @@ class _Exchange:
             self.conn.write(self._framed(body, more))
         if not more:
             self.ended = True
+            if self.conn.server.busy_poll is not None:
+                self.conn.server.busy_poll.response_ended()
         else:
             await self.conn.drained()
 
@@ -217,7 +219,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.server.busy_poll is not None:
-            self.server.busy_poll.touch()
+            self.server.busy_poll.request_came()
         # The idle timer keeps running until a whole request is in: a request trickled in
         # slower than keep_alive_s is dropped with its connection.
         try:
@@ -318,8 +320,6 @@ class _Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
-            if self.server.busy_poll is not None:
-                self.server.busy_poll.touch()
 
     async def drained(self) -> None:
         if self._writable is not None and not self._writable.done():

@@ -35,8 +35,8 @@ def add_proxy_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "--busy-poll-us",
         type=int,
         metavar="N",
-        help="after each client read or write, poll N microseconds instead of sleeping: lower "
-        "latency on a VM for up to a core of CPU (default 0, off)",
+        help="when requests come close together, poll up to N microseconds between them "
+        "instead of sleeping: lower latency on a VM for CPU while they do (default 500; 0: off)",
     )
     proxy.add_argument("--tls-certfile", type=Path, metavar="PEM", help="serve HTTPS: cert chain")
     proxy.add_argument("--tls-keyfile", type=Path, metavar="PEM", help="serve HTTPS: private key")

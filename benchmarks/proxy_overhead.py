@@ -26,9 +26,9 @@ proxy's footprint as much as Bastion's own cost. A proxy's footprint on the dire
 group still counts against direct, as the same work after its own next request counts against it.
 `--mixed` measures the single group of all paths too, and reports it beside.
 
-Then `process` mode with busy polling on (`--busy-poll-us`, see audit_proxy.busy_poll), not
-interleaved (its polling would take CPU from whichever path came next): direct again, alone,
-then the busy-polling proxy, alone.
+`bastion` and `bastion_fsync` run as they start by default, with adaptive busy polling (see
+audit_proxy.busy_poll); `bastion_poll_off` is `process` mode with it off (`--busy-poll-us 0`),
+in a group of its own like the others (`benchmarks/busy_poll_cost.py` weighs the two, CPU too).
 
 With `--pace-ms`, last, direct, Bastion (`process`), the relay and LiteLLM again, interleaved,
 with that pause after every request: each request then finds an idle process, whose caches the
@@ -39,12 +39,12 @@ it N KiB of real code: the size of the completion prompts Bastion's own language
 where the policy's scan of the prompt is a good part of what Bastion adds.
 
     .venv/bin/python benchmarks/proxy_overhead.py [--requests 2000] [--seconds 3]
-        [--skip-litellm] [--mixed] [--busy-poll-us 500] [--pace-ms 30 [--paced-rounds 200]]
+        [--skip-litellm] [--skip-poll-off] [--mixed] [--pace-ms 30 [--paced-rounds 200]]
         [--prompt-kb 4]
 
 Prints JSON lines, a one-line summary, and last
 `{"bastion": {"added_p50_ms", "added_p99_ms", "rps_32", "ttft_added_ms"}, "bastion_fsync": {..},
-"tcp_relay": {..}, "litellm": {..}, "bastion_busy_poll": {..}, "litellm_over_bastion_p50": ..,
+"tcp_relay": {..}, "litellm": {..}, "bastion_poll_off": {..}, "litellm_over_bastion_p50": ..,
 "paced": {"bastion": {"added_p50_ms", "added_p99_ms"}, .., "litellm_over_bastion_p50", "pace_ms"},
 "mixed_added_p50_ms": {"bastion": .., ..}, "prompt_kb": ..}` ("paced" with `--pace-ms` only,
 "mixed" with `--mixed`).
@@ -78,7 +78,7 @@ from bastion.stack import free_port  # noqa: E402
 
 CONCURRENCY = 32
 CHUNKS = 4
-BUSY_POLL = "bastion_busy_poll"
+POLL_OFF = "bastion_poll_off"
 RELAY = "tcp_relay"
 LITELLM_VENV = REPO / ".bench-venv-litellm"
 # Pinned: unpinned, each fresh venv took the newest release of the day, and LiteLLM's added p50
@@ -444,10 +444,9 @@ def main() -> int:
     )
     parser.add_argument("--paced-rounds", type=int, default=200, help="paced requests per path")
     parser.add_argument(
-        "--busy-poll-us",
-        type=int,
-        default=500,
-        help="also measure `process` mode with this busy-poll window (0: skip)",
+        "--skip-poll-off",
+        action="store_true",
+        help="do not measure `process` mode with busy polling off",
     )
     parser.add_argument(
         "--prompt-kb",
@@ -476,6 +475,10 @@ def main() -> int:
             paths[name] = start_bastion(
                 up, env, upstream, Path(tmp) / durability, "--durability", durability
             )
+        if not args.skip_poll_off:
+            paths[POLL_OFF] = start_bastion(
+                up, env, upstream, Path(tmp) / "poll-off", "--busy-poll-us", "0"
+            )
         if not args.skip_litellm:
             paths["litellm"] = start_litellm(up, env, upstream, Path(tmp))
         groups = {name: {**direct, name: target} for name, target in paths.items()}
@@ -490,18 +493,6 @@ def main() -> int:
         if args.mixed:
             mixed = asyncio.run(mixed_added_p50({**direct, **paths}, args.requests, body))
             emit({"mixed": mixed})
-        if args.busy_poll_us:
-            # Not interleaved: its polling would take CPU from whichever path came next. Direct
-            # is measured again the same way, alone, just before.
-            alone_direct = measure({"alone": direct}, args.requests, args.seconds, body)
-            base = asyncio.run(alone_direct)["alone"]
-            target = start_bastion(
-                up, env, upstream, Path(tmp) / "busy", "--busy-poll-us", str(args.busy_poll_us)
-            )
-            alone = asyncio.run(
-                measure({"alone": {BUSY_POLL: target}}, args.requests, args.seconds, body)
-            )
-            result[BUSY_POLL] = alone["alone"][BUSY_POLL].added_over(base["direct"])
         paced: dict[str, dict[str, float]] = {}
         if args.pace_ms:
             targets = {**direct, **paths}
@@ -532,7 +523,8 @@ def main() -> int:
     print(f"added over direct ({prompt} a request): " + "; ".join(parts) +
           " (goals: bastion p50 <= 0.5 ms, "
           ">= 20x lower than LiteLLM's, >= 3000 rps, TTFT <= 1 ms; fsync p50 <= 1 ms, "
-          ">= 1500 rps; busy polling is off by default; tcp_relay is the floor, no product)",
+          ">= 1500 rps; bastion polls adaptively by default, bastion_poll_off does not; "
+          "tcp_relay is the floor, no product)",
           flush=True)  # fmt: skip
     print(json.dumps(summary), flush=True)
     return 0
