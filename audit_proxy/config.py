@@ -90,9 +90,9 @@ class ProxyConfig(BaseModel):
     # With store_url, how often replicas exchange what their users took, so that a rate limit
     # holds across all of them (see audit_proxy.shared_limits).
     rate_limit_sync_s: float = Field(default=DEFAULT_SYNC_S, gt=0, le=60)
-    # The longest the event loop polls instead of sleeping between a request and the next I/O,
-    # when requests come that close together (see audit_proxy.busy_poll): less latency on a VM
-    # for CPU while they do. 0 = off.
+    # The longest the event loop polls instead of sleeping after a request comes in or a
+    # response ends, when the next I/O has been coming that soon (see audit_proxy.busy_poll):
+    # less latency on a VM, for CPU while it does. 0 = off.
     busy_poll_us: int = Field(default=DEFAULT_MAX_US, ge=0, le=MAX_WINDOW_US)
 
     @field_validator("store_url")

@@ -160,8 +160,8 @@ class ProxyMetrics:
         )
         self.busy_poll_seconds = Counter(
             "bastion_proxy_busy_poll_seconds_total",
-            "Time the event loop kept polling instead of sleeping, for lower latency between "
-            "close requests (busy_poll_us): the CPU it spent on that.",
+            "Time the event loop kept itself from sleeping between close requests "
+            "(busy_poll_us), work done meanwhile included: at most the CPU polling spent.",
         )
         self.denied = Counter(
             "bastion_proxy_authorization_denials_total",

@@ -42,16 +42,15 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from audit_proxy.keys import KeyStore  # noqa: E402
 from audit_proxy.store import FILE_AFTER_S  # noqa: E402
-from bastion.stack import free_port  # noqa: E402
 from benchmarks.proxy_overhead import (  # noqa: E402
     BODY,
     CONCURRENCY,
     Call,
     added_latency,
-    running,
+    launch_bastion,
     sized_call,
+    start_instant_upstream,
     throughput,
 )
 
@@ -205,27 +204,13 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bastion-poll-") as tmp, contextlib.ExitStack() as up:
         env = {**os.environ, "PYTHONPATH": str(REPO), "BASTION_UPSTREAM_API_KEY": "bench-svc"}
-        port = free_port()
-        upstream = f"http://127.0.0.1:{port}"
-        up.enter_context(
-            running(
-                [sys.executable, str(REPO / "benchmarks" / "instant_upstream.py"), str(port)],
-                env,
-                upstream + "/v1/models",
-            )
-        )
+        upstream, _ = start_instant_upstream(up, env)
         targets = {"direct": (upstream + "/v1/chat/completions", {})}
         pids: dict[str, int] = {}
         for name, options in PROXIES.items():
-            data_dir = Path(tmp) / name
-            key = KeyStore(data_dir / "keys.sqlite3").create("bench")
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            command = [sys.executable, "-m", "bastion.cli", "proxy", "--port", str(port),
-                       "--upstream", upstream, "--data-dir", str(data_dir), *options]  # fmt: skip
-            pids[name] = up.enter_context(running(command, env, url + "/healthz")).pid
-            headers = {"Authorization": f"Bearer {key}", "X-Bastion-Feature": "chat"}
-            targets[name] = (url + "/v1/chat/completions", headers)
+            pid, url, headers = launch_bastion(up, env, upstream, Path(tmp) / name, *options)
+            pids[name] = pid
+            targets[name] = (url, headers)
         result = asyncio.run(run_patterns(Meter(pids), targets, args))
 
     print(summary(result), flush=True)

@@ -52,6 +52,7 @@ from benchmarks.proxy_overhead import (  # noqa: E402
     request_body,
     running,
     sized_call,
+    start_instant_upstream,
     throughput,
 )
 
@@ -132,15 +133,7 @@ def main() -> int:
         commit = check_out(args.base, base_tree)
         trees = {"base": base_tree, "work": REPO}
         env = {**os.environ, "BASTION_UPSTREAM_API_KEY": "bench-svc"}
-        port = free_port()
-        upstream = f"http://127.0.0.1:{port}"
-        up.enter_context(
-            running(
-                [sys.executable, str(REPO / "benchmarks" / "instant_upstream.py"), str(port)],
-                {**env, "PYTHONPATH": str(REPO)},
-                upstream + "/v1/models",
-            )
-        )
+        upstream, _ = start_instant_upstream(up, env)
         targets: dict[str, tuple[str, dict[str, str]]] = {
             "direct": (upstream + "/v1/chat/completions", {})
         }

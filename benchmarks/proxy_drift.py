@@ -36,14 +36,13 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bastion.stack import free_port  # noqa: E402
 from benchmarks.proxy_overhead import (  # noqa: E402
     Call,
     emit,
     request_body,
-    running,
     sized_call,
     start_bastion,
+    start_instant_upstream,
     start_litellm,
 )
 
@@ -109,10 +108,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bastion-drift-") as tmp, contextlib.ExitStack() as up:
         env = {**os.environ, "PYTHONPATH": str(REPO), "BASTION_UPSTREAM_API_KEY": "bench-svc"}
-        port = free_port()
-        upstream = f"http://127.0.0.1:{port}"
-        instant = [sys.executable, str(REPO / "benchmarks" / "instant_upstream.py"), str(port)]
-        up.enter_context(running(instant, env, upstream + "/v1/models"))
+        upstream, _ = start_instant_upstream(up, env)
         (Path(tmp) / "bastion").mkdir()
         targets = {
             "bastion": start_bastion(

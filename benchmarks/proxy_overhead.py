@@ -379,6 +379,15 @@ def running(
             process.wait(5)
 
 
+def start_instant_upstream(stack: contextlib.ExitStack, env: dict[str, str]) -> tuple[str, int]:
+    """`instant_upstream.py` on a free port, with this tree on its PYTHONPATH: (URL, port)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, str(REPO / "benchmarks" / "instant_upstream.py"), str(port)]
+    stack.enter_context(running(command, {**env, "PYTHONPATH": str(REPO)}, url + "/v1/models"))
+    return url, port
+
+
 def start_bastion(
     stack: contextlib.ExitStack,
     env: dict[str, str],
@@ -387,14 +396,25 @@ def start_bastion(
     *options: str,
 ) -> tuple[str, dict[str, str]]:
     """A Bastion proxy on `data_dir` with its own user key: (chat URL, headers)."""
+    return launch_bastion(stack, env, upstream, data_dir, *options)[1:]
+
+
+def launch_bastion(
+    stack: contextlib.ExitStack,
+    env: dict[str, str],
+    upstream: str,
+    data_dir: Path,
+    *options: str,
+) -> tuple[int, str, dict[str, str]]:
+    """`start_bastion`, with the proxy's process id first."""
     key = KeyStore(data_dir / "keys.sqlite3").create("bench")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "bastion.cli", "proxy", "--port", str(port),
                "--upstream", upstream, "--data-dir", str(data_dir), *options]  # fmt: skip
-    stack.enter_context(running(command, env, url + "/healthz"))
+    process = stack.enter_context(running(command, env, url + "/healthz"))
     user = {"Authorization": f"Bearer {key}", "X-Bastion-Feature": "chat"}
-    return url + "/v1/chat/completions", user
+    return process.pid, url + "/v1/chat/completions", user
 
 
 def start_relay(
@@ -460,15 +480,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp, contextlib.ExitStack() as up:
         env = {**os.environ, "PYTHONPATH": str(REPO), "BASTION_UPSTREAM_API_KEY": "bench-svc"}
-        port = free_port()
-        upstream = f"http://127.0.0.1:{port}"
-        up.enter_context(
-            running(
-                [sys.executable, str(REPO / "benchmarks" / "instant_upstream.py"), str(port)],
-                env,
-                upstream + "/v1/models",
-            )
-        )
+        upstream, port = start_instant_upstream(up, env)
         direct: Targets = {"direct": (upstream + "/v1/chat/completions", {})}
         paths: Targets = {RELAY: start_relay(up, env, port)}
         for name, durability in (("bastion", "process"), ("bastion_fsync", "fsync")):
