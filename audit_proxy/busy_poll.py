@@ -43,6 +43,9 @@ MAX_WINDOW_US = 10_000
 DEFAULT_MAX_US = 500
 # Where a closed window starts when a gap says it should open (haltpoll's guest default).
 GROW_START_US = 50
+# The two windows: after a request came in (the loop next waits on the model server) and after
+# a response ended (it next waits on the client).
+_REQUEST, _RESPONSE = 0, 1
 
 
 class BusyPoll:
@@ -57,7 +60,9 @@ class BusyPoll:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < max_us <= MAX_WINDOW_US:
-            raise ValueError(f"busy_poll_us must be 0 (off) to {MAX_WINDOW_US}, not {max_us}")
+            raise ValueError(
+                f"busy_poll_us must be 1 to {MAX_WINDOW_US} (0 turns polling off), not {max_us}"
+            )
         self._loop = loop
         self._clock = clock
         self._max_s = max_us / 1e6
@@ -105,6 +110,3 @@ class BusyPoll:
             return
         self.polling = False
         METRICS.busy_poll_seconds.inc(amount=now - self._since)
-
-
-_REQUEST, _RESPONSE = 0, 1
