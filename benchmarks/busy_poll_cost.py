@@ -48,6 +48,7 @@ from benchmarks.proxy_overhead import (  # noqa: E402
     CONCURRENCY,
     Call,
     added_latency,
+    block_rounds,
     launch_bastion,
     sized_call,
     start_instant_upstream,
@@ -82,29 +83,13 @@ class Meter:
         spent.update({name: cpu_s(pid) - before[name] for name, pid in self.pids.items()})
 
 
-async def in_blocks(
-    calls: dict[str, Call], blocks: int, size: int, pause_s: float
-) -> dict[str, list[float]]:
-    """Latencies (ms) of each path: `blocks` rounds of `size` requests a path, `pause_s` after
-    each request, the order of paths flipped every round."""
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    order = list(calls)
-    for _ in range(blocks):
-        for name in order:
-            for _ in range(size):
-                samples[name].append(await calls[name]())
-                if pause_s:
-                    await asyncio.sleep(pause_s)
-        order.reverse()
-    return samples
-
-
 async def pattern(
     meter: Meter, calls: dict[str, Call], blocks: int, size: int, pause_s: float
 ) -> dict[str, dict[str, float]]:
     """Added p50 and p99 over direct and CPU per request of each proxy, for one pattern."""
     with meter.used() as spent:
-        samples = await in_blocks(calls, blocks, size, pause_s)
+        by_block = await block_rounds(calls, blocks, size, pause_s)
+    samples = {name: [ms for block in got for ms in block] for name, got in by_block.items()}
     direct = samples["direct"]
     return {
         name: {

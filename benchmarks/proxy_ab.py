@@ -48,6 +48,7 @@ from audit_proxy.keys import KeyStore  # noqa: E402
 from bastion.stack import free_port  # noqa: E402
 from benchmarks.proxy_overhead import (  # noqa: E402
     Call,
+    block_rounds,
     percentile,
     request_body,
     running,
@@ -83,13 +84,11 @@ async def paired_blocks(
         for _ in range(WARMUP):
             await call()
     medians: dict[str, list[float]] = {name: [] for name in calls}
-    order = list(calls)
-    for _ in range(blocks):
-        for name in order:
-            block = [await calls[name]() * 1000 for _ in range(size)]
-            medians[name].append(statistics.median(block))
-            samples.setdefault(name, []).extend(block)
-        order.reverse()
+    for name, rounds in (await block_rounds(calls, blocks, size)).items():
+        for block in rounds:
+            in_us = [ms * 1000 for ms in block]
+            medians[name].append(statistics.median(in_us))
+            samples.setdefault(name, []).extend(in_us)
     return medians
 
 

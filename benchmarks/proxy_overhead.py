@@ -213,6 +213,26 @@ async def sequential(
     return samples
 
 
+async def block_rounds(
+    calls: dict[str, Call], rounds: int, size: int, pause_s: float = 0.0
+) -> dict[str, list[list[float]]]:
+    """Each call's results, block by block: `rounds` rounds of one block of `size` sequential
+    calls per path, the order of paths flipped every round so that drift hits all alike;
+    `pause_s` after each call, if set."""
+    results: dict[str, list[list[float]]] = {name: [] for name in calls}
+    order = list(calls)
+    for _ in range(rounds):
+        for name in order:
+            block = []
+            for _ in range(size):
+                block.append(await calls[name]())
+                if pause_s:
+                    await asyncio.sleep(pause_s)
+            results[name].append(block)
+        order.reverse()
+    return results
+
+
 async def throughput(call: Call, seconds: float) -> float:
     """Requests per second with CONCURRENCY callers in flight."""
     deadline = time.perf_counter() + seconds
